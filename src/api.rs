@@ -1,0 +1,295 @@
+//! The `ApiToken` custom resource (`tokenmint.dev/v1alpha1`).
+//!
+//! Doc comments here become the CRD's descriptions (`kubectl explain apitoken.spec`).
+//! Everything the API server can check itself is declared here (patterns, bounds, CEL);
+//! what only the operator can judge lives in [`crate::validate`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of every tokenmint resource.
+pub const GROUP: &str = "tokenmint.dev";
+/// Field manager used for every server-side apply and create.
+pub const MANAGER: &str = "tokenmint";
+/// Annotation on an ApiToken that requests a manual rotation when set to a value not yet handled.
+pub const ROTATE_ANNOTATION: &str = "tokenmint.dev/rotate";
+
+const ROLE_PATTERN: &str = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$";
+const SCOPE_TYPE_PATTERN: &str = r"^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$";
+const RESOURCE_PATTERN: &str = r"^[A-Za-z0-9_.-]+$";
+const PERIOD_PATTERN: &str = r"^([0-9]+[wdhms])+$";
+const PREFIX_PATTERN: &str = r"^[A-Za-z0-9_-]*$";
+const DNS1123_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// An API token: one credential (access key + secret key) kept in a Secret in every form an app needs,
+/// rotated on schedule or on request, and revoked by setting `revoked: true` or letting `expiresAt` pass.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tokenmint.dev",
+    version = "v1alpha1",
+    kind = "ApiToken",
+    plural = "apitokens",
+    singular = "apitoken",
+    shortname = "apitok",
+    category = "tokenmint",
+    namespaced,
+    status = "ApiTokenStatus",
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Access Key", type_ = "string", json_path = ".status.accessKey"),
+    printcolumn(name = "Next Rotation", type_ = "date", json_path = ".status.nextRotationAt"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)")
+        .message("spec.revoked: revocation is final and cannot be undone; create a new ApiToken instead")
+        .field_path(".revoked"),
+    validation = Rule::new("has(self.secretName) == has(oldSelf.secretName) && (!has(self.secretName) || self.secretName == oldSelf.secretName)")
+        .message("spec.secretName is immutable: it cannot be set, changed or removed after creation")
+        .field_path(".secretName")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiTokenSpec {
+    /// Role granted to the token; decides what the token may do (least privilege).
+    #[schemars(length(min = 1, max = 63), pattern(ROLE_PATTERN))]
+    pub role: String,
+
+    /// Free text that helps people recognise the token in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+
+    /// Scopes in Tinybird's model; each becomes a line `TYPE[:resource[:filter]]` in the Secret's `scopes` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y.type == x.type && (has(y.resource) ? y.resource : '') == (has(x.resource) ? x.resource : '')))")
+        .message("spec.scopes: no two scopes may have the same type and resource"))]
+    pub scopes: Option<Vec<Scope>>,
+
+    /// Scheduled rotation. Absent: the credential changes only on request or when tampered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+
+    /// RFC 3339 instant at which the token stops being valid and its Secret is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// Revokes the token: the Secret is deleted and the ApiToken stays as the record. Final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+
+    /// Name of the Secret holding the credential, in the token's namespace. Defaults to the ApiToken's name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN_PATTERN))]
+    pub secret_name: Option<String>,
+
+    /// Extra labels and annotations for the Secret (the ApiToken's own are never copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+
+    /// Shape of the credential: Bearer prefix and key lengths. Applies to credentials minted after a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TokenFormat>,
+}
+
+/// One permission of the token, e.g. `DATASOURCES:READ` on resource `events` with a row filter.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.filter) || has(self.resource)")
+    .message("filter needs resource: a row filter applies to one resource")
+    .field_path(".filter"))]
+pub struct Scope {
+    /// Scope type, e.g. `ADMIN`, `TOKENS`, `DATASOURCES:READ`, `DATASOURCES:APPEND`, `PIPES:READ`.
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 64), pattern(SCOPE_TYPE_PATTERN))]
+    pub type_: String,
+
+    /// The data source, pipe or other resource the scope is limited to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(RESOURCE_PATTERN))]
+    pub resource: Option<String>,
+
+    /// Row filter applied when the token reads `resource`, e.g. `tenant_id = 42`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub filter: Option<String>,
+}
+
+/// When the credential is replaced on schedule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// Time between rotations: `<integer><unit>` pairs with units w, d, h, m, s (`30d`, `12h`, `1h30m`). 1m to 3650d.
+    #[schemars(length(min = 2, max = 64), pattern(PERIOD_PATTERN))]
+    pub period: String,
+}
+
+/// Extra metadata for the generated Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("!has(self.labels) || !('app.kubernetes.io/managed-by' in self.labels || 'tokenmint.dev/apitoken' in self.labels)")
+        .message("secretTemplate.labels may not set app.kubernetes.io/managed-by or tokenmint.dev/apitoken: tokenmint owns them")
+        .field_path(".labels"),
+    validation = Rule::new("!has(self.annotations) || self.annotations.all(k, !k.startsWith('tokenmint.dev/'))")
+        .message("secretTemplate.annotations may not use the tokenmint.dev/ prefix: tokenmint owns it")
+        .field_path(".annotations")
+)]
+pub struct SecretTemplate {
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Shape of the credential.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenFormat {
+    /// Prefix of the Bearer token (`<prefix><accessKey>-<secretKey>`). Default `tm-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), pattern(PREFIX_PATTERN))]
+    pub prefix: Option<String>,
+    /// Length of the access key (the username). Default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 64))]
+    pub access_key_length: Option<u8>,
+    /// Length of the secret key (the password). Default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 128))]
+    pub secret_key_length: Option<u8>,
+}
+
+/// Where the token stands. Never holds the secret key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiTokenStatus {
+    /// `Pending`, `Active`, `Revoked`, `Expired` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Public half of the credential (the username, Starburst's "Client ID").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key: Option<String>,
+    /// `sha256:` and the first 16 hex characters of the SHA-256 of the Bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Secret that holds the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When the current credential was minted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Time>,
+    /// When the next scheduled rotation happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+    /// Copied from spec.expiresAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When revocation (or expiry) was carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Time>,
+    /// How many times the credential has been replaced (0 for the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotations: Option<u64>,
+    /// Last value of the tokenmint.dev/rotate annotation that was carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_request: Option<String>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions; `Ready` is always present once reconciled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Lifecycle phase of a token.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Accepted, credential not issued yet.
+    Pending,
+    /// The credential in the Secret is valid.
+    Active,
+    /// Revoked by `spec.revoked`; the Secret is gone.
+    Revoked,
+    /// `expiresAt` has passed; the Secret is gone.
+    Expired,
+    /// Cannot be issued (invalid spec or a Secret owned by someone else).
+    Failed,
+}
+
+impl Phase {
+    /// The phase as written in status and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Active => "Active",
+            Phase::Revoked => "Revoked",
+            Phase::Expired => "Expired",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl ApiToken {
+    /// Name of the Secret holding this token's credential.
+    pub fn secret_name(&self) -> &str {
+        self.spec
+            .secret_name
+            .as_deref()
+            .or(self.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Value of the manual-rotation annotation, if set.
+    pub fn rotate_request(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(ROTATE_ANNOTATION)
+            .map(String::as_str)
+    }
+}
+
+impl Scope {
+    /// Tinybird's canonical form `TYPE[:resource[:filter]]`.
+    pub fn canonical(&self) -> String {
+        let mut out = self.type_.clone();
+        if let Some(resource) = &self.resource {
+            out.push(':');
+            out.push_str(resource);
+            if let Some(filter) = &self.filter {
+                out.push(':');
+                out.push_str(filter);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(type_: &str, resource: Option<&str>, filter: Option<&str>) -> Scope {
+        Scope {
+            type_: type_.into(),
+            resource: resource.map(Into::into),
+            filter: filter.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn canonical_scope_strings_follow_tinybird() {
+        assert_eq!(scope("ADMIN", None, None).canonical(), "ADMIN");
+        assert_eq!(
+            scope("PIPES:READ", Some("top_pages"), None).canonical(),
+            "PIPES:READ:top_pages"
+        );
+        assert_eq!(
+            scope("DATASOURCES:READ", Some("events"), Some("tenant_id = 42")).canonical(),
+            "DATASOURCES:READ:events:tenant_id = 42"
+        );
+    }
+}

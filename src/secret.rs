@@ -1,0 +1,223 @@
+//! The Secret that carries a token's credential: building it, and reading credential state back from it.
+//!
+//! Credential state lives with the Secret (its data and `tokenmint.dev/*` annotations), not in the
+//! ApiToken's status, so losing status, restarting, or reading a stale status never changes a credential.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource as _;
+
+use crate::api::ApiToken;
+use crate::token::{Credential, fingerprint_of};
+use crate::validate::ValidSpec;
+
+/// Label every Secret we make carries; the operator watches only Secrets with it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "tokenmint";
+/// Label naming the ApiToken a Secret belongs to.
+pub const TOKEN_LABEL: &str = "tokenmint.dev/apitoken";
+/// Annotation: fingerprint of the credential in the Secret (same as status).
+pub const FINGERPRINT_ANNOTATION: &str = "tokenmint.dev/fingerprint";
+/// Annotation: when the credential in the Secret was minted (RFC 3339).
+pub const ISSUED_AT_ANNOTATION: &str = "tokenmint.dev/issued-at";
+/// Annotation: how many times the credential has been replaced.
+pub const ROTATIONS_ANNOTATION: &str = "tokenmint.dev/rotations";
+/// Annotation: the last `tokenmint.dev/rotate` request carried out for this credential.
+pub const ROTATE_REQUEST_ANNOTATION: &str = "tokenmint.dev/rotate-request";
+/// Kubernetes Secret type for username/password credentials.
+pub const SECRET_TYPE: &str = "kubernetes.io/basic-auth";
+
+/// Label selector matching every Secret tokenmint manages.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+}
+
+/// The credential a Secret holds and the bookkeeping minted with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub credential: Credential,
+    pub issued_at: Timestamp,
+    pub rotations: u64,
+    /// The manual rotation request this credential answered (or that was pending when it was minted).
+    pub rotate_request: Option<String>,
+}
+
+impl Held {
+    /// Fingerprint of the held credential.
+    pub fn fingerprint(&self) -> String {
+        self.credential.fingerprint()
+    }
+}
+
+/// What the Secret named by a token looks like from the token's point of view.
+#[derive(Clone, Debug)]
+pub enum Observed<'a> {
+    /// No Secret of that name.
+    Missing,
+    /// A Secret of that name that this ApiToken does not control; never touched.
+    Foreign,
+    /// Our Secret. `held` is `Err` with a reason when its credential keys were altered.
+    Owned {
+        secret: &'a Secret,
+        held: Result<Held, Tampered>,
+    },
+}
+
+/// How a Secret's credential was found altered. Carries no credential material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Tampered(pub String);
+
+/// Classifies `secret` (the Secret named `token.secret_name()`, if any) relative to `token`.
+pub fn observe<'a>(token: &ApiToken, secret: Option<&'a Secret>) -> Observed<'a> {
+    let Some(secret) = secret else {
+        return Observed::Missing;
+    };
+    let uid = token.metadata.uid.as_deref();
+    let controlled = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "ApiToken");
+    if !controlled {
+        return Observed::Foreign;
+    }
+    Observed::Owned {
+        secret,
+        held: read_held(secret),
+    }
+}
+
+fn data_str<'s>(secret: &'s Secret, key: &str) -> Result<&'s str, Tampered> {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| Tampered(format!("key {key} is missing")))?;
+    std::str::from_utf8(&value.0).map_err(|_| Tampered(format!("key {key} is not UTF-8")))
+}
+
+fn annotation<'s>(secret: &'s Secret, key: &str) -> Option<&'s str> {
+    secret.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Reads the credential back and checks that every form agrees with every other and with the
+/// fingerprint annotation. Any disagreement means someone else edited the Secret.
+fn read_held(secret: &Secret) -> Result<Held, Tampered> {
+    let access_key = data_str(secret, "username")?;
+    let secret_key = data_str(secret, "password")?;
+    let bearer = data_str(secret, "token")?;
+    let changed = |key: &str| Tampered(format!("key {key} no longer matches the credential"));
+    let prefix = bearer
+        .strip_suffix(&format!("{access_key}-{secret_key}"))
+        .ok_or_else(|| changed("token"))?;
+    let credential = Credential {
+        prefix: prefix.to_owned(),
+        access_key: access_key.to_owned(),
+        secret_key: secret_key.to_owned(),
+    };
+    for (key, expected) in views(&credential) {
+        if data_str(secret, key)? != expected {
+            return Err(changed(key));
+        }
+    }
+    if annotation(secret, FINGERPRINT_ANNOTATION) != Some(fingerprint_of(bearer).as_str()) {
+        return Err(Tampered(
+            "the credential no longer matches its fingerprint".to_owned(),
+        ));
+    }
+    let issued_at = annotation(secret, ISSUED_AT_ANNOTATION)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .ok_or_else(|| Tampered(format!("annotation {ISSUED_AT_ANNOTATION} is missing or invalid")))?;
+    let rotations = annotation(secret, ROTATIONS_ANNOTATION)
+        .map(str::parse::<u64>)
+        .transpose()
+        .map_err(|_| Tampered(format!("annotation {ROTATIONS_ANNOTATION} is invalid")))?
+        .unwrap_or(0);
+    Ok(Held {
+        credential,
+        issued_at,
+        rotations,
+        rotate_request: annotation(secret, ROTATE_REQUEST_ANNOTATION).map(str::to_owned),
+    })
+}
+
+/// The derived forms of a credential, keyed by Secret key (username and password excluded).
+fn views(credential: &Credential) -> [(&'static str, String); 4] {
+    let bearer = credential.bearer();
+    let basic = credential.basic();
+    [
+        ("authorization-bearer", format!("Bearer {bearer}")),
+        ("authorization-basic", format!("Basic {basic}")),
+        ("token", bearer),
+        ("basic", basic),
+    ]
+}
+
+/// The Secret as tokenmint wants it: credential in every form, role, scopes, labels and bookkeeping.
+pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held) -> Secret {
+    let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
+    let mut put = |key: &str, value: String| {
+        data.insert(key.to_owned(), ByteString(value.into_bytes()));
+    };
+    put("username", held.credential.access_key.clone());
+    put("password", held.credential.secret_key.clone());
+    for (key, value) in views(&held.credential) {
+        put(key, value);
+    }
+    put("role", spec.role.clone());
+    put("scopes", spec.scopes.join("\n"));
+
+    let template = token.spec.secret_template.clone().unwrap_or_default();
+    let mut labels = template.labels.unwrap_or_default();
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
+    labels.insert(
+        TOKEN_LABEL.to_owned(),
+        token.metadata.name.clone().unwrap_or_default(),
+    );
+    let mut annotations = template.annotations.unwrap_or_default();
+    annotations.insert(FINGERPRINT_ANNOTATION.to_owned(), held.fingerprint());
+    annotations.insert(ISSUED_AT_ANNOTATION.to_owned(), rfc3339(held.issued_at));
+    annotations.insert(ROTATIONS_ANNOTATION.to_owned(), held.rotations.to_string());
+    if let Some(request) = &held.rotate_request {
+        annotations.insert(ROTATE_REQUEST_ANNOTATION.to_owned(), request.clone());
+    }
+
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(token.secret_name().to_owned()),
+            namespace: token.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: token.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(SECRET_TYPE.to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Whether `observed` already carries everything in `desired` (extra keys others added are left alone).
+pub fn in_sync(observed: &Secret, desired: &Secret) -> bool {
+    fn contains<V: PartialEq>(have: Option<&BTreeMap<String, V>>, want: Option<&BTreeMap<String, V>>) -> bool {
+        want.into_iter()
+            .flatten()
+            .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+    }
+    contains(observed.data.as_ref(), desired.data.as_ref())
+        && contains(observed.metadata.labels.as_ref(), desired.metadata.labels.as_ref())
+        && contains(observed.metadata.annotations.as_ref(), desired.metadata.annotations.as_ref())
+        && observed.type_ == desired.type_
+}
+
+/// RFC 3339 at whole seconds, the precision Kubernetes keeps.
+pub fn rfc3339(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}

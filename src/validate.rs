@@ -1,0 +1,285 @@
+//! Turns an `ApiTokenSpec` into a [`ValidSpec`] the planner can trust, or an error naming the field.
+//!
+//! The CRD schema already rejects most bad input at `kubectl apply`; this re-checks it (an older CRD may be
+//! installed) and adds what the schema cannot express, such as rotation period bounds.
+
+use std::collections::HashSet;
+
+use crate::api::{ApiTokenSpec, Scope};
+use crate::schedule::Period;
+use crate::token::Format;
+
+/// A spec that passed every check, in domain types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    pub role: String,
+    /// Canonical scope strings in spec order.
+    pub scopes: Vec<String>,
+    pub period: Option<Period>,
+    pub format: Format,
+}
+
+/// A spec field the operator rejects. The message names the field and never echoes a credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidSpec {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks the whole spec.
+pub fn validate(spec: &ApiTokenSpec) -> Result<ValidSpec, InvalidSpec> {
+    if !is_role(&spec.role) {
+        return Err(invalid(
+            "spec.role",
+            "must be 1-63 characters of [a-z0-9._-], starting and ending with [a-z0-9]",
+        ));
+    }
+    let scopes = spec.scopes.as_deref().unwrap_or_default();
+    if scopes.len() > 64 {
+        return Err(invalid("spec.scopes", "at most 64 scopes"));
+    }
+    let mut seen = HashSet::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        check_scope(scope).map_err(|e| invalid(format!("spec.scopes[{i}].{}", e.field), e.reason))?;
+        if !seen.insert((scope.type_.as_str(), scope.resource.as_deref())) {
+            return Err(invalid(
+                format!("spec.scopes[{i}]"),
+                "duplicates an earlier scope with the same type and resource",
+            ));
+        }
+    }
+    let period = spec
+        .rotation
+        .as_ref()
+        .map(|r| Period::parse(&r.period))
+        .transpose()
+        .map_err(|e| invalid("spec.rotation.period", e.to_string()))?;
+    let format = Format::from(spec.format.as_ref());
+    check_format(&format)?;
+    Ok(ValidSpec {
+        role: spec.role.clone(),
+        scopes: scopes.iter().map(Scope::canonical).collect(),
+        period,
+        format,
+    })
+}
+
+fn check_format(format: &Format) -> Result<(), InvalidSpec> {
+    if format.prefix.len() > 16
+        || !format
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(invalid("spec.format.prefix", "must be 0-16 characters of [A-Za-z0-9_-]"));
+    }
+    if !(8..=64).contains(&format.access_key_length) {
+        return Err(invalid("spec.format.accessKeyLength", "must be 8..64"));
+    }
+    if !(16..=128).contains(&format.secret_key_length) {
+        return Err(invalid("spec.format.secretKeyLength", "must be 16..128"));
+    }
+    Ok(())
+}
+
+/// `^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`, 1-63 characters.
+fn is_role(role: &str) -> bool {
+    let bytes = role.as_bytes();
+    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&bytes.len())
+        && bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && bytes
+            .iter()
+            .all(|b| edge(b) || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$`.
+fn is_scope_type(type_: &str) -> bool {
+    let word = |w: &str| {
+        w.as_bytes().first().is_some_and(u8::is_ascii_uppercase)
+            && w.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+    };
+    let mut parts = type_.split(':');
+    let first = parts.next().is_some_and(word);
+    let second = parts.next().is_none_or(word);
+    first && second && parts.next().is_none() && type_.len() <= 64
+}
+
+/// 1-253 characters of `[A-Za-z0-9_.-]`.
+fn is_resource(resource: &str) -> bool {
+    (1..=253).contains(&resource.len())
+        && resource
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// One scope's fields; `field` is relative to the scope.
+fn check_scope(scope: &Scope) -> Result<(), InvalidSpec> {
+    if !is_scope_type(&scope.type_) {
+        return Err(invalid(
+            "type",
+            "must match ^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$ (e.g. ADMIN, DATASOURCES:READ)",
+        ));
+    }
+    if let Some(resource) = &scope.resource
+        && !is_resource(resource)
+    {
+        return Err(invalid("resource", "must be 1-253 characters of [A-Za-z0-9_.-]"));
+    }
+    match (&scope.resource, &scope.filter) {
+        (_, Some(filter)) if filter.is_empty() || filter.len() > 1024 => {
+            Err(invalid("filter", "must be 1-1024 characters"))
+        }
+        (None, Some(_)) => Err(invalid("filter", "needs resource: a row filter applies to one resource")),
+        _ => Ok(()),
+    }
+}
+
+/// Parses Tinybird's `TYPE[:resource[:filter]]` syntax, as used by `kubectl apitoken create --scope`.
+///
+/// The type may itself hold one `:` (`DATASOURCES:READ`), so a second segment is part of the type when it
+/// is an upper-case word, otherwise it is the resource. Everything after the resource is the filter,
+/// colons included.
+pub fn parse_scope(text: &str) -> Result<Scope, InvalidSpec> {
+    let mut parts = text.splitn(2, ':');
+    let head = parts.next().unwrap_or_default();
+    let mut rest = parts.next();
+    let mut type_ = head.to_owned();
+    if let Some(r) = rest {
+        let (candidate, after) = r.split_once(':').map_or((r, None), |(a, b)| (a, Some(b)));
+        if is_scope_type(candidate) && !candidate.contains(':') {
+            type_ = format!("{head}:{candidate}");
+            rest = after;
+        }
+    }
+    let (resource, filter) = match rest {
+        None => (None, None),
+        Some(r) => match r.split_once(':') {
+            Some((resource, filter)) => (Some(resource.to_owned()), Some(filter.to_owned())),
+            None => (Some(r.to_owned()), None),
+        },
+    };
+    let scope = Scope {
+        type_,
+        resource,
+        filter,
+    };
+    check_scope(&scope).map_err(|e| invalid(format!("scope {text:?}: {}", e.field), e.reason))?;
+    Ok(scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Rotation, TokenFormat};
+
+    fn spec() -> ApiTokenSpec {
+        ApiTokenSpec {
+            role: "reader".into(),
+            description: None,
+            scopes: None,
+            rotation: None,
+            expires_at: None,
+            revoked: None,
+            secret_name: None,
+            secret_template: None,
+            format: None,
+        }
+    }
+
+    fn scope(text: &str) -> Scope {
+        parse_scope(text).unwrap()
+    }
+
+    #[test]
+    fn a_minimal_spec_is_valid_with_defaults() {
+        let valid = validate(&spec()).unwrap();
+        assert_eq!(valid.format, Format::default());
+        assert_eq!(valid.period, None);
+        assert!(valid.scopes.is_empty());
+    }
+
+    #[test]
+    fn period_out_of_bounds_names_the_field() {
+        let mut s = spec();
+        s.rotation = Some(Rotation {
+            period: "30s".into(),
+        });
+        let err = validate(&s).unwrap_err();
+        assert_eq!(err.field, "spec.rotation.period");
+        assert!(err.to_string().contains("at least 1m"));
+    }
+
+    #[test]
+    fn duplicate_scopes_are_rejected_by_index() {
+        let mut s = spec();
+        s.scopes = Some(vec![scope("PIPES:READ:top"), scope("DATASOURCES:READ:events"), scope("PIPES:READ:top")]);
+        assert_eq!(validate(&s).unwrap_err().field, "spec.scopes[2]");
+    }
+
+    #[test]
+    fn filter_without_resource_is_rejected() {
+        let mut s = spec();
+        s.scopes = Some(vec![Scope {
+            type_: "DATASOURCES:READ".into(),
+            resource: None,
+            filter: Some("a = 1".into()),
+        }]);
+        assert_eq!(validate(&s).unwrap_err().field, "spec.scopes[0].filter");
+    }
+
+    #[test]
+    fn bad_role_and_format_name_their_fields() {
+        let mut s = spec();
+        s.role = "Reader".into();
+        assert_eq!(validate(&s).unwrap_err().field, "spec.role");
+        let mut s = spec();
+        s.format = Some(TokenFormat {
+            prefix: Some("bad prefix".into()),
+            ..TokenFormat::default()
+        });
+        assert_eq!(validate(&s).unwrap_err().field, "spec.format.prefix");
+    }
+
+    #[test]
+    fn parses_tinybird_scope_strings() {
+        let cases = [
+            ("ADMIN", ("ADMIN", None, None)),
+            ("TOKENS", ("TOKENS", None, None)),
+            ("DATASOURCES:CREATE", ("DATASOURCES:CREATE", None, None)),
+            ("PIPES:READ:top_pages", ("PIPES:READ", Some("top_pages"), None)),
+            (
+                "DATASOURCES:READ:events:tenant_id = 42",
+                ("DATASOURCES:READ", Some("events"), Some("tenant_id = 42")),
+            ),
+            (
+                "DATASOURCES:READ:table_name:column==1",
+                ("DATASOURCES:READ", Some("table_name"), Some("column==1")),
+            ),
+            ("DATASOURCES:READ:t:a:b", ("DATASOURCES:READ", Some("t"), Some("a:b"))),
+        ];
+        for (text, (type_, resource, filter)) in cases {
+            let s = scope(text);
+            assert_eq!(s.type_, type_, "{text}");
+            assert_eq!(s.resource.as_deref(), resource, "{text}");
+            assert_eq!(s.filter.as_deref(), filter, "{text}");
+            assert_eq!(s.canonical(), text);
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_scope_strings() {
+        for text in ["", "admin", "PIPES:READ:bad resource", "PIPES:READ:top:", "A:B:C:"] {
+            assert!(parse_scope(text).is_err(), "{text:?}");
+        }
+    }
+}
