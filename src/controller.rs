@@ -78,17 +78,23 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (tokens, secrets): (Api<ApiToken>, Api<Secret>) = match &settings.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
 
     // Both caches drop managedFields: they are the bulk of each object and nothing here reads them.
     let (secret_store, secret_writer) = reflector::store();
-    let secret_events = watcher(secrets, watcher::Config::default().labels(&secret::managed_selector()))
-        .default_backoff()
-        .modify(|s: &mut Secret| s.metadata.managed_fields = None)
-        .reflect(secret_writer)
-        .touched_objects();
+    let secret_events = watcher(
+        secrets,
+        watcher::Config::default().labels(&secret::managed_selector()),
+    )
+    .default_backoff()
+    .modify(|s: &mut Secret| s.metadata.managed_fields = None)
+    .reflect(secret_writer)
+    .touched_objects();
 
     let (token_store, token_writer) = reflector::store();
     let forget = metrics.clone();
@@ -106,7 +112,9 @@ pub async fn run(
     let ready = metrics.clone();
     let (ready_tokens, ready_secrets) = (token_store.clone(), secret_store.clone());
     tokio::spawn(async move {
-        if ready_tokens.wait_until_ready().await.is_ok() && ready_secrets.wait_until_ready().await.is_ok() {
+        if ready_tokens.wait_until_ready().await.is_ok()
+            && ready_secrets.wait_until_ready().await.is_ok()
+        {
             ready.set_ready(true);
             tracing::info!("caches synced");
         }
@@ -129,7 +137,8 @@ pub async fn run(
             // wakes the token that is waiting for it to go.
             let name = secret.labels().get(TOKEN_LABEL).cloned();
             let ns = secret.namespace();
-            name.zip(ns).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
+            name.zip(ns)
+                .map(|(name, ns)| ObjectRef::new(&name).within(&ns))
         })
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
@@ -176,10 +185,14 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Action, Erro
             Written::Done => return finish(token, ctx, &ns, plan).await,
             Written::Stale if attempt == 0 => {
                 tracing::debug!(%ns, name = %token.name_any(), "Secret cache stale; re-reading");
-                current = secrets
-                    .get_opt(&secret_name)
-                    .await
-                    .map_err(|source| Error::ReadSecret { name: secret_name.clone(), source })?;
+                current =
+                    secrets
+                        .get_opt(&secret_name)
+                        .await
+                        .map_err(|source| Error::ReadSecret {
+                            name: secret_name.clone(),
+                            source,
+                        })?;
             }
             Written::Stale => break,
         }
@@ -197,8 +210,15 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-async fn write_secret(api: &Api<Secret>, name: &str, write: &SecretWrite) -> Result<Written, Error> {
-    let write_err = |source| Error::WriteSecret { name: name.to_owned(), source };
+async fn write_secret(
+    api: &Api<Secret>,
+    name: &str,
+    write: &SecretWrite,
+) -> Result<Written, Error> {
+    let write_err = |source| Error::WriteSecret {
+        name: name.to_owned(),
+        source,
+    };
     let result = match write {
         SecretWrite::Nothing => return Ok(Written::Done),
         SecretWrite::Create(secret) => {
@@ -206,15 +226,27 @@ async fn write_secret(api: &Api<Secret>, name: &str, write: &SecretWrite) -> Res
                 field_manager: Some(MANAGER.to_owned()),
                 ..PostParams::default()
             };
-            api.create(&params, secret).await.map(drop).map_err(write_err)
+            api.create(&params, secret)
+                .await
+                .map(drop)
+                .map_err(write_err)
         }
-        SecretWrite::Update { resource_version, secret } => {
+        SecretWrite::Update {
+            resource_version,
+            secret,
+        } => {
             let mut secret = (**secret).clone();
             secret.metadata.resource_version = Some(resource_version.clone());
             let params = PatchParams::apply(MANAGER).force();
-            api.patch(name, &params, &Patch::Apply(&secret)).await.map(drop).map_err(write_err)
+            api.patch(name, &params, &Patch::Apply(&secret))
+                .await
+                .map(drop)
+                .map_err(write_err)
         }
-        SecretWrite::Delete { uid, resource_version } => {
+        SecretWrite::Delete {
+            uid,
+            resource_version,
+        } => {
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: Some(uid.clone()),
@@ -225,13 +257,18 @@ async fn write_secret(api: &Api<Secret>, name: &str, write: &SecretWrite) -> Res
             match api.delete(name, &params).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(source) => Err(Error::DeleteSecret { name: name.to_owned(), source }),
+                Err(source) => Err(Error::DeleteSecret {
+                    name: name.to_owned(),
+                    source,
+                }),
             }
         }
     };
     match result {
         Ok(()) => Ok(Written::Done),
-        Err(Error::WriteSecret { source, .. } | Error::DeleteSecret { source, .. }) if is_conflict(&source) => {
+        Err(Error::WriteSecret { source, .. } | Error::DeleteSecret { source, .. })
+            if is_conflict(&source) =>
+        {
             Ok(Written::Stale)
         }
         Err(e) => Err(e),
@@ -249,9 +286,13 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
             "kind": ApiToken::kind(&()),
             "status": plan.status,
         });
-        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::WriteStatus)?;
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::WriteStatus)?;
     }
 
     if let Some(transition) = &plan.event {
@@ -262,7 +303,11 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
         }
         tracing::info!(namespace = ns, %name, reason = transition.reason.as_str(), "{}", transition.note);
         let event = Event {
-            type_: if transition.warning { EventType::Warning } else { EventType::Normal },
+            type_: if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: transition.reason.as_str().to_owned(),
             note: Some(transition.note.clone()),
             action: transition.reason.as_str().to_owned(),
@@ -274,7 +319,9 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
         }
     }
 
-    let seconds = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.as_ref().map(|t| t.0.as_second());
+    let seconds = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.as_ref().map(|t| t.0.as_second())
+    };
     ctx.metrics.observe_token(
         ns,
         &name,

@@ -104,9 +104,21 @@ impl Metrics {
             "Time spent in one reconcile",
             reconcile_duration.clone(),
         );
-        registry.register("reconcile_errors", "Reconcile errors by kind", errors.clone());
-        registry.register("rotations", "Credentials replaced (scheduled, manual or after tampering)", rotations.clone());
-        registry.register("revocations", "Tokens revoked or expired", revocations.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by kind",
+            errors.clone(),
+        );
+        registry.register(
+            "rotations",
+            "Credentials replaced (scheduled, manual or after tampering)",
+            rotations.clone(),
+        );
+        registry.register(
+            "revocations",
+            "Tokens revoked or expired",
+            revocations.clone(),
+        );
         registry.register("tokens", "ApiTokens by phase", tokens.clone());
         registry.register(
             "token_next_rotation_timestamp_seconds",
@@ -118,7 +130,11 @@ impl Metrics {
             "Unix time at which the token expires",
             expiry.clone(),
         );
-        registry.register("token_info", "One series per token with its role and phase", info.clone());
+        registry.register(
+            "token_info",
+            "One series per token with its role and phase",
+            info.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -138,7 +154,9 @@ impl Metrics {
     /// Records one finished reconcile.
     pub fn reconciled(&self, ok: bool, took: Duration) {
         let result = if ok { "success" } else { "error" };
-        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
@@ -246,12 +264,17 @@ pub async fn serve(
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics and health");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.encode(),
     )
 }
@@ -282,8 +305,12 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe_token("ns", "a", view(Phase::Active));
         let text = metrics.encode();
-        assert!(text.contains(r#"tokenmint_token_info{namespace="ns",name="a",role="reader",phase="Active"} 1"#));
-        assert!(text.contains(r#"tokenmint_token_next_rotation_timestamp_seconds{namespace="ns",name="a"} 1900000000"#));
+        assert!(text.contains(
+            r#"tokenmint_token_info{namespace="ns",name="a",role="reader",phase="Active"} 1"#
+        ));
+        assert!(text.contains(
+            r#"tokenmint_token_next_rotation_timestamp_seconds{namespace="ns",name="a"} 1900000000"#
+        ));
 
         metrics.observe_token("ns", "a", view(Phase::Revoked));
         let text = metrics.encode();

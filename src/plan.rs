@@ -44,7 +44,10 @@ pub enum SecretWrite {
         secret: Box<Secret>,
     },
     /// Delete; fails unless the Secret is still the one observed.
-    Delete { uid: String, resource_version: String },
+    Delete {
+        uid: String,
+        resource_version: String,
+    },
 }
 
 /// When to reconcile again.
@@ -104,7 +107,12 @@ enum Mint {
 }
 
 /// Decides what to do for `token`, given its Secret as observed and the time.
-pub fn plan(token: &ApiToken, observed: &Observed<'_>, now: Timestamp, rng: &mut impl rand::RngCore) -> Plan {
+pub fn plan(
+    token: &ApiToken,
+    observed: &Observed<'_>,
+    now: Timestamp,
+    rng: &mut impl rand::RngCore,
+) -> Plan {
     let last = token.status.clone().unwrap_or_default();
     let expires_at = token.spec.expires_at.as_ref().map(|t| t.0);
 
@@ -116,7 +124,14 @@ pub fn plan(token: &ApiToken, observed: &Observed<'_>, now: Timestamp, rng: &mut
     let spec = match validate::validate(&token.spec) {
         Ok(spec) => spec,
         Err(e) => {
-            return failed(token, &last, Reason::InvalidSpec, e.to_string(), now, wake_for_expiry);
+            return failed(
+                token,
+                &last,
+                Reason::InvalidSpec,
+                e.to_string(),
+                now,
+                wake_for_expiry,
+            );
         }
     };
 
@@ -144,25 +159,43 @@ pub fn plan(token: &ApiToken, observed: &Observed<'_>, now: Timestamp, rng: &mut
             };
             mint(token, &spec, &last, None, rotations, why, now, rng)
         }
-        Observed::Owned { secret, held: Err(tampered) } => {
+        Observed::Owned {
+            secret,
+            held: Err(tampered),
+        } => {
             let rotations = last.rotations.unwrap_or(0) + 1;
             let why = Mint::Tampered(tampered.to_string());
             mint(token, &spec, &last, Some(secret), rotations, why, now, rng)
         }
-        Observed::Owned { secret, held: Ok(held) } => {
+        Observed::Owned {
+            secret,
+            held: Ok(held),
+        } => {
             if let Some(reason) = replayed(&last, held) {
                 let why = Mint::Tampered(reason.to_owned());
                 let rotations = last.rotations.unwrap_or(0).max(held.rotations) + 1;
                 return mint(token, &spec, &last, Some(secret), rotations, why, now, rng);
             }
-            let manual = token.rotate_request().is_some() && token.rotate_request() != held.rotate_request.as_deref();
-            let scheduled = spec.period.filter(|p| schedule::rotation_due(held.issued_at, *p, now));
+            let manual = token.rotate_request().is_some()
+                && token.rotate_request() != held.rotate_request.as_deref();
+            let scheduled = spec
+                .period
+                .filter(|p| schedule::rotation_due(held.issued_at, *p, now));
             if manual || scheduled.is_some() {
                 let why = match scheduled {
                     Some(period) if !manual => Mint::Scheduled(period),
                     _ => Mint::Manual,
                 };
-                return mint(token, &spec, &last, Some(secret), held.rotations + 1, why, now, rng);
+                return mint(
+                    token,
+                    &spec,
+                    &last,
+                    Some(secret),
+                    held.rotations + 1,
+                    why,
+                    now,
+                    rng,
+                );
             }
             let desired = secret::desired(token, &spec, held);
             let write = if secret::in_sync(secret, &desired) {
@@ -236,7 +269,11 @@ fn mint(
     };
     let name = token.secret_name();
     let (warning, reason, note) = match why {
-        Mint::First => (false, Reason::Issued, format!("issued a credential into Secret {name}")),
+        Mint::First => (
+            false,
+            Reason::Issued,
+            format!("issued a credential into Secret {name}"),
+        ),
         Mint::Reissue => (
             false,
             Reason::Rotated,
@@ -245,39 +282,66 @@ fn mint(
         Mint::SecretDeleted => (
             true,
             Reason::Rotated,
-            format!("Secret {name} was deleted; treated as compromised and minted a new credential"),
+            format!(
+                "Secret {name} was deleted; treated as compromised and minted a new credential"
+            ),
         ),
         Mint::Tampered(detail) => (
             true,
             Reason::Rotated,
-            format!("Secret {name} was altered ({detail}); treated as compromised and minted a new credential"),
+            format!(
+                "Secret {name} was altered ({detail}); treated as compromised and minted a new credential"
+            ),
         ),
         Mint::Manual => (
             false,
             Reason::Rotated,
             format!("rotated on request ({})", crate::api::ROTATE_ANNOTATION),
         ),
-        Mint::Scheduled(period) => (false, Reason::Rotated, format!("scheduled rotation (every {period})")),
+        Mint::Scheduled(period) => (
+            false,
+            Reason::Rotated,
+            format!("scheduled rotation (every {period})"),
+        ),
     };
     let status = active_status(token, spec, &held, last, now);
     let wake = wake_active(&status);
     Plan {
         write,
         status,
-        event: Some(Transition { warning, reason, note }),
+        event: Some(Transition {
+            warning,
+            reason,
+            note,
+        }),
         wake,
     }
 }
 
 fn wake_active(status: &ApiTokenStatus) -> Wake {
     let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
-    schedule::next_wakeup([at(&status.next_rotation_at), at(&status.expires_at)]).map_or(Wake::OnChange, Wake::At)
+    schedule::next_wakeup([at(&status.next_rotation_at), at(&status.expires_at)])
+        .map_or(Wake::OnChange, Wake::At)
 }
 
 /// Status of a token whose credential `held` is in its Secret.
-fn active_status(token: &ApiToken, spec: &ValidSpec, held: &Held, last: &ApiTokenStatus, now: Timestamp) -> ApiTokenStatus {
-    let reason = if held.rotations == 0 { Reason::Issued } else { Reason::Rotated };
-    let message = format!("credential {} is in Secret {}", held.fingerprint(), token.secret_name());
+fn active_status(
+    token: &ApiToken,
+    spec: &ValidSpec,
+    held: &Held,
+    last: &ApiTokenStatus,
+    now: Timestamp,
+) -> ApiTokenStatus {
+    let reason = if held.rotations == 0 {
+        Reason::Issued
+    } else {
+        Reason::Rotated
+    };
+    let message = format!(
+        "credential {} is in Secret {}",
+        held.fingerprint(),
+        token.secret_name()
+    );
     ApiTokenStatus {
         phase: Some(Phase::Active),
         access_key: Some(held.credential.access_key.clone()),
@@ -297,8 +361,18 @@ fn active_status(token: &ApiToken, spec: &ValidSpec, held: &Held, last: &ApiToke
 }
 
 /// Revoked or Expired: the Secret goes (if ours), the token stays as the record.
-fn end(token: &ApiToken, observed: &Observed<'_>, last: &ApiTokenStatus, phase: Phase, now: Timestamp) -> Plan {
-    let reason = if phase == Phase::Revoked { Reason::Revoked } else { Reason::Expired };
+fn end(
+    token: &ApiToken,
+    observed: &Observed<'_>,
+    last: &ApiTokenStatus,
+    phase: Phase,
+    now: Timestamp,
+) -> Plan {
+    let reason = if phase == Phase::Revoked {
+        Reason::Revoked
+    } else {
+        Reason::Expired
+    };
     let name = token.secret_name();
     let (write, held) = match observed {
         Observed::Owned { secret, held } => (
@@ -311,19 +385,31 @@ fn end(token: &ApiToken, observed: &Observed<'_>, last: &ApiTokenStatus, phase: 
         _ => (SecretWrite::Nothing, None),
     };
     let newly = last.phase != Some(phase);
-    let what = if phase == Phase::Revoked { "revoked" } else { "expired" };
+    let what = if phase == Phase::Revoked {
+        "revoked"
+    } else {
+        "expired"
+    };
     let message = format!("token {what}; its credential was removed with Secret {name}");
     let status = ApiTokenStatus {
         phase: Some(phase),
-        access_key: held.map(|h| h.credential.access_key.clone()).or(last.access_key.clone()),
+        access_key: held
+            .map(|h| h.credential.access_key.clone())
+            .or(last.access_key.clone()),
         fingerprint: held.map(Held::fingerprint).or(last.fingerprint.clone()),
         secret_name: Some(name.to_owned()),
         issued_at: held.map(|h| Time(h.issued_at)).or(last.issued_at.clone()),
         next_rotation_at: None,
         expires_at: token.spec.expires_at.clone(),
-        revoked_at: last.revoked_at.clone().filter(|_| !newly).or(Some(Time(now))),
+        revoked_at: last
+            .revoked_at
+            .clone()
+            .filter(|_| !newly)
+            .or(Some(Time(now))),
         rotations: held.map(|h| h.rotations).or(last.rotations),
-        last_rotate_request: held.and_then(|h| h.rotate_request.clone()).or(last.last_rotate_request.clone()),
+        last_rotate_request: held
+            .and_then(|h| h.rotate_request.clone())
+            .or(last.last_rotate_request.clone()),
         observed_generation: token.metadata.generation,
         conditions: vec![ready(token, last, false, reason, message.clone(), now)],
     };
@@ -340,7 +426,14 @@ fn end(token: &ApiToken, observed: &Observed<'_>, last: &ApiTokenStatus, phase: 
 }
 
 /// Cannot issue: invalid spec or a foreign Secret. Nothing is written to any Secret.
-fn failed(token: &ApiToken, last: &ApiTokenStatus, reason: Reason, message: String, now: Timestamp, wake: Wake) -> Plan {
+fn failed(
+    token: &ApiToken,
+    last: &ApiTokenStatus,
+    reason: Reason,
+    message: String,
+    now: Timestamp,
+    wake: Wake,
+) -> Plan {
     let already = last
         .conditions
         .iter()
@@ -367,7 +460,14 @@ fn failed(token: &ApiToken, last: &ApiTokenStatus, reason: Reason, message: Stri
 }
 
 /// The `Ready` condition; its transition time moves only when its status flips.
-pub fn ready(token: &ApiToken, last: &ApiTokenStatus, ok: bool, reason: Reason, message: String, now: Timestamp) -> Condition {
+pub fn ready(
+    token: &ApiToken,
+    last: &ApiTokenStatus,
+    ok: bool,
+    reason: Reason,
+    message: String,
+    now: Timestamp,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
     let since = last
         .conditions
@@ -381,5 +481,465 @@ pub fn ready(token: &ApiToken, last: &ApiTokenStatus, ok: bool, reason: Reason, 
         message,
         observed_generation: token.metadata.generation,
         last_transition_time: since,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ApiTokenSpec, Rotation};
+    use crate::secret::{FINGERPRINT_ANNOTATION, observe};
+    use jiff::SignedDuration;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use std::collections::BTreeMap;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn at(offset_secs: i64) -> Timestamp {
+        Timestamp::from_second(T0 + offset_secs).unwrap()
+    }
+
+    /// A fresh seed per call, as every real mint draws new randomness.
+    fn rng() -> StdRng {
+        static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        StdRng::seed_from_u64(SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn token(spec: impl FnOnce(&mut ApiTokenSpec)) -> ApiToken {
+        let mut t = ApiToken::new(
+            "reader",
+            ApiTokenSpec {
+                role: "reader".into(),
+                description: None,
+                scopes: None,
+                rotation: Some(Rotation {
+                    period: "1h".into(),
+                }),
+                expires_at: None,
+                revoked: None,
+                secret_name: None,
+                secret_template: None,
+                format: None,
+            },
+        );
+        t.metadata.namespace = Some("team".into());
+        t.metadata.uid = Some("uid-1".into());
+        t.metadata.generation = Some(1);
+        spec(&mut t.spec);
+        t
+    }
+
+    fn annotate(mut t: ApiToken, value: &str) -> ApiToken {
+        t.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(crate::api::ROTATE_ANNOTATION.into(), value.into());
+        t
+    }
+
+    /// Runs the plan and, as the controller would, "applies" its Secret and status.
+    fn issue(t: &ApiToken, now: Timestamp) -> (ApiToken, Secret) {
+        let p = plan(t, &observe(t, None), now, &mut rng());
+        let SecretWrite::Create(secret) = p.write else {
+            panic!("expected a create, got {:?}", p.write)
+        };
+        let mut secret = *secret;
+        secret.metadata.resource_version = Some("1".into());
+        secret.metadata.uid = Some("secret-uid".into());
+        let mut t = t.clone();
+        t.status = Some(p.status);
+        (t, secret)
+    }
+
+    fn run(t: &ApiToken, secret: Option<&Secret>, now: Timestamp) -> Plan {
+        plan(t, &observe(t, secret), now, &mut rng())
+    }
+
+    fn edit(secret: &Secret, key: &str, value: &str) -> Secret {
+        let mut s = secret.clone();
+        s.data
+            .as_mut()
+            .unwrap()
+            .insert(key.into(), ByteString(value.as_bytes().to_vec()));
+        s
+    }
+
+    #[test]
+    fn new_token_gets_a_secret_and_active_status() {
+        let t = token(|_| {});
+        let p = run(&t, None, at(0));
+        let SecretWrite::Create(secret) = &p.write else {
+            panic!("{:?}", p.write)
+        };
+        let data = secret.data.as_ref().unwrap();
+        for key in [
+            "username",
+            "password",
+            "token",
+            "basic",
+            "authorization-bearer",
+            "authorization-basic",
+            "role",
+            "scopes",
+        ] {
+            assert!(data.contains_key(key), "missing {key}");
+        }
+        assert_eq!(p.status.phase, Some(Phase::Active));
+        assert_eq!(p.status.rotations, Some(0));
+        assert_eq!(p.status.next_rotation_at, Some(Time(at(3600))));
+        assert_eq!(p.event.as_ref().map(|e| e.reason), Some(Reason::Issued));
+        assert_eq!(p.wake, Wake::At(at(3600)));
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            ("uid-1", Some(true))
+        );
+    }
+
+    #[test]
+    fn status_never_holds_the_secret_key() {
+        let t = token(|_| {});
+        let (t, secret) = issue(&t, at(0));
+        let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+        let status = serde_json::to_string(&t.status).unwrap();
+        assert!(!status.contains(&password));
+    }
+
+    #[test]
+    fn steady_state_writes_nothing() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let p = run(&t, Some(&secret), at(10));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(Some(&p.status), t.status.as_ref());
+        assert_eq!(p.event, None);
+    }
+
+    #[test]
+    fn lost_status_is_rebuilt_from_the_secret_without_a_new_credential() {
+        let (issued, secret) = issue(&token(|_| {}), at(0));
+        let mut t = issued.clone();
+        t.status = None;
+        let p = run(&t, Some(&secret), at(10));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(
+            p.status.fingerprint,
+            issued.status.as_ref().unwrap().fingerprint
+        );
+        assert_eq!(p.status.issued_at, Some(Time(at(0))));
+        assert_eq!(p.event, None);
+    }
+
+    #[test]
+    fn scheduled_rotation_happens_at_the_instant_not_before() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let before = run(&t, Some(&secret), at(3599));
+        assert!(matches!(before.write, SecretWrite::Nothing));
+        assert_eq!(before.wake, Wake::At(at(3600)));
+
+        let due = run(&t, Some(&secret), at(3600));
+        let SecretWrite::Update {
+            resource_version, ..
+        } = &due.write
+        else {
+            panic!("{:?}", due.write)
+        };
+        assert_eq!(resource_version, "1");
+        assert_eq!(due.status.rotations, Some(1));
+        assert_eq!(due.status.issued_at, Some(Time(at(3600))));
+        assert_eq!(due.status.next_rotation_at, Some(Time(at(7200))));
+        assert_ne!(
+            due.status.fingerprint,
+            t.status.as_ref().unwrap().fingerprint
+        );
+        assert_eq!(
+            due.event.as_ref().map(|e| (e.reason, e.warning)),
+            Some((Reason::Rotated, false))
+        );
+    }
+
+    #[test]
+    fn overdue_rotation_after_an_outage_happens_once() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let late = at(5 * 3600 + 17);
+        let p = run(&t, Some(&secret), late);
+        assert_eq!(p.status.rotations, Some(1));
+        assert_eq!(
+            p.status.next_rotation_at,
+            Some(Time(late + SignedDuration::from_hours(1)))
+        );
+    }
+
+    #[test]
+    fn token_without_rotation_never_rotates() {
+        let (t, secret) = issue(&token(|s| s.rotation = None), at(0));
+        let p = run(&t, Some(&secret), at(100 * 86_400));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(p.status.next_rotation_at, None);
+        assert_eq!(p.wake, Wake::OnChange);
+    }
+
+    #[test]
+    fn manual_rotation_happens_once_per_new_value() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let t = annotate(t, "2026-11-23T10:00:00Z");
+        let p = run(&t, Some(&secret), at(5));
+        let SecretWrite::Update {
+            secret: rotated, ..
+        } = &p.write
+        else {
+            panic!("{:?}", p.write)
+        };
+        assert_eq!(
+            p.status.last_rotate_request.as_deref(),
+            Some("2026-11-23T10:00:00Z")
+        );
+        assert_eq!(p.status.rotations, Some(1));
+
+        // The same value seen again, even with status lost, does not rotate again.
+        let mut again = t.clone();
+        again.status = None;
+        let mut rotated = (**rotated).clone();
+        rotated.metadata.resource_version = Some("2".into());
+        rotated.metadata.uid = Some("secret-uid".into());
+        let p2 = run(&again, Some(&rotated), at(6));
+        assert!(matches!(p2.write, SecretWrite::Nothing));
+        assert_eq!(p2.status.rotations, Some(1));
+    }
+
+    #[test]
+    fn rotate_annotation_present_at_creation_is_handled_by_the_first_issue() {
+        let t = annotate(token(|_| {}), "first");
+        let (t, secret) = issue(&t, at(0));
+        assert_eq!(
+            t.status.as_ref().unwrap().last_rotate_request.as_deref(),
+            Some("first")
+        );
+        assert!(matches!(
+            run(&t, Some(&secret), at(1)).write,
+            SecretWrite::Nothing
+        ));
+    }
+
+    #[test]
+    fn revoked_token_loses_its_secret_and_keeps_the_record() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let mut revoked = t.clone();
+        revoked.spec.revoked = Some(true);
+        let p = run(&revoked, Some(&secret), at(30));
+        let SecretWrite::Delete {
+            uid,
+            resource_version,
+        } = &p.write
+        else {
+            panic!("{:?}", p.write)
+        };
+        assert_eq!(
+            (uid.as_str(), resource_version.as_str()),
+            ("secret-uid", "1")
+        );
+        assert_eq!(p.status.phase, Some(Phase::Revoked));
+        assert_eq!(p.status.revoked_at, Some(Time(at(30))));
+        assert_eq!(p.status.next_rotation_at, None);
+        assert_eq!(p.status.access_key, t.status.as_ref().unwrap().access_key);
+        assert_eq!(p.status.conditions[0].status, "False");
+        assert_eq!(p.status.conditions[0].reason, "Revoked");
+        assert_eq!(p.event.as_ref().map(|e| e.reason), Some(Reason::Revoked));
+
+        // Once carried out, nothing more happens and no second Event is recorded.
+        let mut after = revoked.clone();
+        after.status = Some(p.status.clone());
+        let p2 = run(&after, None, at(60));
+        assert!(matches!(p2.write, SecretWrite::Nothing));
+        assert_eq!(p2.event, None);
+        assert_eq!(p2.status.revoked_at, Some(Time(at(30))));
+    }
+
+    #[test]
+    fn expiry_removes_the_secret_at_the_instant() {
+        let expires = at(1800);
+        let (t, secret) = issue(&token(|s| s.expires_at = Some(Time(expires))), at(0));
+        assert_eq!(run(&t, Some(&secret), at(0)).wake, Wake::At(expires));
+        let p = run(&t, Some(&secret), expires);
+        assert!(matches!(p.write, SecretWrite::Delete { .. }));
+        assert_eq!(p.status.phase, Some(Phase::Expired));
+        assert_eq!(p.event.as_ref().map(|e| e.reason), Some(Reason::Expired));
+    }
+
+    #[test]
+    fn past_expiry_on_create_expires_at_once_without_minting() {
+        let t = token(|s| s.expires_at = Some(Time(at(-1))));
+        let p = run(&t, None, at(0));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(p.status.phase, Some(Phase::Expired));
+        assert_eq!(p.status.access_key, None);
+    }
+
+    #[test]
+    fn deleted_secret_is_replaced_and_counted_as_a_rotation_with_a_warning() {
+        let (t, _) = issue(&token(|_| {}), at(0));
+        let p = run(&t, None, at(100));
+        assert!(matches!(p.write, SecretWrite::Create(_)));
+        assert_eq!(p.status.rotations, Some(1));
+        assert_eq!(
+            p.event.as_ref().map(|e| (e.reason, e.warning)),
+            Some((Reason::Rotated, true))
+        );
+    }
+
+    #[test]
+    fn edited_credential_key_is_treated_as_compromised() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        for key in [
+            "password",
+            "username",
+            "token",
+            "basic",
+            "authorization-bearer",
+            "authorization-basic",
+        ] {
+            let p = run(&t, Some(&edit(&secret, key, "tampered")), at(100));
+            assert!(matches!(p.write, SecretWrite::Update { .. }), "{key}");
+            assert_eq!(p.status.rotations, Some(1), "{key}");
+            assert_ne!(
+                p.status.fingerprint,
+                t.status.as_ref().unwrap().fingerprint,
+                "{key}"
+            );
+            let event = p.event.unwrap();
+            assert!(
+                event.warning && !event.note.contains("tampered"),
+                "{key}: {}",
+                event.note
+            );
+        }
+    }
+
+    #[test]
+    fn consistent_but_foreign_credential_is_treated_as_compromised() {
+        // Someone rewrote every form and the fingerprint annotation consistently.
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let other = issue(&token(|s| s.role = "writer".into()), at(0)).1;
+        let mut swapped = other.clone();
+        swapped
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("role".into(), ByteString(b"reader".to_vec()));
+        swapped.metadata.resource_version = secret.metadata.resource_version.clone();
+        let mut t2 = t.clone();
+        t2.status.as_mut().unwrap().fingerprint = Some("sha256:0000000000000000".into());
+        let p = run(&t2, Some(&swapped), at(5));
+        assert!(matches!(p.write, SecretWrite::Update { .. }));
+        assert!(p.event.unwrap().warning);
+        // But a Secret that is newer than the status (status write not seen yet) is trusted.
+        let fingerprint =
+            swapped.metadata.annotations.as_ref().unwrap()[FINGERPRINT_ANNOTATION].clone();
+        let mut stale = t.clone();
+        stale.status.as_mut().unwrap().rotations = None;
+        let p = run(&stale, Some(&swapped), at(5));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(p.status.fingerprint, Some(fingerprint));
+    }
+
+    #[test]
+    fn foreign_secret_is_never_touched() {
+        let t = token(|_| {});
+        let mut foreign = issue(&t, at(0)).1;
+        foreign.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "other".into(),
+            uid: "other-uid".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
+        let p = run(&t, Some(&foreign), at(0));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(p.status.phase, Some(Phase::Failed));
+        assert_eq!(p.status.conditions[0].reason, "SecretConflict");
+        assert_eq!(p.wake, Wake::After(CONFLICT_RETRY));
+        assert!(p.event.is_some());
+        // No second Event while the conflict persists.
+        let mut t2 = t.clone();
+        t2.status = Some(p.status);
+        assert_eq!(run(&t2, Some(&foreign), at(30)).event, None);
+        // A Secret with no owner at all is foreign too.
+        let mut bare = foreign.clone();
+        bare.metadata = ObjectMeta {
+            name: bare.metadata.name.clone(),
+            ..ObjectMeta::default()
+        };
+        assert!(matches!(
+            run(&t, Some(&bare), at(0)).write,
+            SecretWrite::Nothing
+        ));
+    }
+
+    #[test]
+    fn invalid_spec_changes_no_credential() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let mut bad = t.clone();
+        bad.spec.rotation = Some(Rotation {
+            period: "10s".into(),
+        });
+        let p = run(&bad, Some(&secret), at(7200));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(p.status.phase, Some(Phase::Failed));
+        assert_eq!(p.status.fingerprint, t.status.as_ref().unwrap().fingerprint);
+        let ready = &p.status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(ready.message.contains("spec.rotation.period"));
+        // And nothing is minted for a new token with an invalid spec.
+        let p = run(
+            &token(|s| {
+                s.rotation = Some(Rotation {
+                    period: "10s".into(),
+                })
+            }),
+            None,
+            at(0),
+        );
+        assert!(matches!(p.write, SecretWrite::Nothing));
+    }
+
+    #[test]
+    fn role_and_scope_changes_update_the_secret_in_place() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let mut changed = t.clone();
+        changed.spec.role = "writer".into();
+        changed.metadata.generation = Some(2);
+        let p = run(&changed, Some(&secret), at(10));
+        let SecretWrite::Update {
+            secret: updated, ..
+        } = &p.write
+        else {
+            panic!("{:?}", p.write)
+        };
+        let data = updated.data.as_ref().unwrap();
+        assert_eq!(data["role"].0, b"writer");
+        assert_eq!(data["password"], secret.data.as_ref().unwrap()["password"]);
+        assert_eq!(p.status.fingerprint, t.status.as_ref().unwrap().fingerprint);
+        assert_eq!(p.status.observed_generation, Some(2));
+        assert_eq!(p.event, None);
+    }
+
+    #[test]
+    fn ready_transition_time_moves_only_when_readiness_flips() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let rotated = run(&t, Some(&secret), at(3600));
+        assert_eq!(
+            rotated.status.conditions[0].last_transition_time,
+            Time(at(0))
+        );
+        let mut revoked = t.clone();
+        revoked.spec.revoked = Some(true);
+        let p = run(&revoked, Some(&secret), at(4000));
+        assert_eq!(p.status.conditions[0].last_transition_time, Time(at(4000)));
     }
 }

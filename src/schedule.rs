@@ -16,7 +16,9 @@ pub struct Period(u64);
 /// Why a period string was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PeriodError {
-    #[error("must be one or more <integer><unit> pairs with units w, d, h, m, s (e.g. 30d, 12h, 1h30m)")]
+    #[error(
+        "must be one or more <integer><unit> pairs with units w, d, h, m, s (e.g. 30d, 12h, 1h30m)"
+    )]
     Syntax,
     #[error("is too long to represent")]
     Overflow,
@@ -99,7 +101,13 @@ impl fmt::Display for Period {
             return f.write_str("0s");
         }
         let mut rest = self.0;
-        for (unit, secs) in [('w', 7 * 86_400), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        for (unit, secs) in [
+            ('w', 7 * 86_400),
+            ('d', 86_400),
+            ('h', 3_600),
+            ('m', 60),
+            ('s', 1),
+        ] {
             if rest >= secs {
                 write!(f, "{}{unit}", rest / secs)?;
                 rest %= secs;
@@ -184,7 +192,11 @@ mod tests {
         let issued = Timestamp::from_second(1_000_000).unwrap();
         let period = Period::parse("90s").unwrap();
         let due = next_rotation_at(issued, period);
-        assert!(!rotation_due(issued, period, due - SignedDuration::from_millis(1)));
+        assert!(!rotation_due(
+            issued,
+            period,
+            due - SignedDuration::from_millis(1)
+        ));
         assert!(rotation_due(issued, period, due));
     }
 

@@ -79,12 +79,10 @@ pub fn observe<'a>(token: &ApiToken, secret: Option<&'a Secret>) -> Observed<'a>
         return Observed::Missing;
     };
     let uid = token.metadata.uid.as_deref();
-    let controlled = secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "ApiToken");
+    let controlled =
+        secret.metadata.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "ApiToken"
+        });
     if !controlled {
         return Observed::Foreign;
     }
@@ -104,7 +102,12 @@ fn data_str<'s>(secret: &'s Secret, key: &str) -> Result<&'s str, Tampered> {
 }
 
 fn annotation<'s>(secret: &'s Secret, key: &str) -> Option<&'s str> {
-    secret.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 /// Reads the credential back and checks that every form agrees with every other and with the
@@ -134,7 +137,11 @@ fn read_held(secret: &Secret) -> Result<Held, Tampered> {
     }
     let issued_at = annotation(secret, ISSUED_AT_ANNOTATION)
         .and_then(|t| t.parse::<Timestamp>().ok())
-        .ok_or_else(|| Tampered(format!("annotation {ISSUED_AT_ANNOTATION} is missing or invalid")))?;
+        .ok_or_else(|| {
+            Tampered(format!(
+                "annotation {ISSUED_AT_ANNOTATION} is missing or invalid"
+            ))
+        })?;
     let rotations = annotation(secret, ROTATIONS_ANNOTATION)
         .map(str::parse::<u64>)
         .transpose()
@@ -206,14 +213,23 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held) -> Secret {
 
 /// Whether `observed` already carries everything in `desired` (extra keys others added are left alone).
 pub fn in_sync(observed: &Secret, desired: &Secret) -> bool {
-    fn contains<V: PartialEq>(have: Option<&BTreeMap<String, V>>, want: Option<&BTreeMap<String, V>>) -> bool {
+    fn contains<V: PartialEq>(
+        have: Option<&BTreeMap<String, V>>,
+        want: Option<&BTreeMap<String, V>>,
+    ) -> bool {
         want.into_iter()
             .flatten()
             .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
     }
     contains(observed.data.as_ref(), desired.data.as_ref())
-        && contains(observed.metadata.labels.as_ref(), desired.metadata.labels.as_ref())
-        && contains(observed.metadata.annotations.as_ref(), desired.metadata.annotations.as_ref())
+        && contains(
+            observed.metadata.labels.as_ref(),
+            desired.metadata.labels.as_ref(),
+        )
+        && contains(
+            observed.metadata.annotations.as_ref(),
+            desired.metadata.annotations.as_ref(),
+        )
         && observed.type_ == desired.type_
 }
 

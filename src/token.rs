@@ -273,7 +273,10 @@ mod tests {
             .map(|&c| (f64::from(c) - expected).powi(2) / expected)
             .sum();
         // 61 degrees of freedom: p = 0.001 critical value is about 100.9.
-        assert!(chi2 < 100.9, "chi-square {chi2} says the alphabet is not uniform");
+        assert!(
+            chi2 < 100.9,
+            "chi-square {chi2} says the alphabet is not uniform"
+        );
     }
 
     #[test]
@@ -319,7 +322,10 @@ mod tests {
         for input in [token.to_owned(), format!("Basic {token}")] {
             let decoded = decode(&input).unwrap();
             assert_eq!(decoded.username, "4cefb8480f8f4a7886a5c9da1056a7b5");
-            assert_eq!(decoded.password, "yYGUYlWPUiNNN46nFZcOo3aTOqICP2aAk1qxT5B8AJQ=");
+            assert_eq!(
+                decoded.password,
+                "yYGUYlWPUiNNN46nFZcOo3aTOqICP2aAk1qxT5B8AJQ="
+            );
         }
     }
 

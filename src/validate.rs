@@ -48,7 +48,8 @@ pub fn validate(spec: &ApiTokenSpec) -> Result<ValidSpec, InvalidSpec> {
     }
     let mut seen = HashSet::new();
     for (i, scope) in scopes.iter().enumerate() {
-        check_scope(scope).map_err(|e| invalid(format!("spec.scopes[{i}].{}", e.field), e.reason))?;
+        check_scope(scope)
+            .map_err(|e| invalid(format!("spec.scopes[{i}].{}", e.field), e.reason))?;
         if !seen.insert((scope.type_.as_str(), scope.resource.as_deref())) {
             return Err(invalid(
                 format!("spec.scopes[{i}]"),
@@ -79,7 +80,10 @@ fn check_format(format: &Format) -> Result<(), InvalidSpec> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return Err(invalid("spec.format.prefix", "must be 0-16 characters of [A-Za-z0-9_-]"));
+        return Err(invalid(
+            "spec.format.prefix",
+            "must be 0-16 characters of [A-Za-z0-9_-]",
+        ));
     }
     if !(8..=64).contains(&format.access_key_length) {
         return Err(invalid("spec.format.accessKeyLength", "must be 8..64"));
@@ -133,13 +137,19 @@ fn check_scope(scope: &Scope) -> Result<(), InvalidSpec> {
     if let Some(resource) = &scope.resource
         && !is_resource(resource)
     {
-        return Err(invalid("resource", "must be 1-253 characters of [A-Za-z0-9_.-]"));
+        return Err(invalid(
+            "resource",
+            "must be 1-253 characters of [A-Za-z0-9_.-]",
+        ));
     }
     match (&scope.resource, &scope.filter) {
         (_, Some(filter)) if filter.is_empty() || filter.len() > 1024 => {
             Err(invalid("filter", "must be 1-1024 characters"))
         }
-        (None, Some(_)) => Err(invalid("filter", "needs resource: a row filter applies to one resource")),
+        (None, Some(_)) => Err(invalid(
+            "filter",
+            "needs resource: a row filter applies to one resource",
+        )),
         _ => Ok(()),
     }
 }
@@ -222,7 +232,11 @@ mod tests {
     #[test]
     fn duplicate_scopes_are_rejected_by_index() {
         let mut s = spec();
-        s.scopes = Some(vec![scope("PIPES:READ:top"), scope("DATASOURCES:READ:events"), scope("PIPES:READ:top")]);
+        s.scopes = Some(vec![
+            scope("PIPES:READ:top"),
+            scope("DATASOURCES:READ:events"),
+            scope("PIPES:READ:top"),
+        ]);
         assert_eq!(validate(&s).unwrap_err().field, "spec.scopes[2]");
     }
 
@@ -256,7 +270,10 @@ mod tests {
             ("ADMIN", ("ADMIN", None, None)),
             ("TOKENS", ("TOKENS", None, None)),
             ("DATASOURCES:CREATE", ("DATASOURCES:CREATE", None, None)),
-            ("PIPES:READ:top_pages", ("PIPES:READ", Some("top_pages"), None)),
+            (
+                "PIPES:READ:top_pages",
+                ("PIPES:READ", Some("top_pages"), None),
+            ),
             (
                 "DATASOURCES:READ:events:tenant_id = 42",
                 ("DATASOURCES:READ", Some("events"), Some("tenant_id = 42")),
@@ -265,7 +282,10 @@ mod tests {
                 "DATASOURCES:READ:table_name:column==1",
                 ("DATASOURCES:READ", Some("table_name"), Some("column==1")),
             ),
-            ("DATASOURCES:READ:t:a:b", ("DATASOURCES:READ", Some("t"), Some("a:b"))),
+            (
+                "DATASOURCES:READ:t:a:b",
+                ("DATASOURCES:READ", Some("t"), Some("a:b")),
+            ),
         ];
         for (text, (type_, resource, filter)) in cases {
             let s = scope(text);
@@ -278,7 +298,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed_scope_strings() {
-        for text in ["", "admin", "PIPES:READ:bad resource", "PIPES:READ:top:", "A:B:C:"] {
+        for text in [
+            "",
+            "admin",
+            "PIPES:READ:bad resource",
+            "PIPES:READ:top:",
+            "A:B:C:",
+        ] {
             assert!(parse_scope(text).is_err(), "{text:?}");
         }
     }
