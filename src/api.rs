@@ -43,7 +43,8 @@ const DNS1123_SUBDOMAIN_PATTERN: &str =
     printcolumn(name = "Access Key", type_ = "string", json_path = ".status.accessKey"),
     printcolumn(
         name = "Next Rotation",
-        type_ = "date",
+        // A date column prints ages, and kubectl shows "<invalid>" for a time in the future.
+        type_ = "string",
         json_path = ".status.nextRotationAt"
     ),
     printcolumn(

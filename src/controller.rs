@@ -14,7 +14,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{ApiToken, MANAGER, Phase};
+use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
 use crate::metrics::{Metrics, TokenView};
 use crate::plan::{self, Plan, Reason, SecretWrite, Wake};
 use crate::secret::{self, TOKEN_LABEL};
@@ -85,6 +85,11 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
 
+    // Ready once both caches have their first full list. (Counted from the streams: several tasks
+    // awaiting `Store::wait_until_ready` at once are not all woken in kube-runtime 5.)
+    let synced = Arc::new(Synced::new(metrics.clone()));
+    let secrets_synced = synced.clone();
+
     // Both caches drop managedFields: they are the bulk of each object and nothing here reads them.
     let (secret_store, secret_writer) = reflector::store();
     let secret_events = watcher(
@@ -93,6 +98,7 @@ pub async fn run(
     )
     .default_backoff()
     .modify(|s: &mut Secret| s.metadata.managed_fields = None)
+    .inspect_ok(move |event| secrets_synced.observe(Synced::SECRETS, event))
     .reflect(secret_writer)
     .touched_objects();
 
@@ -102,23 +108,13 @@ pub async fn run(
         .default_backoff()
         .modify(|t: &mut ApiToken| t.metadata.managed_fields = None)
         .inspect_ok(move |event| {
+            synced.observe(Synced::TOKENS, event);
             if let watcher::Event::Delete(token) = event {
                 forget.forget_token(&token.namespace().unwrap_or_default(), &token.name_any());
             }
         })
         .reflect(token_writer)
         .applied_objects();
-
-    let ready = metrics.clone();
-    let (ready_tokens, ready_secrets) = (token_store.clone(), secret_store.clone());
-    tokio::spawn(async move {
-        if ready_tokens.wait_until_ready().await.is_ok()
-            && ready_secrets.wait_until_ready().await.is_ok()
-        {
-            ready.set_ready(true);
-            tracing::info!("caches synced");
-        }
-    });
 
     let reporter = Reporter {
         controller: MANAGER.to_owned(),
@@ -151,6 +147,36 @@ pub async fn run(
         .await;
 }
 
+/// Marks the operator ready once each watched kind has delivered its first complete list.
+struct Synced {
+    /// One bit per kind that has listed.
+    listed: std::sync::atomic::AtomicU8,
+    metrics: Arc<Metrics>,
+}
+
+impl Synced {
+    const TOKENS: u8 = 0b01;
+    const SECRETS: u8 = 0b10;
+
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Synced {
+            listed: std::sync::atomic::AtomicU8::new(0),
+            metrics,
+        }
+    }
+
+    fn observe<K>(&self, kind: u8, event: &watcher::Event<K>) {
+        if !matches!(event, watcher::Event::InitDone) {
+            return;
+        }
+        let before = self.listed.fetch_or(kind, std::sync::atomic::Ordering::AcqRel);
+        if before != Self::TOKENS | Self::SECRETS && before | kind == Self::TOKENS | Self::SECRETS {
+            self.metrics.set_ready(true);
+            tracing::info!("caches synced");
+        }
+    }
+}
+
 /// Whole seconds: the precision Kubernetes stores timestamps at, so status compares equal after a round trip.
 fn now_seconds() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -160,7 +186,45 @@ async fn reconcile(token: Arc<ApiToken>, ctx: Arc<Context>) -> Result<Action, Er
     let started = Instant::now();
     let result = reconcile_token(&token, &ctx).await;
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    if let Err(error) = &result
+        && !matches!(error, Error::Contended { .. })
+    {
+        report_error(&token, &ctx, error).await;
+    }
     result
+}
+
+/// Shows a failing reconcile as `Ready=False, reason=Error` (once per distinct message), keeping the rest of
+/// status. Best effort: if this write fails too, the log and the error metric still say what happened.
+async fn report_error(token: &ApiToken, ctx: &Context, error: &Error) {
+    let Some(ns) = token.namespace() else { return };
+    let last = token.status.clone().unwrap_or_default();
+    let message = error.to_string();
+    let condition = plan::ready(token, &last, false, Reason::Error, message, now_seconds());
+    if last.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == condition.reason && c.message == condition.message) {
+        return;
+    }
+    let status = ApiTokenStatus {
+        phase: last.phase.or(Some(Phase::Pending)),
+        conditions: vec![condition],
+        ..last
+    };
+    if let Err(e) = write_status(ctx, &ns, &token.name_any(), &status).await {
+        tracing::debug!(namespace = %ns, name = %token.name_any(), error = %e, "could not report the error in status");
+    }
+}
+
+async fn write_status(ctx: &Context, ns: &str, name: &str, status: &ApiTokenStatus) -> Result<(), Error> {
+    let api: Api<ApiToken> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": ApiToken::api_version(&()),
+        "kind": ApiToken::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(drop)
+        .map_err(Error::WriteStatus)
 }
 
 fn error_policy(token: Arc<ApiToken>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -280,19 +344,7 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
     let name = token.name_any();
     let observed = serde_json::to_value(token.status.clone().unwrap_or_default()).ok();
     if serde_json::to_value(&plan.status).ok() != observed {
-        let api: Api<ApiToken> = Api::namespaced(ctx.client.clone(), ns);
-        let patch = json!({
-            "apiVersion": ApiToken::api_version(&()),
-            "kind": ApiToken::kind(&()),
-            "status": plan.status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::WriteStatus)?;
+        write_status(ctx, ns, &name, &plan.status).await?;
     }
 
     if let Some(transition) = &plan.event {

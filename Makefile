@@ -1,0 +1,35 @@
+# Developer entry points. The control plane is a set of local processes
+# (hack/cluster-up.sh); nothing here needs Docker.
+SHELL := /usr/bin/env bash
+KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
+export KUBECONFIG
+
+.PHONY: cluster-up cluster-down crds demo test lint bench
+
+cluster-up:
+	@hack/cluster-up.sh
+
+cluster-down:
+	@hack/cluster-down.sh
+
+# Regenerate the CRD manifest from the Rust types (write to a temp file so a
+# failed build does not truncate the checked-in manifest).
+crds:
+	@mkdir -p crds
+	cargo run --quiet -- crd > crds/apitoken.yaml.tmp
+	@mv crds/apitoken.yaml.tmp crds/apitoken.yaml
+
+demo:
+	@hack/demo.sh
+
+# Unit + integration tests; starts (and afterwards stops) the cluster if needed.
+test:
+	@hack/test.sh
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+# Benchmark against the local control plane; pass flags with BENCH_ARGS="...".
+bench: cluster-up
+	cargo run --release --bin tokenmint-bench -- $(BENCH_ARGS)

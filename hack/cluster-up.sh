@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Starts a local control plane (etcd, kube-apiserver, kube-controller-manager) on
+# loopback with free ports. State, certificates and logs live in .cluster/ at the
+# repo root. Idempotent: a healthy running cluster is left alone.
+#   hack/cluster-up.sh            start (or confirm) the cluster
+#   hack/cluster-up.sh --status   exit 0 if the cluster is up and ready, 1 otherwise
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+state="$root/.cluster"
+start_ns=$(date +%s%N)
+elapsed() { echo "$(( ($(date +%s%N) - start_ns) / 1000000 ))ms"; }
+components=(etcd kube-apiserver kube-controller-manager)
+
+# The apiserver answers /readyz only with a client cert; 3s caps a hung server.
+readyz() {
+  [ -f "$state/env" ] || return 1
+  # shellcheck disable=SC1091
+  . "$state/env"
+  curl -fsS --max-time 3 --cacert "$state/pki/ca.crt" --cert "$state/pki/admin.crt" \
+    --key "$state/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
+}
+
+# A recorded PID counts only if that process is still the binary we started
+# (guards against PID reuse after a reboot or crash).
+alive() {
+  local pid
+  pid=$(cat "$state/$1.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q "$1" "/proc/$pid/cmdline" 2>/dev/null
+}
+
+running() {
+  for c in "${components[@]}"; do alive "$c" || return 1; done
+  readyz
+}
+
+if [ "${1:-}" = "--status" ]; then running; exit; fi
+
+if running; then
+  echo "cluster-up: already running (kubeconfig: $state/kubeconfig) [$(elapsed)]"
+  exit 0
+fi
+if [ -d "$state" ]; then
+  echo "cluster-up: removing stale state in $state" >&2
+  "$root/hack/cluster-down.sh" >/dev/null
+fi
+
+bin=$("$root/hack/build-controlplane.sh")
+mkdir -p "$state/pki"
+ln -sfn "$bin" "$state/bin"   # lets tests, the demo and humans find the pinned kubectl
+
+# Free ports: connection refused means nobody listens. Picked below the Linux
+# ephemeral range so outgoing connections do not grab them in the meantime.
+taken=" "
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 12000))
+    case "$taken" in *" $p "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+}
+ETCD_PORT=$(free_port); taken+="$ETCD_PORT "
+ETCD_PEER_PORT=$(free_port); taken+="$ETCD_PEER_PORT "
+APISERVER_PORT=$(free_port); taken+="$APISERVER_PORT "
+OPERATOR_METRICS_PORT=$(free_port)   # for the demo operator (hack/demo.sh)
+printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\nOPERATOR_METRICS_PORT=%s\n' \
+  "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$OPERATOR_METRICS_PORT" >"$state/env"
+
+# --- PKI: throwaway CA, serving cert, client certs, service-account key pair ---
+pki="$state/pki"
+ossl() { openssl "$@" 2>/dev/null; }
+ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+  -subj "/CN=tokenmint-local-ca" -keyout "$pki/ca.key" -out "$pki/ca.crt"
+cert() { # name subject extensions
+  ossl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "$2" \
+    -keyout "$pki/$1.key" -out "$pki/$1.csr"
+  ossl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -out "$pki/$1.crt" -extfile <(printf '%s\n' "$3")
+  rm -f "$pki/$1.csr"
+}
+cert apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+extendedKeyUsage=serverAuth"
+cert admin "/O=system:masters/CN=tokenmint-admin" "extendedKeyUsage=clientAuth"
+# The KCM keeps its own name in audit/logs but gets full rights: with
+# --use-service-account-credentials=false its controllers act as this identity.
+cert kcm "/O=system:masters/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key"
+ossl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
+
+kubeconfig() { # file user
+  local b64="base64 -w0"
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: tokenmint-local
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $($b64 <"$pki/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $($b64 <"$pki/$2.crt")
+    client-key-data: $($b64 <"$pki/$2.key")
+contexts:
+- name: tokenmint-local
+  context: {cluster: tokenmint-local, user: $2}
+current-context: tokenmint-local
+EOF
+  chmod 600 "$1"
+}
+kubeconfig "$state/kcm.kubeconfig" kcm
+
+# setsid + nohup: the processes outlive this script and the terminal/make that ran
+# it. The wrapper records its own PID and then execs, so the PID is the binary's.
+launch() { # name args...
+  local name=$1; shift
+  # shellcheck disable=SC2016 # expanded by the inner shell / kubectl
+  setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$state/$name.pid" "$bin/$name" "$@" \
+    </dev/null >"$state/$name.log" 2>&1 &
+}
+
+fail() { # component message
+  echo "cluster-up: $2" >&2
+  echo "--- last lines of $state/$1.log ---" >&2
+  tail -n 30 "$state/$1.log" >&2 || true
+  "$root/hack/cluster-down.sh" --keep-logs >/dev/null 2>&1 || true
+  exit 1
+}
+
+# etcd: fsync off and a big quota, because this is disposable test state and a
+# benchmark writes 10k+ objects.
+launch etcd --name tokenmint --data-dir "$state/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "tokenmint=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --unsafe-no-fsync --quota-backend-bytes 8589934592 --log-level warn
+
+for _ in $(seq 100); do
+  curl -fsS --max-time 1 "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && break
+  alive etcd || sleep 0.2   # the pid file may not be written yet
+  alive etcd || fail etcd "etcd exited during startup"
+  sleep 0.1
+done
+curl -fsS --max-time 1 "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 || fail etcd "etcd not healthy after 10s"
+
+launch kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" --authorization-mode Node,RBAC \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false
+
+launch kube-controller-manager --kubeconfig "$state/kcm.kubeconfig" \
+  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token \
+  --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+  --use-service-account-credentials=false --leader-elect=false \
+  --bind-address 127.0.0.1 --secure-port 0 --kube-api-qps 200 --kube-api-burst 400
+
+# KCM retries until the apiserver is up, so both start together; wait for readyz.
+timeout=${CLUSTER_UP_TIMEOUT:-60}
+deadline=$(( $(date +%s) + timeout ))
+until readyz; do
+  for c in "${components[@]}"; do alive "$c" || { sleep 0.2; alive "$c" || fail "$c" "$c exited during startup"; }; done
+  [ "$(date +%s)" -lt "$deadline" ] || fail kube-apiserver "kube-apiserver not ready after ${timeout}s"
+  sleep 0.2
+done
+
+kubeconfig "$state/kubeconfig" admin
+echo "cluster-up: ready at https://127.0.0.1:$APISERVER_PORT in $(elapsed) (KUBECONFIG=$state/kubeconfig)"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make test`: unit tests plus integration tests against the local control plane.
+# Starts the cluster if it is not running and stops it afterwards only if this
+# script started it. Integration tests fail (never skip) without a cluster.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+if ! hack/cluster-up.sh --status; then
+  hack/cluster-up.sh
+  trap 'hack/cluster-down.sh' EXIT
+fi
+
+# A `make demo` operator watches every namespace and would race the operators the tests start.
+if pid=$(cat .cluster/operator.pid 2>/dev/null) && grep -q tokenmint "/proc/$pid/cmdline" 2>/dev/null; then
+  echo "test: stopping the demo operator (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  rm -f .cluster/operator.pid
+fi
+
+export KUBECONFIG="$root/.cluster/kubeconfig"
+export TOKENMINT_TEST_KUBECONFIG="$KUBECONFIG"
+export TOKENMINT_KUBECTL="$root/.cluster/bin/kubectl"
+
+start=$(date +%s)
+cargo test --all-targets --no-fail-fast "$@"
+echo "test: cargo test took $(( $(date +%s) - start ))s"

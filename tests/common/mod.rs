@@ -1,0 +1,469 @@
+//! Harness shared by the integration tests: a client for the local control plane
+//! (`make cluster-up`), throwaway namespaces, the operator as a child process and
+//! a few kubectl helpers. Tests fail, never skip, when the cluster is unreachable.
+#![allow(dead_code)]
+
+use std::{
+    fs::OpenOptions,
+    future::Future,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Once, OnceLock},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const UNREACHABLE: &str = "local control plane not reachable: run `make cluster-up`";
+
+/// TOKENMINT_TEST_KUBECONFIG, else the repo's `.cluster/kubeconfig`, else KUBECONFIG.
+/// The local cluster wins over an ambient KUBECONFIG so tests never touch a real cluster by accident.
+pub fn kubeconfig_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOKENMINT_TEST_KUBECONFIG") {
+        return p.into();
+    }
+    let local = Path::new(REPO).join(".cluster/kubeconfig");
+    match std::env::var_os("KUBECONFIG") {
+        Some(p) if !local.exists() => p.into(),
+        _ => local,
+    }
+}
+
+/// Client configuration for the test cluster (admin credentials).
+pub async fn config() -> Config {
+    let path = kubeconfig_path();
+    let kc = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("{UNREACHABLE} (cannot read {}: {e})", path.display()));
+    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{UNREACHABLE} (bad kubeconfig {}: {e})", path.display()))
+}
+
+/// A client that has been proven to reach the apiserver.
+pub async fn client() -> Client {
+    let client = Client::try_from(config().await).expect("building kube client");
+    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+        Ok(Ok(_)) => client,
+        Ok(Err(e)) => panic!("{UNREACHABLE} ({e})"),
+        Err(_) => panic!("{UNREACHABLE} (no answer within 10s)"),
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, panicking after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(timeout, poll)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+// ---------------------------------------------------------------- kubectl
+
+/// The pinned kubectl: TOKENMINT_KUBECTL, else `.cluster/bin/kubectl`, else PATH.
+pub fn kubectl_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("TOKENMINT_KUBECTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let local = Path::new(REPO).join(".cluster/bin/kubectl");
+                if local.exists() {
+                    local
+                } else {
+                    "kubectl".into()
+                }
+            })
+    })
+}
+
+pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(kubectl_bin())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", kubectl_bin().display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn kubectl(args: &[&str]) -> Output {
+    kubectl_stdin(args, "")
+}
+
+/// Server-side apply of a YAML document (or several) into `ns`.
+pub fn apply_yaml(ns: &str, yaml: &str) -> Output {
+    kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=tokenmint-test",
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ],
+        yaml,
+    )
+}
+
+/// Stdout of a successful command; panics with its stderr otherwise.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs the ApiToken CRD from `tokenmint crd` once per test binary and waits until it is served.
+pub fn ensure_crds() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
+            .arg("crd")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tokenmint crd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let yaml = String::from_utf8(out.stdout).unwrap();
+        ok(kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &yaml,
+        ));
+        ok(kubectl_stdin(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "-f",
+                "-",
+            ],
+            &yaml,
+        ));
+    });
+}
+
+// ---------------------------------------------------------------- namespaces
+
+/// A fresh namespace per test. Call `cleanup().await`; if the test panics first,
+/// Drop prints what is in the namespace and deletes it (TOKENMINT_KEEP_NS=1 keeps it).
+pub struct TestNs {
+    pub client: Client,
+    pub name: String,
+    cleaned: bool,
+}
+
+impl TestNs {
+    pub async fn new(prefix: &str) -> TestNs {
+        let client = client().await;
+        let prefix: String = prefix
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(40)
+            .collect();
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("tokenmint.dev/test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        TestNs {
+            client,
+            name,
+            cleaned: false,
+        }
+    }
+
+    /// Typed API for objects in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+    }
+
+    /// ApiTokens, Secrets (keys only, never values) and Events of the namespace.
+    pub fn dump(&self) -> String {
+        let ns = self.name.as_str();
+        let secrets = "{{range .items}}{{.metadata.name}} type={{.type}} keys=[{{range $k, $v := .data}}{{$k}} {{end}}] \
+                       labels={{.metadata.labels}} annotations={{.metadata.annotations}}\n{{end}}";
+        let mut s = String::new();
+        for (title, args) in [
+            (
+                "ApiTokens",
+                vec!["get", "apitokens", "-n", ns, "-o", "yaml"],
+            ),
+            (
+                "Secrets (keys only)",
+                vec![
+                    "get",
+                    "secrets",
+                    "-n",
+                    ns,
+                    "-o",
+                    &format!("go-template={secrets}"),
+                ],
+            ),
+            (
+                "Events",
+                vec!["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+            ),
+        ] {
+            let out = kubectl(&args);
+            s += &format!(
+                "----- {title} in {ns} -----\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        s
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump());
+        }
+        if self.cleaned || std::env::var_os("TOKENMINT_KEEP_NS").is_some() {
+            return;
+        }
+        // Drop cannot await; a blocking kubectl call is simple and does not need the runtime.
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+// ---------------------------------------------------------------- operator
+
+/// The operator binary as a child process scoped to one namespace. Output (JSON logs)
+/// goes to a temp file that survives restarts; Drop kills the process and, if the test
+/// is failing, prints the log.
+pub struct Operator {
+    child: Option<Child>,
+    namespace: String,
+    extra_args: Vec<String>,
+    metrics_addr: SocketAddr,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl Operator {
+    pub async fn start(ns: &TestNs) -> Operator {
+        Self::start_with(ns, &[]).await
+    }
+
+    /// Starts with extra command-line flags, e.g. `&["--requeue-jitter", "0"]`.
+    pub async fn start_with(ns: &TestNs, extra_args: &[&str]) -> Operator {
+        ensure_crds();
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = Operator {
+            child: None,
+            namespace: ns.name.clone(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            metrics_addr: free_addr(),
+            log_path: dir.path().join("operator.log"),
+            _dir: dir,
+        };
+        op.spawn().await;
+        op
+    }
+
+    /// Launches the process and waits until its metrics endpoint accepts connections.
+    async fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
+            .args(["run", "--namespace", &self.namespace])
+            .args([
+                "--metrics-addr",
+                &self.metrics_addr.to_string(),
+                "--log-format",
+                "json",
+            ])
+            .args(&self.extra_args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the tokenmint binary");
+        self.child = Some(child);
+        let addr = self.metrics_addr;
+        for _ in 0..150 {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("operator exited during startup ({status}):\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "operator metrics endpoint {addr} not up after 15s:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        wait_for(
+            &format!("operator log line containing {needle:?}"),
+            timeout,
+            || async { self.log().contains(needle).then_some(()) },
+        )
+        .await
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// GET /metrics as text.
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(self.metrics_addr, "/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Graceful stop: SIGTERM, then up to 10 s for the process to exit (SIGKILL after).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("operator ignored SIGTERM for 10s; killing it");
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Abrupt stop (SIGKILL), as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops gracefully and starts again with the same flags; the log file is appended to.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.append_log("----- restart -----\n");
+        self.spawn().await;
+    }
+
+    fn append_log(&self, line: &str) {
+        if let Ok(mut f) = OpenOptions::new().append(true).open(&self.log_path) {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- operator log ({}) -----\n{}",
+                self.namespace,
+                self.log()
+            );
+        }
+    }
+}
+
+/// Minimal blocking HTTP/1.0 GET (the metrics endpoint needs nothing more); returns status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
