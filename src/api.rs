@@ -27,6 +27,9 @@ const DNS1123_SUBDOMAIN_PATTERN: &str =
 
 /// An API token: one credential (access key + secret key) kept in a Secret in every form an app needs,
 /// rotated on schedule or on request, and revoked by setting `revoked: true` or letting `expiresAt` pass.
+// clippy reads the repeated `type_ = "string"` inside separate printcolumn(...) entries as one
+// attribute given twice; they are distinct columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "tokenmint.dev",

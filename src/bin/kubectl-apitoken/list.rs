@@ -1,0 +1,266 @@
+//! `kubectl apitoken list`: the token table (Starburst's list: client ID, description, role, status, created).
+
+use jiff::Timestamp;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use tokenmint::api::ApiToken;
+
+use crate::cluster::Target;
+use crate::display::{NONE, Table, age, or_none, relative};
+use crate::error::{APITOKENS, Error, Op};
+
+/// Output formats of `list`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListOutput {
+    /// The default table plus SECRET, ROTATIONS, FINGERPRINT, EXPIRES and SCOPES.
+    Wide,
+    /// A `v1/List` of the ApiTokens.
+    Json,
+    /// A `v1/List` of the ApiTokens.
+    Yaml,
+}
+
+pub async fn run(
+    target: &Target,
+    all_namespaces: bool,
+    output: Option<ListOutput>,
+) -> Result<(), Error> {
+    let (api, namespace) = if all_namespaces {
+        (Api::<ApiToken>::all(target.client.clone()), None)
+    } else {
+        (target.tokens(), Some(target.namespace.as_str()))
+    };
+    let op = Op {
+        verb: "list",
+        resource: APITOKENS,
+        name: None,
+        namespace,
+        url: &target.url,
+    };
+    let mut tokens = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| op.error(e))?
+        .items;
+    tokens.sort_by_key(|t| (t.namespace(), t.name_any()));
+    match output {
+        Some(ListOutput::Json) => {
+            let text = serde_json::to_string_pretty(&as_list(tokens))
+                .map_err(|e| Error::Io(format!("encoding JSON: {e}")))?;
+            println!("{text}");
+        }
+        Some(ListOutput::Yaml) => {
+            let text = serde_yaml::to_string(&as_list(tokens))
+                .map_err(|e| Error::Io(format!("encoding YAML: {e}")))?;
+            print!("{text}");
+        }
+        None | Some(ListOutput::Wide) if tokens.is_empty() => match namespace {
+            Some(ns) => eprintln!("No ApiTokens found in {ns} namespace."),
+            None => eprintln!("No ApiTokens found."),
+        },
+        None | Some(ListOutput::Wide) => {
+            let wide = output == Some(ListOutput::Wide);
+            print!(
+                "{}",
+                table(&tokens, Timestamp::now(), all_namespaces, wide).render()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The tokens as kubectl's `-o json|yaml` prints a list; managed fields are left out, as kubectl does.
+fn as_list(mut tokens: Vec<ApiToken>) -> serde_json::Value {
+    for token in &mut tokens {
+        token.metadata.managed_fields = None;
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": ""},
+        "items": tokens,
+    })
+}
+
+/// The table of `tokens` at `now`.
+pub fn table(tokens: &[ApiToken], now: Timestamp, all_namespaces: bool, wide: bool) -> Table {
+    let mut headers = Vec::new();
+    if all_namespaces {
+        headers.push("NAMESPACE");
+    }
+    headers.extend([
+        "NAME",
+        "ACCESS KEY",
+        "DESCRIPTION",
+        "ROLE",
+        "PHASE",
+        "CREATED",
+        "NEXT ROTATION",
+    ]);
+    if wide {
+        headers.extend(["SECRET", "ROTATIONS", "FINGERPRINT", "EXPIRES", "SCOPES"]);
+    }
+    let mut table = Table::new(headers);
+    for token in tokens {
+        let status = token.status.clone().unwrap_or_default();
+        let mut row = Vec::new();
+        if all_namespaces {
+            row.push(token.namespace().unwrap_or_default());
+        }
+        row.extend([
+            token.name_any(),
+            or_none(status.access_key.as_deref()),
+            or_none(token.spec.description.as_deref()),
+            token.spec.role.clone(),
+            status
+                .phase
+                .map_or_else(|| NONE.to_owned(), |p| p.as_str().to_owned()),
+            age(token.metadata.creation_timestamp.as_ref().map(|t| t.0), now),
+            relative(status.next_rotation_at.as_ref().map(|t| t.0), now),
+        ]);
+        if wide {
+            let expires = status
+                .expires_at
+                .as_ref()
+                .or(token.spec.expires_at.as_ref())
+                .map(|t| t.0);
+            let scopes: Vec<String> = token
+                .spec
+                .scopes
+                .iter()
+                .flatten()
+                .map(tokenmint::api::Scope::canonical)
+                .collect();
+            row.extend([
+                status
+                    .secret_name
+                    .clone()
+                    .unwrap_or_else(|| token.secret_name().to_owned()),
+                status
+                    .rotations
+                    .map_or_else(|| NONE.to_owned(), |r| r.to_string()),
+                or_none(status.fingerprint.as_deref()),
+                relative(expires, now),
+                or_none(Some(&scopes.join(","))),
+            ]);
+        }
+        table.push(row);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::SignedDuration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use tokenmint::api::{ApiTokenSpec, ApiTokenStatus, Phase};
+    use tokenmint::validate::parse_scope;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn token(namespace: &str, name: &str) -> ApiToken {
+        let mut token = ApiToken::new(
+            name,
+            ApiTokenSpec {
+                role: "reader".into(),
+                description: Some("Superset dashboards".into()),
+                scopes: Some(vec![
+                    parse_scope("DATASOURCES:READ:events:tenant_id = 42").unwrap(),
+                    parse_scope("PIPES:READ:top_pages").unwrap(),
+                ]),
+                rotation: None,
+                expires_at: None,
+                revoked: None,
+                secret_name: None,
+                secret_template: None,
+                format: None,
+            },
+        );
+        token.metadata.namespace = Some(namespace.into());
+        token.metadata.creation_timestamp = Some(Time(now() - SignedDuration::from_secs(300)));
+        token
+    }
+
+    fn active(mut token: ApiToken) -> ApiToken {
+        token.status = Some(ApiTokenStatus {
+            phase: Some(Phase::Active),
+            access_key: Some("XkQBXKr652MV1VF9".into()),
+            fingerprint: Some("sha256:0123456789abcdef".into()),
+            secret_name: Some("superset-reader".into()),
+            next_rotation_at: Some(Time(now() + SignedDuration::from_hours(29 * 24 + 23))),
+            rotations: Some(2),
+            ..ApiTokenStatus::default()
+        });
+        token
+    }
+
+    #[test]
+    fn default_table_has_the_starburst_columns() {
+        let tokens = [
+            active(token("analytics", "superset-reader")),
+            token("analytics", "new"),
+        ];
+        assert_eq!(
+            table(&tokens, now(), false, false).render(),
+            "NAME              ACCESS KEY         DESCRIPTION           ROLE     PHASE    CREATED   NEXT ROTATION\n\
+             superset-reader   XkQBXKr652MV1VF9   Superset dashboards   reader   Active   5m        in 29d\n\
+             new               <none>             Superset dashboards   reader   <none>   5m        <none>\n"
+        );
+    }
+
+    #[test]
+    fn all_namespaces_adds_the_namespace_first() {
+        let rendered = table(
+            &[active(token("analytics", "superset-reader"))],
+            now(),
+            true,
+            false,
+        )
+        .render();
+        let mut lines = rendered.lines();
+        assert!(lines.next().unwrap().starts_with("NAMESPACE   NAME "));
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .starts_with("analytics   superset-reader ")
+        );
+    }
+
+    #[test]
+    fn wide_adds_secret_rotations_fingerprint_expiry_and_scopes() {
+        let t = table(
+            &[active(token("analytics", "superset-reader"))],
+            now(),
+            false,
+            true,
+        );
+        assert_eq!(
+            &t.headers[7..],
+            &["SECRET", "ROTATIONS", "FINGERPRINT", "EXPIRES", "SCOPES"]
+        );
+        assert_eq!(
+            &t.rows[0][7..],
+            &[
+                "superset-reader",
+                "2",
+                "sha256:0123456789abcdef",
+                "<none>",
+                "DATASOURCES:READ:events:tenant_id = 42,PIPES:READ:top_pages"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_list_leaves_out_managed_fields() {
+        let mut t = token("analytics", "superset-reader");
+        t.metadata.managed_fields = Some(vec![Default::default()]);
+        let list = as_list(vec![t]);
+        assert_eq!(list["kind"], "List");
+        assert_eq!(list["items"][0]["metadata"]["name"], "superset-reader");
+        assert!(list["items"][0]["metadata"].get("managedFields").is_none());
+    }
+}
