@@ -17,7 +17,12 @@ use tokenmint::token::{decode, fingerprint_of};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn spec(role: &str) -> ApiTokenSpec {
-    serde_json::from_value(json!({ "role": role })).unwrap()
+    spec_of(json!({ "role": role }))
+}
+
+/// A spec from its JSON form, as a user would write it.
+fn spec_of(fields: serde_json::Value) -> ApiTokenSpec {
+    serde_json::from_value(fields).unwrap()
 }
 
 async fn create(ns: &TestNs, name: &str, spec: ApiTokenSpec) -> ApiToken {
@@ -138,7 +143,7 @@ fn credential_values(secret: &Secret) -> Vec<String> {
 async fn new_token_gets_a_complete_secret_and_active_status() {
     let ns = TestNs::new("issue").await;
     let op = Operator::start(&ns).await;
-    let mut s: ApiTokenSpec = serde_json::from_value(json!({
+    let mut s: ApiTokenSpec = spec_of(json!({
         "role": "reader",
         "description": "Superset dashboards",
         "scopes": [
@@ -147,8 +152,7 @@ async fn new_token_gets_a_complete_secret_and_active_status() {
         ],
         "secretTemplate": {"labels": {"team": "analytics"}, "annotations": {"owner": "data"}},
         "format": {"prefix": "st-"}
-    }))
-    .unwrap();
+    }));
     s.secret_name = Some("superset-reader-token".into());
     let mut t = ApiToken::new("superset-reader", s);
     t.metadata.labels = Some(
@@ -302,12 +306,7 @@ async fn bad_input_is_rejected_at_apply_with_the_field_named() {
     }
 
     // Transition rules: revocation is final, secretName is immutable.
-    create(
-        &ns,
-        "final",
-        serde_json::from_value(json!({"role": "r", "revoked": true})).unwrap(),
-    )
-    .await;
+    create(&ns, "final", spec_of(json!({"role": "r", "revoked": true}))).await;
     let err = set_spec(&ns, "final", json!({"revoked": false}))
         .await
         .unwrap_err()
@@ -328,7 +327,7 @@ async fn bad_input_is_rejected_at_apply_with_the_field_named() {
     create(
         &ns,
         "named",
-        serde_json::from_value(json!({"role": "r", "secretName": "one"})).unwrap(),
+        spec_of(json!({"role": "r", "secretName": "one"})),
     )
     .await;
     for patch in [json!({"secretName": "two"}), json!({"secretName": null})] {
@@ -345,7 +344,7 @@ async fn out_of_bounds_period_ends_as_invalid_spec_without_a_credential() {
     create(
         &ns,
         "too-fast",
-        serde_json::from_value(json!({"role": "r", "rotation": {"period": "30s"}})).unwrap(),
+        spec_of(json!({"role": "r", "rotation": {"period": "30s"}})),
     )
     .await;
     let t = wait_phase(&ns, "too-fast", Phase::Failed, |_| true).await;
@@ -412,7 +411,7 @@ async fn restart_and_lost_status_change_no_credential_and_write_nothing() {
     create(
         &ns,
         "steady",
-        serde_json::from_value(json!({"role": "r", "rotation": {"period": "1h"}})).unwrap(),
+        spec_of(json!({"role": "r", "rotation": {"period": "1h"}})),
     )
     .await;
     let t = active(&ns, "steady").await;
@@ -478,7 +477,7 @@ async fn scheduled_rotation_lands_within_a_second_of_next_rotation_at() {
     create(
         &ns,
         "minutely",
-        serde_json::from_value(json!({"role": "r", "rotation": {"period": "1m"}})).unwrap(),
+        spec_of(json!({"role": "r", "rotation": {"period": "1m"}})),
     )
     .await;
     let t = active(&ns, "minutely").await;
@@ -528,7 +527,7 @@ async fn overdue_rotation_after_an_outage_happens_once() {
     create(
         &ns,
         "missed",
-        serde_json::from_value(json!({"role": "r", "rotation": {"period": "1m"}})).unwrap(),
+        spec_of(json!({"role": "r", "rotation": {"period": "1m"}})),
     )
     .await;
     active(&ns, "missed").await;
@@ -652,7 +651,7 @@ async fn expiry_removes_the_secret_at_the_instant() {
     create(
         &ns,
         "brief",
-        serde_json::from_value(json!({"role": "r", "expiresAt": expires.to_string()})).unwrap(),
+        spec_of(json!({"role": "r", "expiresAt": expires.to_string()})),
     )
     .await;
     let t = active(&ns, "brief").await;
@@ -678,7 +677,7 @@ async fn expiry_removes_the_secret_at_the_instant() {
     create(
         &ns,
         "stillborn",
-        serde_json::from_value(json!({"role": "r", "expiresAt": "2020-01-01T00:00:00Z"})).unwrap(),
+        spec_of(json!({"role": "r", "expiresAt": "2020-01-01T00:00:00Z"})),
     )
     .await;
     let t = wait_phase(&ns, "stillborn", Phase::Expired, |_| true).await;
