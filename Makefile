@@ -18,6 +18,7 @@ crds:
 	@mkdir -p crds
 	cargo run --quiet -- crd > crds/apitoken.yaml.tmp
 	@mv crds/apitoken.yaml.tmp crds/apitoken.yaml
+	@cp crds/apitoken.yaml charts/tokenmint/crds/apitoken.yaml
 
 demo:
 	@hack/demo.sh
@@ -29,6 +30,7 @@ test:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	"$$(hack/install-tools.sh)" lint --strict charts/tokenmint
 
 # Benchmark against the local control plane; pass flags with BENCH_ARGS="...".
 bench: cluster-up

@@ -22,6 +22,8 @@ fi
 export KUBECONFIG="$root/.cluster/kubeconfig"
 export TOKENMINT_TEST_KUBECONFIG="$KUBECONFIG"
 export TOKENMINT_KUBECTL="$root/.cluster/bin/kubectl"
+TOKENMINT_HELM="$(hack/install-tools.sh)"   # pinned helm for the chart tests; cached after the first build
+export TOKENMINT_HELM
 
 start=$(date +%s)
 cargo test --all-targets --no-fail-fast "$@"

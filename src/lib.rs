@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod schedule;

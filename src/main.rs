@@ -5,11 +5,16 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokenmint::controller::{self, Settings};
+use tokenmint::leader::{self, Elector};
 use tokenmint::metrics::{self, Metrics};
 use tokenmint::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tokenmint", version, about = "Mints, rotates and revokes API tokens declared as ApiToken resources")]
+#[command(
+    name = "tokenmint",
+    version,
+    about = "Mints, rotates and revokes API tokens declared as ApiToken resources"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,6 +42,15 @@ struct RunArgs {
     /// How many tokens may be reconciled at once.
     #[arg(long, default_value_t = 32)]
     concurrency: u16,
+    /// Reconcile only while holding a Lease, so several replicas can run and one works at a time.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (in a cluster: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader-election Lease; replicas of one installation share it.
+    #[arg(long, default_value = leader::LEASE_NAME)]
+    leader_election_lease: String,
 }
 
 #[tokio::main]
@@ -54,26 +68,94 @@ async fn run(args: RunArgs) -> anyhow_free::Result {
     telemetry::init(args.log_format);
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
+    let stop = Arc::new(tokio::sync::watch::Sender::new(false));
+    let stopped = {
+        let stop = stop.clone();
+        move || {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
         }
     };
-    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone(), stopped()));
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        stopped(),
+    ));
+    let signalled = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        signalled.send_replace(true);
     });
+
+    // A follower only waits: it is ready (healthy standby) while it can read the Lease, and its
+    // metrics carry no per-token series. Only the leader starts the controller.
+    let leadership = if args.leader_elect {
+        let identity = leader::default_identity();
+        tracing::info!(
+            lease = %args.leader_election_lease,
+            namespace = %args.leader_election_namespace,
+            %identity,
+            "leader election: waiting for the Lease"
+        );
+        let lease = leader::Settings::new(
+            &args.leader_election_lease,
+            &args.leader_election_namespace,
+            identity,
+        );
+        let standby = metrics.clone();
+        let acquired = Elector::new(client.clone(), lease).acquire(move |ok| standby.set_ready(ok));
+        tokio::select! {
+            leadership = acquired => Some(leadership),
+            () = stopped() => {
+                server.await??;
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    // Ready again once the leader's caches are synced.
+    metrics.set_ready(false);
+
     let settings = Settings {
         namespace: args.namespace,
         concurrency: args.concurrency,
-        instance: std::env::var("POD_NAME").ok(),
+        instance: if args.leader_elect {
+            Some(leader::default_identity())
+        } else {
+            std::env::var("POD_NAME").ok()
+        },
     };
-    controller::run(client, settings, metrics, stopped()).await;
+    // The controller stops on a signal (finishing in-flight reconciles) or when the Lease is lost.
+    let lost = leadership.as_ref().map(leader::Leadership::lost);
+    let signal = stopped();
+    let controller_stop = async move {
+        match lost {
+            Some(lost) => {
+                futures::future::select(Box::pin(signal), Box::pin(lost))
+                    .await
+                    .factor_first()
+                    .0
+            }
+            None => signal.await,
+        }
+    };
+    controller::run(client, settings, metrics, controller_stop).await;
+
+    let lost = leadership.as_ref().is_some_and(leader::Leadership::is_lost);
+    if let Some(leadership) = leadership {
+        // Hands over at once instead of making the next leader wait out the lease duration.
+        leadership.release().await;
+    }
+    stop.send_replace(true);
     server.await??;
+    if lost {
+        // Exit non-zero so the restart is visible; the new process waits for the Lease again.
+        return Err("lost the leader-election Lease".into());
+    }
     Ok(())
 }
 
@@ -82,10 +164,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return ctrl_c.await.unwrap_or_default(),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or_default(),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

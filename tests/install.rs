@@ -1,0 +1,1271 @@
+//! Installing tokenmint the way users do: the Helm chart renders, lints and is accepted by the
+//! apiserver; its RBAC is enough for the operator to do its job and nothing more; several replicas
+//! elect one leader, hand over on a crash without minting anything twice, and shut down cleanly.
+//!
+//! Needs the local control plane (`make cluster-up`) and helm (`TOKENMINT_HELM`, or built by
+//! `hack/install-tools.sh`). Fails, never skips, without either.
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{REPO, TestNs, kubectl, kubectl_stdin, ok, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde::Deserialize;
+use serde_json::json;
+use serde_yaml::Value;
+use tokenmint::api::{ApiToken, Phase};
+use tokenmint::leader::LEASE_NAME;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// The operator's lease duration; a follower must take over within it plus one retry period and
+/// the time the record takes to be seen (one more retry period).
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------- helm
+
+/// TOKENMINT_HELM, else the pinned helm from `hack/install-tools.sh` (built on first use).
+fn helm_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("TOKENMINT_HELM") {
+            return bin.into();
+        }
+        let out = Command::new(format!("{REPO}/hack/install-tools.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running hack/install-tools.sh");
+        assert!(
+            out.status.success(),
+            "hack/install-tools.sh failed: helm is required for these tests"
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(helm_bin())
+        .args(args)
+        .output()
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn chart() -> String {
+    format!("{REPO}/charts/tokenmint")
+}
+
+/// `helm template` of the chart as release `release` in `namespace`, with `--set` values.
+fn render(release: &str, namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        release,
+        chart.as_str(),
+        "--namespace",
+        namespace,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    documents(&helm(&args))
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("helm output is YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
+    docs.iter().filter(|d| kinds.contains(&kind(d))).collect()
+}
+
+fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
+    let found = of_kind(docs, &[k]);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {k}, got {}",
+        found.len()
+    );
+    found[0]
+}
+
+fn to_yaml(docs: &[&Value]) -> String {
+    docs.iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect()
+}
+
+/// Rules as (apiGroup, resource, resourceNames, verbs) rows, one per group×resource.
+fn rules(role: &Value) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_sequence()
+            .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut rows = BTreeSet::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                rows.insert((
+                    group.clone(),
+                    resource,
+                    strings(&rule["resourceNames"]),
+                    strings(&rule["verbs"]),
+                ));
+            }
+        }
+    }
+    rows
+}
+
+fn row(
+    group: &str,
+    resource: &str,
+    names: &[&str],
+    verbs: &[&str],
+) -> (String, String, Vec<String>, Vec<String>) {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+    (group.into(), resource.into(), v(names), v(verbs))
+}
+
+/// Exactly the calls src/controller.rs makes.
+fn operator_rules() -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+    [
+        row("tokenmint.dev", "apitokens", &[], &["list", "watch"]),
+        row("tokenmint.dev", "apitokens/status", &[], &["patch"]),
+        row(
+            "",
+            "secrets",
+            &[],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        row("events.k8s.io", "events", &[], &["create", "patch"]),
+    ]
+    .into()
+}
+
+/// Exactly the calls src/leader.rs makes.
+fn lease_rules(lease: &str) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+    [
+        row("coordination.k8s.io", "leases", &[], &["create"]),
+        row(
+            "coordination.k8s.io",
+            "leases",
+            &[lease],
+            &["get", "update"],
+        ),
+    ]
+    .into()
+}
+
+// ---------------------------------------------------------------- chart
+
+#[test]
+fn chart_crd_is_byte_identical_to_the_generated_crd() {
+    let generated = std::fs::read(format!("{REPO}/crds/apitoken.yaml")).unwrap();
+    let in_chart = std::fs::read(format!("{REPO}/charts/tokenmint/crds/apitoken.yaml")).unwrap();
+    assert!(
+        generated == in_chart,
+        "charts/tokenmint/crds/apitoken.yaml differs from crds/apitoken.yaml: \
+         cp crds/apitoken.yaml charts/tokenmint/crds/apitoken.yaml"
+    );
+}
+
+#[test]
+fn chart_lints_with_default_and_optional_values() {
+    let chart = chart();
+    helm(&["lint", "--strict", &chart]);
+    helm(&[
+        "lint",
+        "--strict",
+        &chart,
+        "--set",
+        "watchNamespace=apps",
+        "--set",
+        "replicas=2",
+        "--set",
+        "podDisruptionBudget.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    ]);
+}
+
+#[test]
+fn chart_defaults_render_a_locked_down_single_writer_deployment() {
+    let docs = render("tokenmint", "tokenmint-system", &[]);
+    let kinds: BTreeSet<&str> = docs.iter().map(kind).collect();
+    let expected: BTreeSet<&str> = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+    ]
+    .into();
+    assert_eq!(kinds, expected);
+
+    let deployment = one(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], Value::Bool(true));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["serviceAccountName"], "tokenmint");
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(security["runAsNonRoot"], Value::Bool(true));
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(container["image"], "ghcr.io/tokenmint/tokenmint:0.1.0");
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+    assert!(
+        args.contains(&"--leader-election-namespace=tokenmint-system"),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--leader-election-lease=tokenmint-leader"),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--namespace")),
+        "all namespaces by default: {args:?}"
+    );
+    let env: Vec<(&str, &str)> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?,
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str()?,
+            ))
+        })
+        .collect();
+    assert!(env.contains(&("POD_NAME", "metadata.name")), "{env:?}");
+    assert!(
+        env.contains(&("POD_NAMESPACE", "metadata.namespace")),
+        "{env:?}"
+    );
+
+    // Least privilege: the operator's rules and the Lease's, nothing else, no wildcards.
+    assert_eq!(rules(one(&docs, "ClusterRole")), operator_rules());
+    assert_eq!(rules(one(&docs, "Role")), lease_rules("tokenmint-leader"));
+    assert_eq!(
+        one(&docs, "Role")["metadata"]["namespace"],
+        "tokenmint-system"
+    );
+    assert!(
+        !serde_yaml::to_string(&docs).unwrap().contains("'*'"),
+        "no wildcard anywhere"
+    );
+}
+
+#[test]
+fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
+    let docs = render(
+        "tm",
+        "ops",
+        &[
+            "watchNamespace=apps",
+            "replicas=2",
+            "podDisruptionBudget.enabled=true",
+        ],
+    );
+    assert!(of_kind(&docs, &["ClusterRole", "ClusterRoleBinding"]).is_empty());
+    let roles = of_kind(&docs, &["Role"]);
+    assert_eq!(roles.len(), 2);
+    let in_apps = roles
+        .iter()
+        .find(|r| r["metadata"]["namespace"] == "apps")
+        .expect("Role in apps");
+    assert_eq!(rules(in_apps), operator_rules());
+    let lease = roles
+        .iter()
+        .find(|r| r["metadata"]["namespace"] == "ops")
+        .expect("Lease Role in ops");
+    assert_eq!(rules(lease), lease_rules("tm-tokenmint-leader"));
+    let binding = of_kind(&docs, &["RoleBinding"])
+        .into_iter()
+        .find(|b| b["metadata"]["namespace"] == "apps")
+        .expect("RoleBinding in apps");
+    assert_eq!(binding["subjects"][0]["namespace"], "ops");
+
+    let deployment = one(&docs, "Deployment");
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_sequence()
+            .unwrap()
+            .contains(&Value::from("--namespace=apps")),
+        "{args:?}"
+    );
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"],
+        1
+    );
+}
+
+#[test]
+fn chart_refuses_values_it_cannot_honour() {
+    let chart = chart();
+    for (sets, expected) in [
+        (
+            &["replicas=2", "leaderElection.enabled=false"][..],
+            "needs leaderElection.enabled",
+        ),
+        (
+            &["logging.format=xml"][..],
+            "value must be one of 'json', 'text'",
+        ),
+        (
+            &["replica=2"][..],
+            "additional properties 'replica' not allowed",
+        ),
+        (&["replicas=two"][..], "got string, want integer"),
+    ] {
+        let mut args = vec!["template", "x", chart.as_str()];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let out = Command::new(helm_bin()).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sets:?} was accepted");
+        assert!(stderr.contains(expected), "{sets:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn rendered_manifests_are_accepted_by_the_apiserver() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-dry-run").await;
+    let chart = chart();
+    for sets in [
+        vec![],
+        vec![
+            format!("watchNamespace={}", ns.name),
+            "replicas=2".into(),
+            "podDisruptionBudget.enabled=true".into(),
+        ],
+    ] {
+        let mut args = vec![
+            "template",
+            ns.name.as_str(),
+            chart.as_str(),
+            "--namespace",
+            ns.name.as_str(),
+            "--include-crds",
+        ];
+        for set in &sets {
+            args.extend(["--set", set.as_str()]);
+        }
+        let yaml = helm(&args);
+        let out = kubectl_stdin(
+            &[
+                "apply",
+                "--dry-run=server",
+                "--server-side",
+                "--field-manager=helm",
+                "-f",
+                "-",
+            ],
+            &yaml,
+        );
+        assert!(
+            out.status.success(),
+            "server dry-run rejected the chart rendered with {sets:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let applied = String::from_utf8_lossy(&out.stdout);
+        for kind in [
+            "customresourcedefinition",
+            "deployment",
+            "serviceaccount",
+            "service/",
+        ] {
+            assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
+        }
+    }
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn helm_installs_upgrades_and_uninstalls_a_release() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-helm").await;
+    let (chart, kubeconfig) = (chart(), common::kubeconfig_path());
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let release = ns.name.as_str();
+    let _release = Release(release.to_owned());
+    let fullname = format!("{release}-tokenmint");
+    let helm_in_ns = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--namespace", release, "--kubeconfig", kubeconfig]);
+        helm(&all)
+    };
+
+    // The CRD is already there: Helm leaves an existing CRD alone.
+    helm_in_ns(&["install", release, &chart]);
+    let deployments = ns.api::<Deployment>();
+    let deployment = deployments.get(&fullname).await.unwrap();
+    assert_eq!(deployment.spec.unwrap().replicas, Some(1));
+    let cluster_roles: Api<ClusterRole> = Api::all(ns.client.clone());
+    assert!(cluster_roles.get_opt(&fullname).await.unwrap().is_some());
+
+    // The documented upgrade: CRDs by hand, then the release.
+    ok(kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &format!("{chart}/crds/"),
+    ]));
+    helm_in_ns(&[
+        "upgrade",
+        release,
+        &chart,
+        "--set",
+        "replicas=2",
+        "--set",
+        "podDisruptionBudget.enabled=true",
+    ]);
+    let deployment = deployments.get(&fullname).await.unwrap();
+    assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+    assert!(
+        ns.api::<PodDisruptionBudget>()
+            .get_opt(&fullname)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    helm_in_ns(&["uninstall", release]);
+    assert!(cluster_roles.get_opt(&fullname).await.unwrap().is_none());
+    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
+    assert!(
+        crds.get_opt("apitokens.tokenmint.dev")
+            .await
+            .unwrap()
+            .is_some(),
+        "uninstall keeps the CRD"
+    );
+    ns.cleanup().await;
+}
+
+// ---------------------------------------------------------------- the operator as its ServiceAccount
+
+/// The chart's RBAC applied for release `ns.name` in `ns`; cluster-scoped parts removed on drop.
+struct Installed {
+    _release: Release,
+    service_account: String,
+    /// The Deployment's flags for the operator, less the ones each [`Replica`] sets itself.
+    args: Vec<String>,
+}
+
+impl Installed {
+    /// Applies the ServiceAccount and the RBAC the chart renders with `sets`.
+    fn rbac(ns: &TestNs, sets: &[&str]) -> Installed {
+        let docs = render(&ns.name, &ns.name, sets);
+        let rbac = of_kind(
+            &docs,
+            &[
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ],
+        );
+        ok(kubectl_stdin(
+            &["apply", "--server-side", "--field-manager=helm", "-f", "-"],
+            &to_yaml(&rbac),
+        ));
+        let service_account = one(&docs, "ServiceAccount")["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let args = one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .filter(|a| {
+                !["--metrics-addr=", "--log-format=", "--namespace="]
+                    .iter()
+                    .any(|own| a.starts_with(own))
+            })
+            .collect();
+        Installed {
+            _release: Release(ns.name.clone()),
+            service_account,
+            args,
+        }
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+
+    fn lease_name(&self) -> &str {
+        self.args
+            .iter()
+            .find_map(|a| a.strip_prefix("--leader-election-lease="))
+            .expect("the chart enables leader election")
+    }
+}
+
+/// Deletes the cluster-scoped objects of a release on drop (the namespace takes the rest).
+struct Release(String);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let selector = format!("app.kubernetes.io/instance={}", self.0);
+        let _ = kubectl(&[
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            &selector,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// A bearer token for the ServiceAccount from the TokenRequest API.
+async fn service_account_token(ns: &TestNs, name: &str) -> String {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    ns.api::<ServiceAccount>()
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"))
+        .status
+        .expect("TokenRequest status")
+        .token
+}
+
+/// A kubeconfig with the admin's server and CA, authenticated only by `token`.
+fn kubeconfig_for_token(token: &str, path: &Path) {
+    let admin: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap()).unwrap();
+    let context = admin["current-context"].as_str().expect("current-context");
+    let cluster_name = admin["contexts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == context)
+        .map(|c| c["context"]["cluster"].clone())
+        .expect("current context");
+    let cluster = admin["clusters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster_name)
+        .map(|c| c["cluster"].clone())
+        .expect("cluster of the current context");
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "local", "cluster": {
+            "server": cluster["server"].as_str(),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str(),
+        }}],
+        "users": [{ "name": "operator", "user": { "token": token } }],
+        "contexts": [{ "name": "operator", "context": { "cluster": "local", "user": "operator" } }],
+        "current-context": "operator",
+    });
+    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
+}
+
+/// A client authenticated as the ServiceAccount.
+async fn client_for_token(token: &str) -> Client {
+    let mut config = common::config().await;
+    config.auth_info = serde_json::from_value(json!({ "token": token })).unwrap();
+    Client::try_from(config).unwrap()
+}
+
+// ---------------------------------------------------------------- operator processes
+
+/// `tokenmint run` as a child process with its own kubeconfig, identity and log file.
+struct Replica {
+    name: String,
+    child: Option<Child>,
+    metrics: std::net::SocketAddr,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Starts `tokenmint run --namespace ns` as pod `name`, with `kubeconfig` (admin if None).
+    async fn start(name: &str, ns: &str, kubeconfig: Option<&Path>, extra: &[&str]) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join(format!("{name}.log"));
+        let log = File::create(&log_path).unwrap();
+        let metrics = common::free_addr();
+        let kubeconfig = kubeconfig
+            .map(Path::to_path_buf)
+            .unwrap_or_else(common::kubeconfig_path);
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
+            .args(["run", "--namespace", ns, "--log-format", "json"])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", ns)
+            .env_remove("TOKENMINT_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the tokenmint binary");
+        let mut replica = Replica {
+            name: name.into(),
+            child: Some(child),
+            metrics,
+            log_path,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(metrics).await.is_err() {
+            if let Some(status) = replica.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "{name} exited during startup ({status}):\n{}",
+                    replica.log()
+                );
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{name}: metrics endpoint not up:\n{}",
+                replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        replica
+    }
+
+    /// Starts with `--leader-elect` and the Lease in `ns`.
+    async fn leader_elect(name: &str, ns: &str, kubeconfig: Option<&Path>) -> Replica {
+        Self::start(
+            name,
+            ns,
+            kubeconfig,
+            &["--leader-elect", "--leader-election-namespace", ns],
+        )
+        .await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// GET on the metrics port: status and body.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let (addr, path) = (self.metrics, path.to_owned());
+        tokio::task::spawn_blocking(move || common::http_get(addr, &path))
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL, as in a crash or an OOM kill.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as the kubelet sends; returns the exit status and how long the exit took.
+    fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let sent = Instant::now();
+        ok_status(
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap(),
+        );
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            if sent.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("{} ignored SIGTERM for 30s:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit on its own.
+    async fn exited(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_for("the replica to exit", timeout, || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await;
+        self.child = None;
+        status
+    }
+}
+
+fn ok_status(status: ExitStatus) {
+    assert!(status.success(), "{status}");
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- ApiTokens
+
+async fn create_token(ns: &TestNs, name: &str) {
+    let token: ApiToken = serde_json::from_value(json!({
+        "apiVersion": "tokenmint.dev/v1alpha1",
+        "kind": "ApiToken",
+        "metadata": { "name": name },
+        "spec": { "role": "reader" },
+    }))
+    .unwrap();
+    ns.api::<ApiToken>()
+        .create(&PostParams::default(), &token)
+        .await
+        .unwrap();
+}
+
+async fn wait_token(
+    ns: &TestNs,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&ApiToken) -> bool,
+) -> ApiToken {
+    wait_for(&format!("ApiToken {name}: {what}"), WAIT, || async {
+        let token = ns.api::<ApiToken>().get(name).await.ok()?;
+        pred(&token).then_some(token)
+    })
+    .await
+}
+
+fn phase(token: &ApiToken) -> Option<Phase> {
+    token.status.as_ref()?.phase
+}
+
+fn fingerprint(token: &ApiToken) -> String {
+    token
+        .status
+        .as_ref()
+        .and_then(|s| s.fingerprint.clone())
+        .unwrap_or_default()
+}
+
+fn rotations(token: &ApiToken) -> Option<u64> {
+    token.status.as_ref()?.rotations
+}
+
+async fn events_of(ns: &TestNs, token: &str) -> Vec<Event> {
+    ns.api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(token))
+        .collect()
+}
+
+async fn lease_holder(ns: &TestNs) -> Option<String> {
+    let lease = ns.api::<Lease>().get_opt(LEASE_NAME).await.unwrap()?;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+async fn wait_holder(ns: &TestNs, holder: &str, timeout: Duration) {
+    wait_for(&format!("Lease holder {holder}"), timeout, || async {
+        (lease_holder(ns).await.as_deref() == Some(holder)).then_some(())
+    })
+    .await
+}
+
+fn status_code(result: Result<impl Sized, kube::Error>) -> u16 {
+    match result {
+        Ok(_) => 200,
+        Err(kube::Error::Api(status)) => status.code,
+        Err(e) => panic!("expected an API answer, got {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- RBAC end to end
+
+#[tokio::test]
+async fn chart_rbac_is_enough_to_issue_rotate_and_revoke() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-rbac").await;
+    let installed = Installed::rbac(&ns, &[]);
+    let token = service_account_token(&ns, &installed.service_account).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kubeconfig_for_token(&token, &kubeconfig);
+
+    // With the chart's flags: leader election on, the Lease in the release namespace.
+    let _operator = Replica::start("rbac-0", &ns.name, Some(&kubeconfig), &installed.args()).await;
+
+    create_token(&ns, "rbac").await;
+    let issued = wait_token(&ns, "rbac", "Active", |t| phase(t) == Some(Phase::Active)).await;
+    assert!(
+        ns.api::<Secret>().get_opt("rbac").await.unwrap().is_some(),
+        "Secret issued"
+    );
+    let issued_event = wait_for("an Issued Event", WAIT, || async {
+        events_of(&ns, "rbac")
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Issued"))
+    })
+    .await;
+    assert_eq!(issued_event.reporting_instance.as_deref(), Some("rbac-0"));
+
+    let patch = json!({ "metadata": { "annotations": { "tokenmint.dev/rotate": "1" } } });
+    ns.api::<ApiToken>()
+        .patch("rbac", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let rotated = wait_token(&ns, "rbac", "rotated once", |t| rotations(t) == Some(1)).await;
+    assert_ne!(fingerprint(&rotated), fingerprint(&issued));
+
+    let patch = json!({ "spec": { "revoked": true } });
+    ns.api::<ApiToken>()
+        .patch("rbac", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_token(&ns, "rbac", "Revoked", |t| phase(t) == Some(Phase::Revoked)).await;
+    wait_for("the Secret to be deleted", WAIT, || async {
+        ns.api::<Secret>()
+            .get_opt("rbac")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let held = ns.api::<Lease>().get(installed.lease_name()).await.unwrap();
+    assert_eq!(
+        held.spec.unwrap().holder_identity.as_deref(),
+        Some("rbac-0")
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn chart_rbac_denies_what_the_operator_does_not_need() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-deny").await;
+    let installed = Installed::rbac(&ns, &[]);
+    let as_operator =
+        client_for_token(&service_account_token(&ns, &installed.service_account).await).await;
+    let tokens: Api<ApiToken> = Api::namespaced(as_operator.clone(), &ns.name);
+    create_token(&ns, "victim").await;
+
+    // Allowed: exactly what the operator does.
+    assert_eq!(status_code(tokens.list(&ListParams::default()).await), 200);
+    assert_eq!(
+        status_code(
+            Api::<Secret>::namespaced(as_operator.clone(), &ns.name)
+                .list(&ListParams::default())
+                .await
+        ),
+        200
+    );
+
+    // ApiTokens belong to their users: no reading one by one, no edits, no deletes.
+    assert_eq!(
+        status_code(tokens.get("victim").await),
+        403,
+        "get apitokens"
+    );
+    let edit = json!({ "spec": { "role": "admin" } });
+    assert_eq!(
+        status_code(
+            tokens
+                .patch("victim", &PatchParams::default(), &Patch::Merge(&edit))
+                .await
+        ),
+        403
+    );
+    let victim = ns.api::<ApiToken>().get("victim").await.unwrap();
+    assert_eq!(
+        status_code(
+            tokens
+                .replace("victim", &PostParams::default(), &victim)
+                .await
+        ),
+        403,
+        "update apitokens"
+    );
+    assert_eq!(
+        status_code(tokens.delete("victim", &DeleteParams::default()).await),
+        403,
+        "delete apitokens"
+    );
+
+    // Nothing outside its resources.
+    let configmaps: Api<ConfigMap> = Api::namespaced(as_operator.clone(), &ns.name);
+    assert_eq!(
+        status_code(configmaps.list(&ListParams::default()).await),
+        403,
+        "list configmaps"
+    );
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "escape" },
+        "spec": { "containers": [{ "name": "c", "image": "busybox" }] },
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(as_operator.clone(), &ns.name);
+    assert_eq!(
+        status_code(pods.create(&PostParams::default(), &pod).await),
+        403,
+        "create pods"
+    );
+    let namespaces: Api<Namespace> = Api::all(as_operator.clone());
+    assert_eq!(
+        status_code(namespaces.delete(&ns.name, &DeleteParams::default()).await),
+        403,
+        "delete namespaces"
+    );
+
+    // Secrets: no blind overwrite (update), only conditional writes by apply/create/delete.
+    let secrets: Api<Secret> = Api::namespaced(as_operator.clone(), &ns.name);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("x".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let current = ns.api::<Secret>().get("x").await.unwrap();
+    assert_eq!(
+        status_code(secrets.replace("x", &PostParams::default(), &current).await),
+        403,
+        "update secrets"
+    );
+
+    // Leases: only its own, and not listed.
+    let leases: Api<Lease> = Api::namespaced(as_operator.clone(), &ns.name);
+    assert_eq!(
+        status_code(leases.list(&ListParams::default()).await),
+        403,
+        "list leases"
+    );
+    let other = Lease {
+        metadata: ObjectMeta {
+            name: Some("someone-else".into()),
+            ..Default::default()
+        },
+        spec: None,
+    };
+    ns.api::<Lease>()
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_code(leases.get("someone-else").await),
+        403,
+        "get another Lease"
+    );
+    let current = ns.api::<Lease>().get("someone-else").await.unwrap();
+    assert_eq!(
+        status_code(
+            leases
+                .replace("someone-else", &PostParams::default(), &current)
+                .await
+        ),
+        403
+    );
+    // And no Lease rights outside the release namespace.
+    let default_leases: Api<Lease> = Api::namespaced(as_operator.clone(), "kube-system");
+    assert_eq!(
+        status_code(default_leases.create(&PostParams::default(), &other).await),
+        403,
+        "Lease elsewhere"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn watch_namespace_rbac_works_there_and_nowhere_else() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-ns-rbac").await;
+    let watch = format!("watchNamespace={}", ns.name);
+    let installed = Installed::rbac(&ns, &[&watch]);
+    let token = service_account_token(&ns, &installed.service_account).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kubeconfig_for_token(&token, &kubeconfig);
+    assert!(installed.args.contains(&"--leader-elect".to_owned()));
+    let _operator =
+        Replica::start("ns-rbac-0", &ns.name, Some(&kubeconfig), &installed.args()).await;
+    create_token(&ns, "scoped").await;
+    wait_token(&ns, "scoped", "Active", |t| phase(t) == Some(Phase::Active)).await;
+
+    let as_operator = client_for_token(&token).await;
+    assert_eq!(
+        status_code(
+            Api::<ApiToken>::all(as_operator.clone())
+                .list(&ListParams::default())
+                .await
+        ),
+        403
+    );
+    assert_eq!(
+        status_code(
+            Api::<Secret>::namespaced(as_operator, "default")
+                .list(&ListParams::default())
+                .await
+        ),
+        403
+    );
+    ns.cleanup().await;
+}
+
+// ---------------------------------------------------------------- high availability
+
+#[tokio::test]
+async fn one_leader_writes_and_a_follower_takes_over_after_a_crash_without_reminting() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-failover").await;
+    let mut a = Replica::leader_elect("replica-a", &ns.name, None).await;
+    wait_holder(&ns, "replica-a", WAIT).await;
+    let b = Replica::leader_elect("replica-b", &ns.name, None).await;
+
+    create_token(&ns, "ha").await;
+    let before = wait_token(&ns, "ha", "Active", |t| phase(t) == Some(Phase::Active)).await;
+    let secret_before = ns.api::<Secret>().get("ha").await.unwrap();
+
+    // One writer: the Lease names a, every Event was reported by a, b did nothing but wait.
+    assert_eq!(lease_holder(&ns).await.as_deref(), Some("replica-a"));
+    let events = events_of(&ns, "ha").await;
+    assert!(!events.is_empty());
+    for event in &events {
+        assert_eq!(
+            event.reporting_instance.as_deref(),
+            Some("replica-a"),
+            "{event:?}"
+        );
+    }
+    assert!(
+        !b.log().contains("\"reason\":\"Issued\""),
+        "the follower reconciled:\n{}",
+        b.log()
+    );
+    assert!(!b.log().contains("now leading"));
+    assert_eq!(
+        b.get("/readyz").await.0,
+        200,
+        "a standing-by follower is ready"
+    );
+    wait_for("the leader to be ready (caches synced)", WAIT, || async {
+        (a.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(
+        !b.get("/metrics").await.1.contains("tokenmint_token_info{"),
+        "the follower has no token series"
+    );
+
+    // Crash the leader; b takes over once the Lease has stood still for its duration.
+    a.kill();
+    let crashed = Instant::now();
+    wait_holder(&ns, "replica-b", LEASE_DURATION + 3 * RETRY_PERIOD).await;
+    let takeover = crashed.elapsed();
+    wait_for("the new leader to reconcile the token", WAIT, || async {
+        b.get("/metrics")
+            .await
+            .1
+            .contains(r#"tokenmint_token_info{namespace=""#)
+            .then_some(())
+    })
+    .await;
+    let first_reconcile = crashed.elapsed();
+    wait_for("the new leader to be ready", WAIT, || async {
+        (b.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    eprintln!(
+        "failover: Lease taken over {takeover:?} after kill -9, first reconcile after {first_reconcile:?}"
+    );
+
+    // Nothing was minted twice: same credential, same count, same Secret.
+    let after = ns.api::<ApiToken>().get("ha").await.unwrap();
+    assert_eq!(fingerprint(&after), fingerprint(&before));
+    assert_eq!(rotations(&after), Some(0));
+    let secret_after = ns.api::<Secret>().get("ha").await.unwrap();
+    assert_eq!(secret_after.data, secret_before.data);
+    assert_eq!(
+        secret_after.metadata.resource_version,
+        secret_before.metadata.resource_version
+    );
+    let reasons: Vec<_> = events_of(&ns, "ha")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, ["Issued"]);
+
+    // The new leader does the work from now on.
+    create_token(&ns, "after-failover").await;
+    wait_token(&ns, "after-failover", "Active", |t| {
+        phase(t) == Some(Phase::Active)
+    })
+    .await;
+    let event = wait_for("an Issued Event", WAIT, || async {
+        events_of(&ns, "after-failover").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(event.reporting_instance.as_deref(), Some("replica-b"));
+    let transitions = ns
+        .api::<Lease>()
+        .get(LEASE_NAME)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .lease_transitions;
+    assert_eq!(transitions, Some(1));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_releases_the_lease_and_exits_zero() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-sigterm").await;
+    let mut a = Replica::leader_elect("replica-a", &ns.name, None).await;
+    wait_holder(&ns, "replica-a", WAIT).await;
+    let mut b = Replica::leader_elect("replica-b", &ns.name, None).await;
+    create_token(&ns, "calm").await;
+    let before = wait_token(&ns, "calm", "Active", |t| phase(t) == Some(Phase::Active)).await;
+
+    let (status, took) = a.terminate();
+    assert!(
+        status.success(),
+        "leader exit status {status}:\n{}",
+        a.log()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "leader took {took:?} to exit"
+    );
+    assert!(a.log().contains("released the Lease"), "{}", a.log());
+
+    // Released, so the follower does not wait out the lease duration.
+    let released = Instant::now();
+    wait_holder(&ns, "replica-b", 2 * RETRY_PERIOD + Duration::from_secs(1)).await;
+    eprintln!(
+        "handover after SIGTERM: leader exited in {took:?}, follower leading {:?} later",
+        released.elapsed()
+    );
+    let after = ns.api::<ApiToken>().get("calm").await.unwrap();
+    assert_eq!(fingerprint(&after), fingerprint(&before));
+
+    // The last replica going away leaves the Lease free.
+    let (status, took) = b.terminate();
+    assert!(status.success(), "{status}:\n{}", b.log());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(lease_holder(&ns).await, None);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_follower_exits_zero_on_sigterm_without_touching_the_lease() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-follower").await;
+    let _a = Replica::leader_elect("replica-a", &ns.name, None).await;
+    wait_holder(&ns, "replica-a", WAIT).await;
+    let mut b = Replica::leader_elect("replica-b", &ns.name, None).await;
+    wait_for("the follower to look at the Lease", WAIT, || async {
+        (b.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, took) = b.terminate();
+    assert!(status.success(), "{status}:\n{}", b.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(lease_holder(&ns).await.as_deref(), Some("replica-a"));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_stops_and_exits_non_zero() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-lost").await;
+    let mut a = Replica::leader_elect("replica-a", &ns.name, None).await;
+    wait_holder(&ns, "replica-a", WAIT).await;
+
+    // Someone else claims the Lease (as a partitioned leader would find on its return).
+    let leases = ns.api::<Lease>();
+    let mut lease = leases.get(LEASE_NAME).await.unwrap();
+    lease.spec.as_mut().unwrap().holder_identity = Some("intruder".into());
+    leases
+        .replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+
+    // It notices at its next renewal (every 5 s) and stops rather than write alongside.
+    let status = a.exited(WAIT).await;
+    assert_eq!(status.code(), Some(1), "{}", a.log());
+    assert!(a.log().contains("lost the Lease"), "{}", a.log());
+    assert_eq!(lease_holder(&ns).await.as_deref(), Some("intruder"));
+    ns.cleanup().await;
+}
