@@ -5,13 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
-    Api, Client, Resource,
+    Api, Resource,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
@@ -59,38 +56,9 @@ async fn apiserver_is_ready_at_the_pinned_version() {
 #[tokio::test]
 async fn rbac_denies_a_service_account_without_rights() {
     let ns = TestNs::new("ground-rbac").await;
-    let sas: Api<ServiceAccount> = ns.api();
-    sas.create(
-        &PostParams::default(),
-        &ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("nobody".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = sas
-        .create_token_request("nobody", &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .expect("TokenRequest status")
-        .token;
-
+    let token = ns.service_account_token("nobody").await;
     // Same server and CA as the admin, but authenticated only by the bearer token.
-    let mut config = common::config().await;
-    config.auth_info = serde_json::from_value(json!({ "token": token })).unwrap();
-    let as_nobody = Client::try_from(config).unwrap();
+    let as_nobody = common::client_for_token(&token).await;
     let err = Api::<Secret>::namespaced(as_nobody, &ns.name)
         .list(&ListParams::default())
         .await

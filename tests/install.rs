@@ -15,15 +15,14 @@ use std::time::{Duration, Instant};
 
 use common::{REPO, TestNs, kubectl, kubectl_stdin, ok, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::json;
 use serde_yaml::Value;
@@ -573,64 +572,6 @@ impl Drop for Release {
     }
 }
 
-/// A bearer token for the ServiceAccount from the TokenRequest API.
-async fn service_account_token(ns: &TestNs, name: &str) -> String {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    ns.api::<ServiceAccount>()
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"))
-        .status
-        .expect("TokenRequest status")
-        .token
-}
-
-/// A kubeconfig with the admin's server and CA, authenticated only by `token`.
-fn kubeconfig_for_token(token: &str, path: &Path) {
-    let admin: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap()).unwrap();
-    let context = admin["current-context"].as_str().expect("current-context");
-    let cluster_name = admin["contexts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == context)
-        .map(|c| c["context"]["cluster"].clone())
-        .expect("current context");
-    let cluster = admin["clusters"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == cluster_name)
-        .map(|c| c["cluster"].clone())
-        .expect("cluster of the current context");
-    let config = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "local", "cluster": {
-            "server": cluster["server"].as_str(),
-            "certificate-authority-data": cluster["certificate-authority-data"].as_str(),
-        }}],
-        "users": [{ "name": "operator", "user": { "token": token } }],
-        "contexts": [{ "name": "operator", "context": { "cluster": "local", "user": "operator" } }],
-        "current-context": "operator",
-    });
-    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
-}
-
-/// A client authenticated as the ServiceAccount.
-async fn client_for_token(token: &str) -> Client {
-    let mut config = common::config().await;
-    config.auth_info = serde_json::from_value(json!({ "token": token })).unwrap();
-    Client::try_from(config).unwrap()
-}
-
 // ---------------------------------------------------------------- operator processes
 
 /// `tokenmint run` as a child process with its own kubeconfig, identity and log file.
@@ -852,10 +793,10 @@ async fn chart_rbac_is_enough_to_issue_rotate_and_revoke() {
     common::ensure_crds();
     let ns = TestNs::new("install-rbac").await;
     let installed = Installed::rbac(&ns, &[]);
-    let token = service_account_token(&ns, &installed.service_account).await;
+    let token = ns.service_account_token(&installed.service_account).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    kubeconfig_for_token(&token, &kubeconfig);
+    common::kubeconfig_for_token(&token, &kubeconfig);
 
     // With the chart's flags: leader election on, the Lease in the release namespace.
     let _operator = Replica::start("rbac-0", &ns.name, Some(&kubeconfig), &installed.args()).await;
@@ -912,7 +853,7 @@ async fn chart_rbac_denies_what_the_operator_does_not_need() {
     let ns = TestNs::new("install-deny").await;
     let installed = Installed::rbac(&ns, &[]);
     let as_operator =
-        client_for_token(&service_account_token(&ns, &installed.service_account).await).await;
+        common::client_for_token(&ns.service_account_token(&installed.service_account).await).await;
     let tokens: Api<ApiToken> = Api::namespaced(as_operator.clone(), &ns.name);
     create_token(&ns, "victim").await;
 
@@ -1051,17 +992,17 @@ async fn watch_namespace_rbac_works_there_and_nowhere_else() {
     let ns = TestNs::new("install-ns-rbac").await;
     let watch = format!("watchNamespace={}", ns.name);
     let installed = Installed::rbac(&ns, &[&watch]);
-    let token = service_account_token(&ns, &installed.service_account).await;
+    let token = ns.service_account_token(&installed.service_account).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    kubeconfig_for_token(&token, &kubeconfig);
+    common::kubeconfig_for_token(&token, &kubeconfig);
     assert!(installed.args.contains(&"--leader-elect".to_owned()));
     let _operator =
         Replica::start("ns-rbac-0", &ns.name, Some(&kubeconfig), &installed.args()).await;
     create_token(&ns, "scoped").await;
     wait_token(&ns, "scoped", "Active", |t| phase(t) == Some(Phase::Active)).await;
 
-    let as_operator = client_for_token(&token).await;
+    let as_operator = common::client_for_token(&token).await;
     assert_eq!(
         status_code(
             Api::<ApiToken>::all(as_operator.clone())

@@ -11,10 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Operator, TestNs, ensure_crds, kubectl_stdin, ok, wait_for};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Secret;
 use tokenmint::api::{ApiToken, Phase, ROTATE_ANNOTATION};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -781,40 +778,11 @@ async fn a_missing_crd_says_how_to_install_it() {
 async fn a_forbidden_request_names_the_verb_and_resource() {
     ensure_crds();
     let ns = TestNs::new("plugin-forbidden").await;
-    let sas: Api<ServiceAccount> = ns.api();
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("nobody".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create(&PostParams::default(), &sa).await.unwrap();
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let bearer = sas
-        .create_token_request("nobody", &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .expect("TokenRequest status")
-        .token;
+    let bearer = ns.service_account_token("nobody").await;
     // Same server and CA as the admin kubeconfig, authenticated as the ServiceAccount.
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap()).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
+    let (server, ca) = common::admin_server_and_ca();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write_kubeconfig(
-        dir.path(),
-        cluster["server"].as_str().unwrap(),
-        cluster["certificate-authority-data"].as_str(),
-        &format!("token: {bearer}"),
-    );
+    let kubeconfig = write_kubeconfig(dir.path(), &server, Some(&ca), &format!("token: {bearer}"));
     let as_nobody = |args: &[&str]| {
         let mut all = vec!["-n", ns.name.as_str()];
         all.extend_from_slice(args);
@@ -834,12 +802,7 @@ async fn a_forbidden_request_names_the_verb_and_resource() {
         .fails_with("not allowed to list apitokens.tokenmint.dev across all namespaces");
     // A bad credential is told apart from a missing permission.
     let forged_dir = tempfile::tempdir().unwrap();
-    let forged = write_kubeconfig(
-        forged_dir.path(),
-        cluster["server"].as_str().unwrap(),
-        cluster["certificate-authority-data"].as_str(),
-        "token: forged",
-    );
+    let forged = write_kubeconfig(forged_dir.path(), &server, Some(&ca), "token: forged");
     run_plugin(Some(&forged), &["list"], "")
         .fails_with("did not accept your credentials (401 Unauthorized)");
     ns.cleanup().await;

@@ -14,7 +14,8 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, ObjectMeta, PostParams},
@@ -265,6 +266,74 @@ impl TestNs {
         }
         s
     }
+}
+
+impl TestNs {
+    /// A bearer token (TokenRequest API, valid one hour) for ServiceAccount `name` in this namespace,
+    /// creating the ServiceAccount first if it does not exist.
+    pub async fn service_account_token(&self, name: &str) -> String {
+        let sas: Api<ServiceAccount> = self.api();
+        if sas.get_opt(name).await.unwrap().is_none() {
+            let sa = ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            sas.create(&PostParams::default(), &sa).await.unwrap();
+        }
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        sas.create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"))
+            .status
+            .expect("TokenRequest status")
+            .token
+    }
+}
+
+/// The admin kubeconfig's server URL and CA data (base64), for building other identities' configs.
+pub fn admin_server_and_ca() -> (String, String) {
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let field = |key: &str| {
+        cluster[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("kubeconfig lacks {key}"))
+            .to_owned()
+    };
+    (field("server"), field("certificate-authority-data"))
+}
+
+/// Writes a kubeconfig at `path` with the admin's server and CA, authenticated only by `token`.
+pub fn kubeconfig_for_token(token: &str, path: &Path) {
+    let (server, ca) = admin_server_and_ca();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{{name: local, cluster: {{server: \"{server}\", certificate-authority-data: {ca}}}}}]\n\
+         users: [{{name: sa, user: {{token: {token}}}}}]\n\
+         contexts: [{{name: sa, context: {{cluster: local, user: sa}}}}]\n\
+         current-context: sa\n"
+    );
+    std::fs::write(path, yaml).unwrap();
+}
+
+/// A client with the admin's server and CA, authenticated only by `token`.
+pub async fn client_for_token(token: &str) -> Client {
+    let mut config = config().await;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_owned().into()),
+        ..Default::default()
+    };
+    Client::try_from(config).unwrap()
 }
 
 impl Drop for TestNs {
