@@ -33,5 +33,7 @@ lint:
 	"$$(hack/install-tools.sh)" lint --strict charts/tokenmint
 
 # Benchmark against the local control plane; pass flags with BENCH_ARGS="...".
+# Builds both binaries: the bench runs target/release/tokenmint as its operator.
 bench: cluster-up
-	cargo run --release --bin tokenmint-bench -- $(BENCH_ARGS)
+	cargo build --release --bins
+	target/release/tokenmint-bench $(BENCH_ARGS)

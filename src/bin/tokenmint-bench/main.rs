@@ -1,0 +1,144 @@
+//! `tokenmint-bench`: how far one tokenmint operator goes against the local control plane, and
+//! against the API server's own ceiling for the same writes. Prints Markdown tables.
+//!
+//! Needs the release operator (`cargo build --release --bins`) and a running control plane
+//! (`make cluster-up`); `make bench` does both. Method and results: docs/benchmarks.md.
+
+mod cluster;
+mod operator;
+mod phases;
+mod report;
+mod track;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cluster::Cluster;
+use crate::operator::OperatorSpec;
+use crate::phases::Bench;
+
+/// Errors are reported once, at the top, as text.
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser)]
+#[command(
+    name = "tokenmint-bench",
+    about = "Benchmark one tokenmint operator against the local control plane and its ceiling"
+)]
+struct Cli {
+    /// Bulk sizes: N ApiTokens created at once, each into a fresh namespace.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    sizes: Vec<usize>,
+    /// Creates (and the ceiling's writes) the bench keeps in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Secret+status+Event pipelines the ceiling client keeps in flight (default: --concurrency).
+    #[arg(long)]
+    ceiling_concurrency: Option<usize>,
+    /// `--concurrency` passed to the operator (default: the operator's own default).
+    #[arg(long)]
+    operator_concurrency: Option<u16>,
+    /// Extra argument for `tokenmint run` (repeatable).
+    #[arg(long = "operator-arg", allow_hyphen_values = true)]
+    operator_args: Vec<String>,
+    /// Tokens created one by one for the latency measurement.
+    #[arg(long, default_value_t = 200)]
+    latency_samples: usize,
+    /// Tokens in the rotation storm.
+    #[arg(long, default_value_t = 1000)]
+    storm_size: usize,
+    #[arg(long)]
+    skip_ceiling: bool,
+    #[arg(long)]
+    skip_restart: bool,
+    #[arg(long)]
+    skip_latency: bool,
+    #[arg(long)]
+    skip_storm: bool,
+    /// Skip the second storm variant (all rotations overdue when the operator starts).
+    #[arg(long)]
+    skip_overdue: bool,
+    /// The operator binary.
+    #[arg(long, default_value = "target/release/tokenmint")]
+    operator_bin: PathBuf,
+    /// Admin kubeconfig of the local control plane.
+    #[arg(long, default_value = ".cluster/kubeconfig")]
+    kubeconfig: PathBuf,
+    /// Where operator logs and the operator's kubeconfig go.
+    #[arg(long, default_value = "target/bench")]
+    work_dir: PathBuf,
+    /// Leave the bench namespaces and the operator's identity and FlowSchemas behind for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenmint-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> BenchResult<()> {
+    if !cli.operator_bin.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release --bins` (or `make bench`)",
+            cli.operator_bin.display()
+        )
+        .into());
+    }
+    let cluster = Cluster::connect(&cli.kubeconfig, &cli.work_dir).await?;
+    cluster.settle(std::time::Duration::from_secs(60)).await;
+    let mut report = report::Report::new(&cluster, &cli).await?;
+    eprintln!("bench: {}", report.conditions());
+    let bench = Bench {
+        operator: OperatorSpec {
+            binary: cli.operator_bin.clone(),
+            kubeconfig: cluster.operator_kubeconfig.clone(),
+            concurrency: cli.operator_concurrency,
+            extra_args: cli.operator_args.clone(),
+            log_dir: cli.work_dir.join("logs"),
+        },
+        cluster,
+        concurrency: cli.concurrency,
+        ceiling_concurrency: cli.ceiling_concurrency.unwrap_or(cli.concurrency),
+        keep: cli.keep,
+    };
+
+    for &n in &cli.sizes {
+        eprintln!("bench: bulk issue of {n} tokens");
+        let (bulk, restart) = bench.bulk(n, !cli.skip_restart).await?;
+        eprintln!("bench: {}", report::bulk_line(&bulk));
+        if let Some(restart) = &restart {
+            eprintln!("bench: {}", report::restart_line(n, restart));
+        }
+        let ceiling = if cli.skip_ceiling {
+            None
+        } else {
+            eprintln!("bench: ceiling for {n} tokens");
+            let ceiling = bench.ceiling(n).await?;
+            eprintln!("bench: {}", report::ceiling_line(&ceiling));
+            Some(ceiling)
+        };
+        report.sizes.push((bulk, restart, ceiling));
+    }
+    if !cli.skip_latency {
+        eprintln!("bench: latency over {} tokens", cli.latency_samples);
+        report.latency = Some(bench.latency(cli.latency_samples).await?);
+    }
+    if !cli.skip_storm {
+        eprintln!("bench: rotation storm of {} tokens", cli.storm_size);
+        report.storm = Some(bench.storm(cli.storm_size, !cli.skip_overdue).await?);
+    }
+    if !cli.keep {
+        bench.cluster.uninstall().await?;
+    }
+    println!("{report}");
+    Ok(())
+}
