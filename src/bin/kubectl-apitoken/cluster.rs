@@ -86,6 +86,23 @@ impl Target {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// JSON merge patch of the named ApiToken under the plugin's field manager.
+    pub async fn merge_patch_token(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(), Error> {
+        let params = kube::api::PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        self.tokens()
+            .patch(name, &params, &kube::api::Patch::Merge(patch))
+            .await
+            .map(drop)
+            .map_err(|e| self.token_op("patch", name).error(e))
+    }
+
     /// Describes a call on the named ApiToken, for error messages.
     pub fn token_op<'a>(&'a self, verb: &'static str, name: &'a str) -> Op<'a> {
         Op {

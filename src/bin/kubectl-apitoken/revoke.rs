@@ -3,10 +3,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
 use tokenmint::api::Phase;
 
-use crate::cluster::{self, FIELD_MANAGER, Target};
+use crate::cluster::{self, Target};
 use crate::error::Error;
 
 /// Flags of `revoke`.
@@ -39,15 +38,7 @@ pub async fn run(target: &Target, args: &RevokeArgs) -> Result<(), Error> {
         confirm(&qualified, access_key)?;
     }
     let patch = serde_json::json!({"spec": {"revoked": true}});
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    target
-        .tokens()
-        .patch(name, &params, &Patch::Merge(&patch))
-        .await
-        .map_err(|e| target.token_op("patch", name).error(e))?;
+    target.merge_patch_token(name, &patch).await?;
     println!("apitoken.tokenmint.dev/{name} revoked");
     eprint!("{}", gitops_note(name));
     if args.wait {

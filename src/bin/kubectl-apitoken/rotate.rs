@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use tokenmint::api::{ApiToken, Phase, ROTATE_ANNOTATION};
 
-use crate::cluster::{self, FIELD_MANAGER, Target};
+use crate::cluster::{self, Target};
 use crate::error::Error;
 
 /// Flags of `rotate`.
@@ -34,15 +33,7 @@ pub async fn run(target: &Target, args: &RotateArgs) -> Result<(), Error> {
     // A fresh value each time, so every request is one the operator has not handled yet.
     let request = Timestamp::now().to_string();
     let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: request}}});
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    target
-        .tokens()
-        .patch(name, &params, &Patch::Merge(&patch))
-        .await
-        .map_err(|e| target.token_op("patch", name).error(e))?;
+    target.merge_patch_token(name, &patch).await?;
     println!("apitoken.tokenmint.dev/{name} rotation requested ({ROTATE_ANNOTATION}={request})");
     if !args.wait {
         return Ok(());
