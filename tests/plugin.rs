@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{Operator, TestNs, ensure_crds, kubectl_stdin, ok, wait_for};
@@ -63,22 +63,11 @@ fn run_plugin(kubeconfig: Option<&Path>, args: &[&str], stdin: &str) -> Run {
     if let Some(path) = kubeconfig {
         command.arg("--kubeconfig").arg(path);
     }
-    let mut child = command
+    command
         .args(args)
         .env_remove("KUBECONFIG")
-        .env("HOME", home.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting kubectl-apitoken");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .env("HOME", home.path());
+    let out = common::output_with_stdin(&mut command, stdin);
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -97,14 +97,19 @@ pub fn kubectl_bin() -> &'static Path {
 }
 
 pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(kubectl_bin())
-        .args(args)
-        .env("KUBECONFIG", kubeconfig_path())
+    let mut command = Command::new(kubectl_bin());
+    command.args(args).env("KUBECONFIG", kubeconfig_path());
+    output_with_stdin(&mut command, stdin)
+}
+
+/// Runs `command` with `stdin` fed to it and stdout/stderr captured.
+pub fn output_with_stdin(command: &mut Command, stdin: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("running {}: {e}", kubectl_bin().display()));
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
     child
         .stdin
         .take()
