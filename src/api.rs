@@ -22,6 +22,9 @@ const SCOPE_TYPE_PATTERN: &str = r"^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$";
 const RESOURCE_PATTERN: &str = r"^[A-Za-z0-9_.-]+$";
 const PERIOD_PATTERN: &str = r"^([0-9]+[wdhms])+$";
 const PREFIX_PATTERN: &str = r"^[A-Za-z0-9_-]*$";
+/// No control characters (and no Unicode line or paragraph separators): a newline in a filter would
+/// forge a second line in the Secret's `scopes` key.
+const FILTER_PATTERN: &str = r"^[^\p{Cc}\x{2028}\x{2029}]+$";
 const DNS1123_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
@@ -56,6 +59,10 @@ const DNS1123_SUBDOMAIN_PATTERN: &str =
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(
+    validation = Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name: at most 63 characters (it becomes the value of the Secret's tokenmint.dev/apitoken label)")
+)]
 #[x_kube(
     validation = Rule::new("!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)")
         .message("spec.revoked: revocation is final and cannot be undone; create a new ApiToken instead")
@@ -85,8 +92,10 @@ pub struct ApiTokenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
 
-    /// RFC 3339 instant at which the token stops being valid and its Secret is deleted.
+    /// RFC 3339 instant at which the token stops being valid and its Secret is deleted. Before the year 9000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self < timestamp('9000-01-01T00:00:00Z')")
+        .message("spec.expiresAt must be before the year 9000"))]
     pub expires_at: Option<Time>,
 
     /// Revokes the token: the Secret is deleted and the ApiToken stays as the record. Final.
@@ -123,9 +132,9 @@ pub struct Scope {
     #[schemars(length(min = 1, max = 253), pattern(RESOURCE_PATTERN))]
     pub resource: Option<String>,
 
-    /// Row filter applied when the token reads `resource`, e.g. `tenant_id = 42`.
+    /// Row filter applied when the token reads `resource`, e.g. `tenant_id = 42`. No control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 1024), pattern(FILTER_PATTERN))]
     pub filter: Option<String>,
 }
 
@@ -168,9 +177,9 @@ pub struct TokenFormat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8, max = 64))]
     pub access_key_length: Option<u8>,
-    /// Length of the secret key (the password). Default 32.
+    /// Length of the secret key (the password). Default 32, at least 20 (over 112 bits, so a fast hash is a sound verifier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 16, max = 128))]
+    #[schemars(range(min = 20, max = 128))]
     pub secret_key_length: Option<u8>,
 }
 
@@ -211,8 +220,10 @@ pub struct ApiTokenStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions; `Ready` is always present once reconciled.
+    /// Standard conditions, one per type; `Ready` is always present once reconciled, `Stalled` while the
+    /// token waits on a human (`InvalidSpec`, `SecretConflict`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Error as ControllerError};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -16,11 +17,13 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
+use crate::api::{ApiToken, ApiTokenStatus, GROUP, MANAGER, Phase};
 use crate::metrics::{Metrics, TokenView};
-use crate::plan::{self, Plan, Reason, SecretWrite, Wake};
+use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Wake};
+use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::os_rng;
+use crate::watched::TokenObject;
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +65,33 @@ pub struct Settings {
     pub concurrency: u16,
     /// Name reported on Events (the pod name in a cluster).
     pub instance: Option<String>,
+    /// The seal key and the installation's policy.
+    pub rules: Rules,
 }
+
+/// Consecutive failures of one token after which its error shows in status as `Ready=False,
+/// reason=Error`. Earlier failures are retried quietly, so a blip does not flip GitOps health.
+pub const REPORT_AFTER_FAILURES: u32 = 3;
 
 /// Shared state of the reconciler.
 pub struct Context {
     client: Client,
     secrets: Arc<SecretCache>,
-    tokens: Arc<Cache<ApiToken>>,
+    tokens: Arc<Cache<TokenObject>>,
     reporter: Reporter,
     metrics: Arc<Metrics>,
+    rules: Rules,
+    /// Consecutive failures per token: the backoff, and when an error is reported in status.
+    failures: Mutex<HashMap<ObjectRef<TokenObject>, u32>>,
+    /// True once the Secret cache has its first full list: planning before that would mint
+    /// credentials for Secrets that exist but are not listed yet.
+    secrets_listed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Context {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<TokenObject>, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Watches ApiTokens and their Secrets and reconciles until `shutdown` resolves.
@@ -80,7 +101,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (tokens, secrets): (Api<ApiToken>, Api<Secret>) = match &settings.namespace {
+    let (tokens, secrets): (Api<TokenObject>, Api<Secret>) = match &settings.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -92,6 +113,12 @@ pub async fn run(
     // awaiting `Store::wait_until_ready` at once are not all woken in kube-runtime 5.)
     let synced = Arc::new(Synced::new(metrics.clone()));
     let secrets_synced = synced.clone();
+    // Every complete (re)list of either kind reconciles every token: requests for tokens that were
+    // not yet in the re-listed cache are dropped by the runtime, and a Secret deleted while the
+    // watch was down sends no event at all.
+    let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
+    let secrets_relisted = relisted.clone();
+    let (listed, secrets_listed) = tokio::sync::watch::channel(false);
 
     // Both caches drop managedFields: they are the bulk of each object and nothing here reads them.
     let secret_cache = Arc::new(SecretCache::default());
@@ -102,23 +129,28 @@ pub async fn run(
     )
     .default_backoff()
     .modify(|s: &mut Secret| s.metadata.managed_fields = None)
-    .inspect_ok(move |event| secrets_synced.observe(Synced::SECRETS, event))
-    .inspect_ok(move |event| secret_writer.apply(event))
+    .inspect_ok(move |event| {
+        secret_writer.apply(event);
+        secrets_synced.observe(Synced::SECRETS, event);
+        if matches!(event, watcher::Event::InitDone) {
+            listed.send_replace(true);
+            let _ = secrets_relisted.unbounded_send(());
+        }
+    })
     .touched_objects();
 
     let token_cache = Arc::new(Cache::new());
     let token_writer = token_cache.clone();
-    let forget = metrics.clone();
     let token_events = watcher(tokens, watcher::Config::default())
         .default_backoff()
-        .modify(|t: &mut ApiToken| t.metadata.managed_fields = None)
+        .modify(|t: &mut TokenObject| t.meta_mut().managed_fields = None)
         .inspect_ok(move |event| {
+            token_writer.apply(event);
             synced.observe(Synced::TOKENS, event);
-            if let watcher::Event::Delete(token) = event {
-                forget.forget_token(&token.namespace().unwrap_or_default(), &token.name_any());
+            if matches!(event, watcher::Event::InitDone) {
+                let _ = relisted.unbounded_send(());
             }
         })
-        .inspect_ok(move |event| token_writer.apply(event))
         .applied_objects();
 
     let reporter = Reporter {
@@ -126,12 +158,21 @@ pub async fn run(
         instance: settings.instance.clone(),
     };
     let token_store = token_cache.store.clone();
+    let series = token_store.clone();
+    metrics.set_tokens(Box::new(move || {
+        series.state().iter().map(|t| token_view(t)).collect()
+    }));
+    let (retry, retries) = futures::channel::mpsc::unbounded();
+    let dropped = Dropped::new(retry, metrics.clone());
     let context = Arc::new(Context {
         client: client.clone(),
         secrets: secret_cache,
         tokens: token_cache,
         reporter,
-        metrics,
+        metrics: metrics.clone(),
+        rules: settings.rules.clone(),
+        failures: Mutex::default(),
+        secrets_listed,
     });
 
     Controller::for_stream(token_events, token_store)
@@ -143,15 +184,123 @@ pub async fn run(
             name.zip(ns)
                 .map(|(name, ns)| ObjectRef::new(&name).within(&ns))
         })
+        .reconcile_all_on(relists)
+        .reconcile_on(retries)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile dispatch");
+        .for_each(|result| {
+            match result {
+                Ok((token, _)) => dropped.settled(&token),
+                Err(ControllerError::ObjectNotFound(token)) => dropped.retry(&token),
+                // Already counted and logged by `error_policy`.
+                Err(ControllerError::ReconcilerFailed(..)) => {}
+                Err(ControllerError::QueueError(e)) => {
+                    tracing::warn!(error = %describe_watch_error(&e), "watch failed; retrying with backoff")
+                }
+                Err(e) => tracing::warn!(error = %e, "reconcile dispatch"),
             }
+            futures::future::ready(())
         })
         .await;
+    // A follower (or a stopped leader) exports no per-token series.
+    metrics.set_tokens(Box::new(Vec::new));
+}
+
+/// The series one token shows on `/metrics`.
+fn token_view(object: &TokenObject) -> TokenView {
+    let status = match object {
+        TokenObject::Decoded(token) => token.status.as_ref(),
+        TokenObject::Undecodable { status, .. } => status.as_ref(),
+    };
+    let seconds = |t: Option<&Time>| t.map(|t| t.0.as_second());
+    TokenView {
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+        role: object
+            .token()
+            .map(|t| t.spec.role.clone())
+            .unwrap_or_default(),
+        phase: status.and_then(|s| s.phase).unwrap_or(Phase::Pending),
+        next_rotation: seconds(status.and_then(|s| s.next_rotation_at.as_ref())),
+        expiry: seconds(status.and_then(|s| s.expires_at.as_ref())),
+    }
+}
+
+/// A watch error in words that never carry an object: a decoding error would quote the response.
+fn describe_watch_error(error: &watcher::Error) -> String {
+    let source = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => Some(e),
+        _ => None,
+    };
+    match source {
+        Some(kube::Error::SerdeError(_)) => {
+            "a response from the API server could not be decoded".to_owned()
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// Reconcile requests the runtime dropped because their token was not in the cache (yet): each is
+/// counted and retried a few times with growing delays before it is given up as deleted.
+struct Dropped {
+    retry: futures::channel::mpsc::UnboundedSender<ObjectRef<TokenObject>>,
+    attempts: Mutex<HashMap<ObjectRef<TokenObject>, u32>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Dropped {
+    /// Retries before a request is taken to be for a deleted token.
+    const RETRIES: u32 = 4;
+
+    fn new(
+        retry: futures::channel::mpsc::UnboundedSender<ObjectRef<TokenObject>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Dropped {
+            retry,
+            attempts: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<TokenObject>, u32>> {
+        self.attempts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn settled(&self, token: &ObjectRef<TokenObject>) {
+        self.attempts().remove(token);
+    }
+
+    fn retry(&self, token: &ObjectRef<kube::core::DynamicObject>) {
+        let mut key = ObjectRef::new(&token.name);
+        if let Some(ns) = &token.namespace {
+            key = key.within(ns);
+        }
+        let attempt = {
+            let mut attempts = self.attempts();
+            let attempt = attempts.entry(key.clone()).or_insert(0);
+            *attempt += 1;
+            *attempt
+        };
+        self.metrics.dropped();
+        if attempt > Self::RETRIES {
+            self.attempts().remove(&key);
+            tracing::info!(namespace = token.namespace.as_deref(), name = %token.name,
+                "ApiToken still not in the cache after {} retries; taken as deleted", Self::RETRIES);
+            return;
+        }
+        tracing::info!(namespace = token.namespace.as_deref(), name = %token.name, attempt,
+            "reconcile request for an ApiToken not in the cache yet; retrying");
+        let retry = self.retry.clone();
+        let delay = Duration::from_millis(250) * (1 << (attempt - 1));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = retry.unbounded_send(key);
+        });
+    }
 }
 
 /// Marks the operator ready once each watched kind has delivered its first complete list.
@@ -257,8 +406,26 @@ impl SecretCache {
         ObjectRef::new(&secret.name_any()).within(&secret.namespace().unwrap_or_default())
     }
 
+    /// Only a Secret controlled by an ApiToken keeps its data: any other Secret that carries our label
+    /// (anyone may set it) is kept as metadata, so nobody can grow the operator's memory with large
+    /// Secrets, and a foreign Secret's data is never held.
     fn stored(secret: &Secret) -> Option<StoredSecret> {
-        let json = serde_json::to_vec(secret).ok()?.into_boxed_slice();
+        let controlled = secret.metadata.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true)
+                && o.kind == ApiToken::kind(&())
+                && o.api_version.starts_with(GROUP)
+        });
+        let json = if controlled {
+            serde_json::to_vec(secret)
+        } else {
+            serde_json::to_vec(&Secret {
+                metadata: secret.metadata.clone(),
+                type_: secret.type_.clone(),
+                ..Secret::default()
+            })
+        }
+        .ok()?
+        .into_boxed_slice();
         Some(StoredSecret {
             resource_version: secret.metadata.resource_version.clone(),
             json,
@@ -333,16 +500,82 @@ fn now_seconds() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-async fn reconcile(token: Arc<ApiToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut listed = ctx.secrets_listed.clone();
+    // Err only when the sender is gone, that is when the controller is shutting down.
+    let _ = listed.wait_for(|listed| *listed).await;
     let started = Instant::now();
-    let result = reconcile_token(&token, &ctx).await;
+    let result = match &*object {
+        TokenObject::Decoded(token) => reconcile_token(token, &ctx).await,
+        TokenObject::Undecodable {
+            metadata,
+            status,
+            field,
+        } => report_undecodable(&object, metadata, status.as_ref(), field, &ctx).await,
+    };
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
-    if let Err(error) = &result
-        && !matches!(error, Error::Contended { .. })
-    {
-        report_error(&token, &ctx, error).await;
+    let key = ObjectRef::from_obj(&*object);
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&key);
+        }
+        Err(error) => {
+            let failures = {
+                let mut all = ctx.failures();
+                let failures = all.entry(key).or_insert(0);
+                *failures += 1;
+                *failures
+            };
+            if let (TokenObject::Decoded(token), true) =
+                (&*object, failures >= REPORT_AFTER_FAILURES)
+                && !matches!(error, Error::Contended { .. })
+            {
+                report_error(token, &ctx, error).await;
+            }
+        }
     }
     result
+}
+
+/// An ApiToken that does not decode: `Ready=False, reason=InvalidSpec` naming the field, and
+/// `Stalled`, with the rest of its status kept. No Secret is touched.
+async fn report_undecodable(
+    object: &TokenObject,
+    metadata: &ObjectMeta,
+    last: Option<&ApiTokenStatus>,
+    field: &str,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let last = last.cloned().unwrap_or_default();
+    let message = format!(
+        "{field}: cannot be read (out of range or of the wrong type); nothing is issued or rotated until it is fixed"
+    );
+    let now = now_seconds();
+    let condition = |type_, ok| {
+        let reason = Reason::InvalidSpec;
+        plan::condition(
+            type_,
+            metadata.generation,
+            &last,
+            ok,
+            reason,
+            message.clone(),
+            now,
+        )
+    };
+    let status = ApiTokenStatus {
+        phase: Some(Phase::Failed),
+        next_rotation_at: None,
+        observed_generation: metadata.generation,
+        conditions: vec![condition("Ready", false), condition("Stalled", true)],
+        ..last.clone()
+    };
+    if status != last {
+        tracing::warn!(namespace = metadata.namespace.as_deref(), name = metadata.name.as_deref(), %field,
+            "ApiToken cannot be decoded; reported in its status");
+        write_status(ctx, object, &status).await?;
+    }
+    Ok(Action::await_change())
 }
 
 /// Shows a failing reconcile as `Ready=False, reason=Error` (once per distinct message), keeping the rest of
@@ -362,19 +595,20 @@ async fn report_error(token: &ApiToken, ctx: &Context, error: &Error) {
         conditions: vec![condition],
         ..last
     };
-    if let Err(e) = write_status(ctx, token, &status).await {
+    let object = TokenObject::Decoded(token.clone());
+    if let Err(e) = write_status(ctx, &object, &status).await {
         tracing::debug!(namespace = %ns, name = %token.name_any(), error = %e, "could not report the error in status");
     }
 }
 
-/// Applies `status` to `token` and puts the API server's answer into the token cache.
+/// Applies `status` to the token and puts the API server's answer into the token cache.
 async fn write_status(
     ctx: &Context,
-    token: &ApiToken,
+    object: &TokenObject,
     status: &ApiTokenStatus,
 ) -> Result<(), Error> {
-    let ns = token.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<ApiToken> = Api::namespaced(ctx.client.clone(), &ns);
+    let ns = object.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<TokenObject> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
         "apiVersion": ApiToken::api_version(&()),
         "kind": ApiToken::kind(&()),
@@ -382,25 +616,39 @@ async fn write_status(
     });
     let mut stored = api
         .patch_status(
-            &token.name_any(),
+            &object.name_any(),
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await
         .map_err(Error::WriteStatus)?;
-    stored.metadata.managed_fields = None;
+    stored.meta_mut().managed_fields = None;
     ctx.tokens.advance(
-        &ObjectRef::from_obj(token),
-        token.resource_version().as_deref(),
+        &ObjectRef::from_obj(object),
+        object.resource_version().as_deref(),
         watcher::Event::Apply(stored),
     );
     Ok(())
 }
 
-fn error_policy(token: Arc<ApiToken>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(object: Arc<TokenObject>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.kind());
-    tracing::warn!(namespace = token.namespace().as_deref(), name = %token.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    let failures = ctx
+        .failures()
+        .get(&ObjectRef::from_obj(&*object))
+        .copied()
+        .unwrap_or(1);
+    let delay = schedule::backoff(failures, rand::Rng::random(&mut os_rng()));
+    tracing::warn!(namespace = object.namespace().as_deref(), name = %object.name_any(), %error,
+        failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn read_error(name: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
+    move |source| Error::ReadSecret {
+        name: name.to_owned(),
+        source,
+    }
 }
 
 async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Action, Error> {
@@ -409,26 +657,42 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Action, Erro
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::new(&secret_name).within(&ns);
     let mut current: Option<Secret> = ctx.secrets.get(&key);
+    // A Secret of another owner is not watched unless it carries our label, so the cache cannot say it
+    // is gone: look before planning a create that would mint a credential only to be refused.
+    let conflicted = token
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == "Ready" && c.reason == Reason::SecretConflict.as_str());
+    if current.is_none() && conflicted {
+        ctx.metrics.secret_read();
+        current = secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(read_error(&secret_name))?;
+    }
 
     // First from the cache; if a conditional write finds the cache stale, once more from a fresh read.
     for attempt in 0..2 {
         let now = now_seconds();
-        let observed = secret::observe(token, current.as_ref());
-        let plan = plan::plan(token, &observed, now, &mut os_rng());
+        let observed = secret::observe(token, current.as_ref(), &ctx.rules.key);
+        let plan = plan::plan(token, &observed, &ctx.rules, now, &mut os_rng());
         match write_secret(&secrets, &ctx.secrets, &key, &plan.write).await? {
             Written::Done => return finish(token, ctx, &ns, plan).await,
-            Written::Stale if attempt == 0 => {
+            Written::Stale => {
+                if plan.mints {
+                    ctx.metrics.wasted_mint();
+                }
+                if attempt > 0 {
+                    break;
+                }
                 tracing::debug!(%ns, name = %token.name_any(), "Secret cache stale; re-reading");
-                current =
-                    secrets
-                        .get_opt(&secret_name)
-                        .await
-                        .map_err(|source| Error::ReadSecret {
-                            name: secret_name.clone(),
-                            source,
-                        })?;
+                ctx.metrics.secret_read();
+                current = secrets
+                    .get_opt(&secret_name)
+                    .await
+                    .map_err(read_error(&secret_name))?;
             }
-            Written::Stale => break,
         }
     }
     Err(Error::Contended { name: secret_name })
@@ -445,6 +709,10 @@ fn is_conflict(e: &kube::Error) -> bool {
 }
 
 /// Carries out `write` on the Secret `key` and puts the outcome into the Secret cache.
+///
+/// A create is a POST (the only write that fails when the Secret already exists); every update is a
+/// server-side apply. The fields set at creation are then owned twice (by the create and by the
+/// applies), so a key dropped from `secretTemplate` is removed with an explicit, conditional patch.
 async fn write_secret(
     api: &Api<Secret>,
     cache: &SecretCache,
@@ -460,6 +728,7 @@ async fn write_secret(
         secret.metadata.managed_fields = None;
         watcher::Event::Apply(secret)
     };
+    let apply = PatchParams::apply(MANAGER).force();
     let result = match write {
         SecretWrite::Nothing => return Ok(Written::Done),
         SecretWrite::Create(secret) => {
@@ -475,42 +744,50 @@ async fn write_secret(
         SecretWrite::Update {
             resource_version,
             secret,
+            removed,
         } => {
-            let mut secret = (**secret).clone();
-            secret.metadata.resource_version = Some(resource_version.clone());
-            let params = PatchParams::apply(MANAGER).force();
-            api.patch(name, &params, &Patch::Apply(&secret))
-                .await
-                .map(|updated| cache.advance(key, Some(resource_version), stored(updated)))
-                .map_err(write_err)
+            let mut version = resource_version.clone();
+            let mut result = Ok(());
+            if !removed.is_empty() {
+                let nulls = |keys: &[String]| {
+                    keys.iter()
+                        .map(|k| (k.clone(), serde_json::Value::Null))
+                        .collect::<serde_json::Map<_, _>>()
+                };
+                let patch = json!({"metadata": {
+                    "resourceVersion": resource_version,
+                    "labels": nulls(&removed.labels),
+                    "annotations": nulls(&removed.annotations),
+                }});
+                result = api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|updated| {
+                        version = updated
+                            .metadata
+                            .resource_version
+                            .clone()
+                            .unwrap_or_default();
+                        cache.advance(key, Some(resource_version), stored(updated));
+                    })
+                    .map_err(write_err);
+            }
+            if result.is_ok() {
+                let mut secret = (**secret).clone();
+                secret.metadata.resource_version = Some(version.clone());
+                result = api
+                    .patch(name, &apply, &Patch::Apply(&secret))
+                    .await
+                    .map(|updated| cache.advance(key, Some(&version), stored(updated)))
+                    .map_err(write_err);
+            }
+            result
         }
         SecretWrite::Delete {
             uid,
             resource_version,
-        } => {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid.clone()),
-                    resource_version: Some(resource_version.clone()),
-                }),
-                ..DeleteParams::default()
-            };
-            let deleted = match api.delete(name, &params).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(source) => Err(Error::DeleteSecret {
-                    name: name.to_owned(),
-                    source,
-                }),
-            };
-            if deleted.is_ok() {
-                let mut gone = Secret::default();
-                gone.metadata.name = Some(key.name.clone());
-                gone.metadata.namespace = key.namespace.clone();
-                cache.advance(key, Some(resource_version), watcher::Event::Delete(gone));
-            }
-            deleted
-        }
+            wipe,
+        } => delete_secret(api, cache, key, uid, resource_version, *wipe).await,
     };
     match result {
         Ok(()) => Ok(Written::Done),
@@ -523,12 +800,79 @@ async fn write_secret(
     }
 }
 
+/// Deletes the Secret if it is still at `resource_version`. With `wipe`, first empties its credential
+/// keys under the same precondition: someone else's finalizer would otherwise keep the credential
+/// readable for as long as the Secret is Terminating.
+async fn delete_secret(
+    api: &Api<Secret>,
+    cache: &SecretCache,
+    key: &ObjectRef<Secret>,
+    uid: &str,
+    resource_version: &str,
+    wipe: bool,
+) -> Result<(), Error> {
+    let name = key.name.as_str();
+    let mut version = resource_version.to_owned();
+    if wipe {
+        // A merge patch, not an apply: null removes a key whoever else may also own it; the
+        // resourceVersion in the body makes it conditional.
+        let removed: serde_json::Map<String, serde_json::Value> = secret::CREDENTIAL_KEYS
+            .iter()
+            .map(|k| ((*k).to_owned(), serde_json::Value::Null))
+            .collect();
+        let patch = json!({
+            "metadata": {"resourceVersion": resource_version},
+            "data": removed,
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(wiped) => {
+                version = wiped.metadata.resource_version.clone().unwrap_or_default();
+                let mut wiped = wiped;
+                wiped.metadata.managed_fields = None;
+                cache.advance(key, Some(resource_version), watcher::Event::Apply(wiped));
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(source) => {
+                return Err(Error::WriteSecret {
+                    name: name.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: Some(version.clone()),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(source) => {
+            return Err(Error::DeleteSecret {
+                name: name.to_owned(),
+                source,
+            });
+        }
+    }
+    let mut gone = Secret::default();
+    gone.metadata.name = Some(key.name.clone());
+    gone.metadata.namespace = key.namespace.clone();
+    cache.advance(key, Some(&version), watcher::Event::Delete(gone));
+    Ok(())
+}
+
 /// After the Secret write: status (only if it changed), the Event, metrics, and when to come back.
 async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result<Action, Error> {
     let name = token.name_any();
     let observed = serde_json::to_value(token.status.clone().unwrap_or_default()).ok();
     if serde_json::to_value(&plan.status).ok() != observed {
-        write_status(ctx, token, &plan.status).await?;
+        write_status(ctx, &TokenObject::Decoded(token.clone()), &plan.status).await?;
     }
 
     if let Some(transition) = &plan.event {
@@ -557,20 +901,6 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
             tracing::warn!(namespace = ns, %name, error = %e, "could not record Event");
         }
     }
-
-    let seconds = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
-        t.as_ref().map(|t| t.0.as_second())
-    };
-    ctx.metrics.observe_token(
-        ns,
-        &name,
-        TokenView {
-            role: token.spec.role.clone(),
-            phase: plan.status.phase.unwrap_or(Phase::Pending),
-            next_rotation: seconds(&plan.status.next_rotation_at),
-            expiry: seconds(&plan.status.expires_at),
-        },
-    );
 
     Ok(match plan.wake {
         Wake::OnChange => Action::await_change(),

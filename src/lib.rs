@@ -6,20 +6,38 @@
 
 pub mod api;
 pub mod controller;
+pub mod keystore;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod schedule;
+pub mod seal;
 pub mod secret;
 pub mod telemetry;
 pub mod token;
 pub mod validate;
+pub mod watched;
 
 use kube::CustomResourceExt;
 
+/// What `kubectl explain apitoken` says about the kind itself.
+const API_TOKEN_DESCRIPTION: &str = "An API token managed by tokenmint: one credential (an access key and a secret key) \
+kept in a Secret of the token's namespace in every form an app needs (username/password, Bearer, Basic), rotated on \
+schedule or on request, and removed when the token is revoked or expires. The ApiToken stays as the record.";
+
 /// The CRD as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
-    let crd = api::ApiToken::crd();
+    let mut crd = api::ApiToken::crd();
+    // kube-derive describes the root as an "Auto-generated derived type"; say what the kind is instead.
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.description = Some(API_TOKEN_DESCRIPTION.to_owned());
+        }
+    }
     // Serializing a CRD built from our own types cannot fail.
     serde_yaml::to_string(&crd).unwrap_or_default()
 }

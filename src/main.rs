@@ -2,12 +2,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use futures::FutureExt as _;
 use tokenmint::controller::{self, Settings};
 use tokenmint::leader::{self, Elector};
 use tokenmint::metrics::{self, Metrics};
+use tokenmint::plan::Rules;
 use tokenmint::telemetry::{self, LogFormat};
+use tokenmint::validate::Policy;
+use tokenmint::{keystore, seal};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +56,26 @@ struct RunArgs {
     /// Name of the leader-election Lease; replicas of one installation share it.
     #[arg(long, default_value = leader::LEASE_NAME)]
     leader_election_lease: String,
+    /// Secret holding the key that seals every token Secret (created on first start).
+    #[arg(long, default_value = seal::DEFAULT_KEY_SECRET)]
+    seal_key_secret: String,
+    /// Namespace of the seal key Secret (in a cluster: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    seal_key_namespace: String,
+    /// Let secretTemplate carry Reflector, kubed or mittwald replicator annotations, which copy the
+    /// credential into other namespaces.
+    #[arg(long)]
+    allow_replication_annotations: bool,
+    /// How long a shutdown may wait for in-flight reconciles before the process exits anyway
+    /// (keep it below the pod's termination grace period).
+    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+    shutdown_timeout: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    tokenmint::schedule::Period::parse_unbounded(text)
+        .map(|p| Duration::from_secs(p.as_secs()))
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -120,6 +145,23 @@ async fn run(args: RunArgs) -> anyhow_free::Result {
     // Ready again once the leader's caches are synced.
     metrics.set_ready(false);
 
+    let key = match keystore::load_or_create(
+        client.clone(),
+        &args.seal_key_namespace,
+        &args.seal_key_secret,
+    )
+    .await
+    {
+        Ok(key) => key,
+        Err(e) => {
+            if let Some(leadership) = leadership {
+                leadership.release().await;
+            }
+            stop.send_replace(true);
+            let _ = tokio::time::timeout(args.shutdown_timeout, server).await;
+            return Err(e.into());
+        }
+    };
     let settings = Settings {
         namespace: args.namespace,
         concurrency: args.concurrency,
@@ -128,30 +170,52 @@ async fn run(args: RunArgs) -> anyhow_free::Result {
         } else {
             std::env::var("POD_NAME").ok()
         },
+        rules: Rules {
+            key,
+            policy: Policy {
+                allow_replication_annotations: args.allow_replication_annotations,
+            },
+        },
     };
     // The controller stops on a signal (finishing in-flight reconciles) or when the Lease is lost.
-    let lost = leadership.as_ref().map(leader::Leadership::lost);
-    let signal = stopped();
-    let controller_stop = async move {
-        match lost {
-            Some(lost) => {
-                futures::future::select(Box::pin(signal), Box::pin(lost))
-                    .await
-                    .factor_first()
-                    .0
+    let halted = || {
+        let lost = leadership.as_ref().map(leader::Leadership::lost);
+        let signal = stopped();
+        async move {
+            match lost {
+                Some(lost) => {
+                    futures::future::select(Box::pin(signal), Box::pin(lost))
+                        .await
+                        .factor_first()
+                        .0
+                }
+                None => signal.await,
             }
-            None => signal.await,
         }
     };
-    controller::run(client, settings, metrics, controller_stop).await;
+    // Whatever the watches and in-flight requests are doing, the process exits in time.
+    let timeout = args.shutdown_timeout;
+    let deadline = halted().then(move |()| tokio::time::sleep(timeout));
+    tokio::select! {
+        () = controller::run(client, settings, metrics, halted()) => {}
+        () = deadline => tracing::warn!(?timeout, "in-flight reconciles did not finish in time; exiting anyway"),
+    }
 
     let lost = leadership.as_ref().is_some_and(leader::Leadership::is_lost);
     if let Some(leadership) = leadership {
         // Hands over at once instead of making the next leader wait out the lease duration.
-        leadership.release().await;
+        if tokio::time::timeout(timeout, leadership.release())
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not release the Lease in time; the next leader waits it out");
+        }
     }
     stop.send_replace(true);
-    server.await??;
+    match tokio::time::timeout(timeout, server).await {
+        Ok(served) => served??,
+        Err(_) => tracing::warn!("metrics server did not stop in time"),
+    }
     if lost {
         // Exit non-zero so the restart is visible; the new process waits for the Lease again.
         return Err("lost the leader-election Lease".into());

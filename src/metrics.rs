@@ -2,7 +2,6 @@
 //!
 //! Labels carry names, roles and phases only: never a credential, never an access key.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -14,10 +13,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -38,23 +38,11 @@ struct PhaseLabels {
     phase: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenLabels {
-    namespace: String,
-    name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct InfoLabels {
-    namespace: String,
-    name: String,
-    role: String,
-    phase: &'static str,
-}
-
-/// What the metrics know about one token, so label changes and deletions can be undone.
+/// What the per-token series show about one token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenView {
+    pub namespace: String,
+    pub name: String,
     pub role: String,
     pub phase: Phase,
     /// Unix seconds of the next scheduled rotation, if any.
@@ -62,6 +50,9 @@ pub struct TokenView {
     /// Unix seconds of expiry, if any.
     pub expiry: Option<i64>,
 }
+
+/// Where the per-token series come from at scrape time: the controller's token cache.
+pub type TokenSource = Box<dyn Fn() -> Vec<TokenView> + Send + Sync>;
 
 /// All of tokenmint's metrics.
 pub struct Metrics {
@@ -71,12 +62,11 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     rotations: Counter,
     revocations: Counter,
-    tokens: Family<PhaseLabels, Gauge>,
-    next_rotation: Family<TokenLabels, Gauge>,
-    expiry: Family<TokenLabels, Gauge>,
-    info: Family<InfoLabels, Gauge>,
-    known: Mutex<HashMap<(String, String), TokenView>>,
+    dropped: Counter,
+    wasted_mints: Counter,
+    secret_reads: Counter,
     ready: AtomicBool,
+    tokens: Arc<Mutex<Option<TokenSource>>>,
 }
 
 impl Default for Metrics {
@@ -85,19 +75,112 @@ impl Default for Metrics {
     }
 }
 
+/// Renders the per-token series from the token cache on each scrape, so nothing per token is stored
+/// here: a token deleted while a watch relisted leaves no stale series, and a new leader exports
+/// exactly the series of the tokens it sees.
+struct TokenCollector {
+    source: Arc<Mutex<Option<TokenSource>>>,
+}
+
+impl std::fmt::Debug for TokenCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCollector")
+    }
+}
+
+impl Collector for TokenCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tokens = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|source| source())
+            .unwrap_or_default();
+        let mut by_phase: Vec<(Phase, i64)> = PHASES.iter().map(|p| (*p, 0)).collect();
+        for token in &tokens {
+            if let Some(count) = by_phase.iter_mut().find(|(p, _)| *p == token.phase) {
+                count.1 += 1;
+            }
+        }
+        let mut family =
+            encoder.encode_descriptor("tokens", "ApiTokens by phase", None, MetricType::Gauge)?;
+        for (phase, count) in &by_phase {
+            let labels = PhaseLabels {
+                phase: phase.as_str(),
+            };
+            family.encode_family(&labels)?.encode_gauge(count)?;
+        }
+        let timestamps: [TimestampSeries; 2] = [
+            (
+                "token_next_rotation_timestamp_seconds",
+                "Unix time of the token's next scheduled rotation",
+                |t| t.next_rotation,
+            ),
+            (
+                "token_expiry_timestamp_seconds",
+                "Unix time at which the token expires",
+                |t| t.expiry,
+            ),
+        ];
+        for (name, help, value) in timestamps {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for token in &tokens {
+                if let Some(at) = value(token) {
+                    let labels = [
+                        ("namespace", token.namespace.as_str()),
+                        ("name", token.name.as_str()),
+                    ];
+                    family.encode_family(&labels)?.encode_gauge(&at)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "token_info",
+            "One series per token with its role and phase",
+            None,
+            MetricType::Gauge,
+        )?;
+        for token in &tokens {
+            let labels = [
+                ("namespace", token.namespace.as_str()),
+                ("name", token.name.as_str()),
+                ("role", token.role.as_str()),
+                ("phase", token.phase.as_str()),
+            ];
+            family.encode_family(&labels)?.encode_gauge(&1i64)?;
+        }
+        Ok(())
+    }
+}
+
+/// Name, help and value of one per-token timestamp gauge.
+type TimestampSeries = (&'static str, &'static str, fn(&TokenView) -> Option<i64>);
+
+const PHASES: [Phase; 5] = [
+    Phase::Pending,
+    Phase::Active,
+    Phase::Revoked,
+    Phase::Expired,
+    Phase::Failed,
+];
+
 impl Metrics {
     /// Creates and registers every metric under the `tokenmint_` prefix.
     pub fn new() -> Self {
+        Self::with_tokens(Arc::default())
+    }
+
+    fn with_tokens(source: Arc<Mutex<Option<TokenSource>>>) -> Self {
         let mut registry = Registry::with_prefix("tokenmint");
         let reconciles = Family::<ResultLabels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let errors = Family::<ErrorLabels, Counter>::default();
         let rotations = Counter::default();
         let revocations = Counter::default();
-        let tokens = Family::<PhaseLabels, Gauge>::default();
-        let next_rotation = Family::<TokenLabels, Gauge>::default();
-        let expiry = Family::<TokenLabels, Gauge>::default();
-        let info = Family::<InfoLabels, Gauge>::default();
+        let dropped = Counter::default();
+        let wasted_mints = Counter::default();
+        let secret_reads = Counter::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -119,22 +202,24 @@ impl Metrics {
             "Tokens revoked or expired",
             revocations.clone(),
         );
-        registry.register("tokens", "ApiTokens by phase", tokens.clone());
         registry.register(
-            "token_next_rotation_timestamp_seconds",
-            "Unix time of the token's next scheduled rotation",
-            next_rotation.clone(),
+            "reconcile_requests_dropped",
+            "Reconcile requests for a token not in the cache (retried)",
+            dropped.clone(),
         );
         registry.register(
-            "token_expiry_timestamp_seconds",
-            "Unix time at which the token expires",
-            expiry.clone(),
+            "wasted_mints",
+            "Credentials minted whose write was refused because the Secret had changed",
+            wasted_mints.clone(),
         );
         registry.register(
-            "token_info",
-            "One series per token with its role and phase",
-            info.clone(),
+            "secret_reads",
+            "Secrets read from the API server because the cache could not be trusted for a write",
+            secret_reads.clone(),
         );
+        registry.register_collector(Box::new(TokenCollector {
+            source: source.clone(),
+        }));
         Metrics {
             registry,
             reconciles,
@@ -142,12 +227,11 @@ impl Metrics {
             errors,
             rotations,
             revocations,
-            tokens,
-            next_rotation,
-            expiry,
-            info,
-            known: Mutex::new(HashMap::new()),
+            dropped,
+            wasted_mints,
+            secret_reads,
             ready: AtomicBool::new(false),
+            tokens: source,
         }
     }
 
@@ -175,57 +259,24 @@ impl Metrics {
         self.revocations.inc();
     }
 
-    /// Sets the per-token series to `view`, replacing whatever labels the token had.
-    pub fn observe_token(&self, namespace: &str, name: &str, view: TokenView) {
-        let key = (namespace.to_owned(), name.to_owned());
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if known.get(&key) == Some(&view) {
-            return;
-        }
-        if let Some(old) = known.remove(&key) {
-            self.clear_token(&key, &old);
-        }
-        let labels = TokenLabels {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-        };
-        if let Some(at) = view.next_rotation {
-            self.next_rotation.get_or_create(&labels).set(at);
-        }
-        if let Some(at) = view.expiry {
-            self.expiry.get_or_create(&labels).set(at);
-        }
-        self.info.get_or_create(&info_labels(&key, &view)).set(1);
-        self.tokens
-            .get_or_create(&PhaseLabels {
-                phase: view.phase.as_str(),
-            })
-            .inc();
-        known.insert(key, view);
+    /// Counts a reconcile request dropped because its token was not in the cache.
+    pub fn dropped(&self) {
+        self.dropped.inc();
     }
 
-    /// Removes every series of a deleted token.
-    pub fn forget_token(&self, namespace: &str, name: &str) {
-        let key = (namespace.to_owned(), name.to_owned());
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = known.remove(&key) {
-            self.clear_token(&key, &old);
-        }
+    /// Counts a minted credential whose conditional write was refused.
+    pub fn wasted_mint(&self) {
+        self.wasted_mints.inc();
     }
 
-    fn clear_token(&self, key: &(String, String), old: &TokenView) {
-        let labels = TokenLabels {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-        };
-        self.next_rotation.remove(&labels);
-        self.expiry.remove(&labels);
-        self.info.remove(&info_labels(key, old));
-        self.tokens
-            .get_or_create(&PhaseLabels {
-                phase: old.phase.as_str(),
-            })
-            .dec();
+    /// Counts a Secret read from the API server.
+    pub fn secret_read(&self) {
+        self.secret_reads.inc();
+    }
+
+    /// Renders the per-token series from `source` from now on (the leader's token cache).
+    pub fn set_tokens(&self, source: TokenSource) {
+        *self.tokens.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     /// Marks the operator ready (caches synced) for `/readyz`.
@@ -239,15 +290,6 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-fn info_labels(key: &(String, String), view: &TokenView) -> InfoLabels {
-    InfoLabels {
-        namespace: key.0.clone(),
-        name: key.1.clone(),
-        role: view.role.clone(),
-        phase: view.phase.as_str(),
     }
 }
 
@@ -291,8 +333,10 @@ async fn ready_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse
 mod tests {
     use super::*;
 
-    fn view(phase: Phase) -> TokenView {
+    fn view(name: &str, phase: Phase) -> TokenView {
         TokenView {
+            namespace: "ns".into(),
+            name: name.into(),
             role: "reader".into(),
             phase,
             next_rotation: Some(1_900_000_000),
@@ -301,9 +345,11 @@ mod tests {
     }
 
     #[test]
-    fn per_token_series_follow_phase_changes_and_deletion() {
+    fn per_token_series_are_rendered_from_the_source_at_scrape_time() {
         let metrics = Metrics::new();
-        metrics.observe_token("ns", "a", view(Phase::Active));
+        let tokens = Arc::new(Mutex::new(vec![view("a", Phase::Active)]));
+        let shown = tokens.clone();
+        metrics.set_tokens(Box::new(move || shown.lock().unwrap().clone()));
         let text = metrics.encode();
         assert!(text.contains(
             r#"tokenmint_token_info{namespace="ns",name="a",role="reader",phase="Active"} 1"#
@@ -311,15 +357,26 @@ mod tests {
         assert!(text.contains(
             r#"tokenmint_token_next_rotation_timestamp_seconds{namespace="ns",name="a"} 1900000000"#
         ));
+        assert!(text.contains(r#"tokenmint_tokens{phase="Active"} 1"#));
 
-        metrics.observe_token("ns", "a", view(Phase::Revoked));
+        *tokens.lock().unwrap() = vec![view("a", Phase::Revoked)];
         let text = metrics.encode();
         assert!(!text.contains(r#"phase="Active"} 1"#));
         assert!(text.contains(r#"tokenmint_tokens{phase="Revoked"} 1"#));
         assert!(text.contains(r#"tokenmint_tokens{phase="Active"} 0"#));
 
-        metrics.forget_token("ns", "a");
+        tokens.lock().unwrap().clear();
         let text = metrics.encode();
         assert!(!text.contains(r#"name="a""#));
+    }
+
+    #[test]
+    fn counters_carry_the_prefix_and_total_suffix() {
+        let metrics = Metrics::new();
+        metrics.wasted_mint();
+        metrics.dropped();
+        let text = metrics.encode();
+        assert!(text.contains("tokenmint_wasted_mints_total 1"));
+        assert!(text.contains("tokenmint_reconcile_requests_dropped_total 1"));
     }
 }

@@ -12,9 +12,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{ApiToken, ApiTokenStatus, Phase};
 use crate::schedule::{self, Period};
-use crate::secret::{self, Held, Observed};
+use crate::seal::SealKey;
+use crate::secret::{self, Held, Observed, Redacted, Seal};
 use crate::token::mint_credential;
-use crate::validate::{self, ValidSpec};
+use crate::validate::{self, Policy, ValidSpec};
+
+/// What the operator brings to every decision besides the token, its Secret, the time and randomness:
+/// the seal key and the installation's policy.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub key: SealKey,
+    pub policy: Policy,
+}
 
 /// How long to wait before looking again at a Secret owned by someone else (such Secrets are not watched).
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(30);
@@ -30,24 +39,61 @@ pub struct Plan {
     pub event: Option<Transition>,
     /// When to look at the token again without a change.
     pub wake: Wake,
+    /// Whether `write` carries a newly minted credential (a refused write then wasted a mint).
+    pub mints: bool,
 }
 
-/// A write to the token's Secret, each with a precondition.
-#[derive(Debug)]
+/// A write to the token's Secret, each with a precondition. `Debug` shows keys, never values.
 pub enum SecretWrite {
     Nothing,
     /// Create; fails if a Secret of that name appeared meanwhile.
     Create(Box<Secret>),
-    /// Apply; fails unless the Secret is still at `resource_version`.
+    /// Apply; fails unless the Secret is still at `resource_version`. `removed` names template keys
+    /// we put on the Secret that the template no longer has; they are removed first.
     Update {
         resource_version: String,
         secret: Box<Secret>,
+        removed: secret::Removed,
     },
-    /// Delete; fails unless the Secret is still the one observed.
+    /// Delete; fails unless the Secret is still the one observed. With `wipe`, the credential keys
+    /// are emptied first (under the same precondition), because something else's finalizer would keep
+    /// the Secret readable while it is Terminating.
     Delete {
         uid: String,
         resource_version: String,
+        wipe: bool,
     },
+}
+
+impl std::fmt::Debug for SecretWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretWrite::Nothing => f.write_str("Nothing"),
+            SecretWrite::Create(secret) => {
+                f.debug_tuple("Create").field(&Redacted(secret)).finish()
+            }
+            SecretWrite::Update {
+                resource_version,
+                secret,
+                removed,
+            } => f
+                .debug_struct("Update")
+                .field("resource_version", resource_version)
+                .field("secret", &Redacted(secret))
+                .field("removed", removed)
+                .finish(),
+            SecretWrite::Delete {
+                uid,
+                resource_version,
+                wipe,
+            } => f
+                .debug_struct("Delete")
+                .field("uid", uid)
+                .field("resource_version", resource_version)
+                .field("wipe", wipe)
+                .finish(),
+        }
+    }
 }
 
 /// When to reconcile again.
@@ -106,13 +152,16 @@ enum Mint {
     Scheduled(Period),
 }
 
-/// Decides what to do for `token`, given its Secret as observed and the time.
+/// Decides what to do for `token`, given its Secret as observed (its seal checked with `rules.key`),
+/// the time and randomness.
 pub fn plan(
     token: &ApiToken,
     observed: &Observed<'_>,
+    rules: &Rules,
     now: Timestamp,
     rng: &mut impl rand::RngCore,
 ) -> Plan {
+    let key = &rules.key;
     let last = token.status.clone().unwrap_or_default();
     let expires_at = token.spec.expires_at.as_ref().map(|t| t.0);
 
@@ -121,7 +170,7 @@ pub fn plan(
     }
     let wake_for_expiry = expires_at.map_or(Wake::OnChange, Wake::At);
 
-    let spec = match validate::validate(&token.spec) {
+    let spec = match validate::validate(&token.spec, rules.policy) {
         Ok(spec) => spec,
         Err(e) => {
             return failed(
@@ -135,6 +184,13 @@ pub fn plan(
         }
     };
 
+    let minting = Minting {
+        token,
+        spec: &spec,
+        last: &last,
+        key,
+        now,
+    };
     match observed {
         Observed::Foreign => failed(
             token,
@@ -157,24 +213,30 @@ pub fn plan(
                 Mint::First => 0,
                 _ => last.rotations.unwrap_or(0) + 1,
             };
-            mint(token, &spec, &last, None, rotations, why, now, rng)
+            minting.mint(None, rotations, why, rng)
         }
         Observed::Owned {
             secret,
             held: Err(tampered),
+            ..
         } => {
             let rotations = last.rotations.unwrap_or(0) + 1;
             let why = Mint::Tampered(tampered.to_string());
-            mint(token, &spec, &last, Some(secret), rotations, why, now, rng)
+            minting.mint(Some(secret), rotations, why, rng)
         }
         Observed::Owned {
             secret,
             held: Ok(held),
+            seal,
         } => {
-            if let Some(reason) = replayed(&last, held) {
+            let distrusted = match seal {
+                Seal::Valid => replayed(&last, held),
+                Seal::Unverified => unvouched(&last, held),
+            };
+            if let Some(reason) = distrusted {
                 let why = Mint::Tampered(reason.to_owned());
                 let rotations = last.rotations.unwrap_or(0).max(held.rotations) + 1;
-                return mint(token, &spec, &last, Some(secret), rotations, why, now, rng);
+                return minting.mint(Some(secret), rotations, why, rng);
             }
             let manual = token.rotate_request().is_some()
                 && token.rotate_request() != held.rotate_request.as_deref();
@@ -186,18 +248,10 @@ pub fn plan(
                     Some(period) if !manual => Mint::Scheduled(period),
                     _ => Mint::Manual,
                 };
-                return mint(
-                    token,
-                    &spec,
-                    &last,
-                    Some(secret),
-                    held.rotations + 1,
-                    why,
-                    now,
-                    rng,
-                );
+                return minting.mint(Some(secret), held.rotations + 1, why, rng);
             }
-            let desired = secret::desired(token, &spec, held);
+            // Re-seals a Secret sealed under another key (or before the seal) whose bookkeeping status vouches for.
+            let desired = secret::desired(token, &spec, held, key);
             let write = if secret::in_sync(secret, &desired) {
                 SecretWrite::Nothing
             } else {
@@ -208,8 +262,9 @@ pub fn plan(
             Plan {
                 write,
                 status,
-                event: None,
+                event: unreported_rotation(&last, held),
                 wake,
+                mints: false,
             }
         }
     }
@@ -238,83 +293,132 @@ fn replayed(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
         .then_some("the Secret holds a credential that was not issued by tokenmint")
 }
 
+/// A Secret no current seal vouches for (sealed before the seal existed, or under a key since lost or
+/// replaced) is believed only when every sealed fact agrees with what status recorded: status is written
+/// only by the operator, so someone who can edit the Secret but not the status cannot plant a credential
+/// or move `issued-at` this way.
+fn unvouched(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
+    let agrees = last.fingerprint.as_deref() == Some(held.fingerprint().as_str())
+        && last.issued_at.as_ref().map(|t| t.0) == Some(held.issued_at)
+        && last.rotations.unwrap_or(0) == held.rotations
+        && last.last_rotate_request == held.rotate_request;
+    (!agrees).then_some(
+        "it is not sealed by tokenmint's current key and does not match the token's recorded status",
+    )
+}
+
+/// A rotation whose status write failed after its Secret write succeeded is reported when status
+/// catches up, so its Event and counter are not lost to the retry.
+fn unreported_rotation(last: &ApiTokenStatus, held: &Held) -> Option<Transition> {
+    let recorded = last.rotations?;
+    let behind = last.fingerprint.is_some()
+        && last.fingerprint.as_deref() != Some(held.fingerprint().as_str())
+        && recorded < held.rotations;
+    behind.then(|| Transition {
+        warning: false,
+        reason: Reason::Rotated,
+        note: format!(
+            "credential replaced (rotation {}); recorded after a retry",
+            held.rotations
+        ),
+    })
+}
+
 fn update(secret: &Secret, desired: Secret) -> SecretWrite {
     SecretWrite::Update {
         resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+        removed: secret::removed_template_keys(secret, &desired),
         secret: Box::new(desired),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn mint(
-    token: &ApiToken,
-    spec: &ValidSpec,
-    last: &ApiTokenStatus,
-    existing: Option<&Secret>,
-    rotations: u64,
-    why: Mint,
+/// What every mint of one reconcile shares.
+struct Minting<'a> {
+    token: &'a ApiToken,
+    spec: &'a ValidSpec,
+    last: &'a ApiTokenStatus,
+    key: &'a SealKey,
     now: Timestamp,
-    rng: &mut impl rand::RngCore,
-) -> Plan {
-    let held = Held {
-        credential: mint_credential(&spec.format, rng),
-        issued_at: now,
-        rotations,
-        rotate_request: token.rotate_request().map(str::to_owned),
-    };
-    let desired = secret::desired(token, spec, &held);
-    let write = match existing {
-        Some(secret) => update(secret, desired),
-        None => SecretWrite::Create(Box::new(desired)),
-    };
-    let name = token.secret_name();
-    let (warning, reason, note) = match why {
-        Mint::First => (
-            false,
-            Reason::Issued,
-            format!("issued a credential into Secret {name}"),
-        ),
-        Mint::Reissue => (
-            false,
-            Reason::Rotated,
-            format!("expiry moved into the future; issued a new credential into Secret {name}"),
-        ),
-        Mint::SecretDeleted => (
-            true,
-            Reason::Rotated,
-            format!(
-                "Secret {name} was deleted; treated as compromised and minted a new credential"
+}
+
+impl Minting<'_> {
+    /// A new credential (replacing the one in `existing`, if any) as rotation number `rotations`.
+    fn mint(
+        &self,
+        existing: Option<&Secret>,
+        rotations: u64,
+        why: Mint,
+        rng: &mut impl rand::RngCore,
+    ) -> Plan {
+        let Minting {
+            token,
+            spec,
+            last,
+            key,
+            now,
+        } = *self;
+        let held = Held {
+            credential: mint_credential(&spec.format, rng),
+            issued_at: now,
+            rotations,
+            rotate_request: token.rotate_request().map(str::to_owned),
+        };
+        let desired = secret::desired(token, spec, &held, key);
+        let write = match existing {
+            Some(secret) => update(secret, desired),
+            None => SecretWrite::Create(Box::new(desired)),
+        };
+        let name = token.secret_name();
+        let (warning, reason, note) = match why {
+            Mint::First => (
+                false,
+                Reason::Issued,
+                format!("issued a credential into Secret {name}"),
             ),
-        ),
-        Mint::Tampered(detail) => (
-            true,
-            Reason::Rotated,
-            format!(
-                "Secret {name} was altered ({detail}); treated as compromised and minted a new credential"
+            Mint::Reissue => (
+                false,
+                Reason::Rotated,
+                format!("expiry moved into the future; issued a new credential into Secret {name}"),
             ),
-        ),
-        Mint::Manual => (
-            false,
-            Reason::Rotated,
-            format!("rotated on request ({})", crate::api::ROTATE_ANNOTATION),
-        ),
-        Mint::Scheduled(period) => (
-            false,
-            Reason::Rotated,
-            format!("scheduled rotation (every {period})"),
-        ),
-    };
-    let status = active_status(token, spec, &held, last, now);
-    let wake = wake_active(&status);
-    Plan {
-        write,
-        status,
-        event: Some(Transition {
-            warning,
-            reason,
-            note,
-        }),
-        wake,
+            Mint::SecretDeleted => (
+                true,
+                Reason::Rotated,
+                format!(
+                    "Secret {name} was deleted; treated as compromised and minted a new credential"
+                ),
+            ),
+            Mint::Tampered(detail) => (
+                true,
+                Reason::Rotated,
+                format!(
+                    "Secret {name} was altered ({detail}); treated as compromised and minted a new credential"
+                ),
+            ),
+            Mint::Manual => (
+                false,
+                Reason::Rotated,
+                format!("rotated on request ({})", crate::api::ROTATE_ANNOTATION),
+            ),
+            Mint::Scheduled(period) => (
+                false,
+                Reason::Rotated,
+                format!("scheduled rotation (every {period})"),
+            ),
+        };
+        let status = active_status(token, spec, &held, last, now);
+        let wake = wake_active(&status);
+        Plan {
+            write,
+            status,
+            event: Some(Transition {
+                warning,
+                reason,
+                note,
+            }),
+            wake,
+            mints: true,
+        }
     }
 }
 
@@ -375,10 +479,23 @@ fn end(
     };
     let name = token.secret_name();
     let (write, held) = match observed {
-        Observed::Owned { secret, held } => (
+        // Already going and already empty: its deletion event brings us back.
+        Observed::Owned { secret, .. }
+            if secret.metadata.deletion_timestamp.is_some()
+                && !secret::holds_credential(secret) =>
+        {
+            (SecretWrite::Nothing, None)
+        }
+        Observed::Owned { secret, held, .. } => (
             SecretWrite::Delete {
                 uid: secret.metadata.uid.clone().unwrap_or_default(),
                 resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+                wipe: secret.metadata.deletion_timestamp.is_some()
+                    || secret
+                        .metadata
+                        .finalizers
+                        .as_ref()
+                        .is_some_and(|f| !f.is_empty()),
             },
             held.as_ref().ok(),
         ),
@@ -422,6 +539,7 @@ fn end(
             note: message,
         }),
         wake: Wake::OnChange,
+        mints: false,
     }
 }
 
@@ -444,7 +562,10 @@ fn failed(
         expires_at: token.spec.expires_at.clone(),
         next_rotation_at: None,
         observed_generation: token.metadata.generation,
-        conditions: vec![ready(token, last, false, reason, message.clone(), now)],
+        conditions: vec![
+            ready(token, last, false, reason, message.clone(), now),
+            stalled(token, last, reason, message.clone(), now),
+        ],
         ..last.clone()
     };
     Plan {
@@ -456,6 +577,7 @@ fn failed(
             note: message,
         }),
         wake,
+        mints: false,
     }
 }
 
@@ -468,18 +590,60 @@ pub fn ready(
     message: String,
     now: Timestamp,
 ) -> Condition {
+    condition(
+        "Ready",
+        token.metadata.generation,
+        last,
+        ok,
+        reason,
+        message,
+        now,
+    )
+}
+
+/// `Stalled=True`: the token waits on a human (a spec to fix, a Secret name to free), so kstatus and
+/// GitOps tools report it as failed instead of progressing forever. Absent otherwise.
+pub fn stalled(
+    token: &ApiToken,
+    last: &ApiTokenStatus,
+    reason: Reason,
+    message: String,
+    now: Timestamp,
+) -> Condition {
+    condition(
+        "Stalled",
+        token.metadata.generation,
+        last,
+        true,
+        reason,
+        message,
+        now,
+    )
+}
+
+/// A condition of `type_` for an object at `generation`; its transition time moves only when its
+/// status flips.
+pub fn condition(
+    type_: &str,
+    generation: Option<i64>,
+    last: &ApiTokenStatus,
+    ok: bool,
+    reason: Reason,
+    message: String,
+    now: Timestamp,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
     let since = last
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
+        .find(|c| c.type_ == type_ && c.status == status)
         .map_or(Time(now), |c| c.last_transition_time.clone());
     Condition {
-        type_: "Ready".to_owned(),
+        type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.as_str().to_owned(),
         message,
-        observed_generation: token.metadata.generation,
+        observed_generation: generation,
         last_transition_time: since,
     }
 }
@@ -488,7 +652,7 @@ pub fn ready(
 mod tests {
     use super::*;
     use crate::api::{ApiTokenSpec, Rotation};
-    use crate::secret::{FINGERPRINT_ANNOTATION, observe};
+    use crate::secret::{self, FINGERPRINT_ANNOTATION, observe};
     use jiff::SignedDuration;
     use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -540,9 +704,16 @@ mod tests {
         t
     }
 
+    fn rules() -> Rules {
+        Rules {
+            key: SealKey::from_bytes(&[7; 32]).unwrap(),
+            policy: Policy::default(),
+        }
+    }
+
     /// Runs the plan and, as the controller would, "applies" its Secret and status.
     fn issue(t: &ApiToken, now: Timestamp) -> (ApiToken, Secret) {
-        let p = plan(t, &observe(t, None), now, &mut rng());
+        let p = run(t, None, now);
         let SecretWrite::Create(secret) = p.write else {
             panic!("expected a create, got {:?}", p.write)
         };
@@ -555,7 +726,11 @@ mod tests {
     }
 
     fn run(t: &ApiToken, secret: Option<&Secret>, now: Timestamp) -> Plan {
-        plan(t, &observe(t, secret), now, &mut rng())
+        run_with(t, secret, &rules(), now)
+    }
+
+    fn run_with(t: &ApiToken, secret: Option<&Secret>, rules: &Rules, now: Timestamp) -> Plan {
+        plan(t, &observe(t, secret, &rules.key), rules, now, &mut rng())
     }
 
     fn edit(secret: &Secret, key: &str, value: &str) -> Secret {
@@ -732,6 +907,7 @@ mod tests {
         let SecretWrite::Delete {
             uid,
             resource_version,
+            wipe: false,
         } = &p.write
         else {
             panic!("{:?}", p.write)
@@ -941,5 +1117,250 @@ mod tests {
         revoked.spec.revoked = Some(true);
         let p = run(&revoked, Some(&secret), at(4000));
         assert_eq!(p.status.conditions[0].last_transition_time, Time(at(4000)));
+    }
+
+    fn annotate_secret(secret: &Secret, key: &str, value: Option<&str>) -> Secret {
+        let mut s = secret.clone();
+        let annotations = s.metadata.annotations.get_or_insert_default();
+        match value {
+            Some(v) => annotations.insert(key.into(), v.into()),
+            None => annotations.remove(key),
+        };
+        s
+    }
+
+    fn password(secret: &Secret) -> Vec<u8> {
+        secret.data.as_ref().unwrap()["password"].0.clone()
+    }
+
+    fn expect_compromised(p: &Plan, t: &ApiToken, secret: &Secret) {
+        let SecretWrite::Update { secret: new, .. } = &p.write else {
+            panic!("expected a new credential, got {:?}", p.write)
+        };
+        assert_ne!(password(new), password(secret));
+        assert_eq!(
+            p.status.rotations,
+            Some(t.status.as_ref().unwrap().rotations.unwrap() + 1)
+        );
+        let event = p.event.as_ref().unwrap();
+        assert!(
+            event.warning && event.reason == Reason::Rotated,
+            "{event:?}"
+        );
+        assert!(p.mints);
+    }
+
+    /// Every form rewritten consistently and the fingerprint recomputed: what someone with write access
+    /// to the Secret can do without the seal key.
+    fn plant(secret: &Secret, access_key: &str, secret_key: &str) -> Secret {
+        let credential = crate::token::Credential {
+            prefix: "tm-".into(),
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+        };
+        let mut s = secret.clone();
+        for (k, v) in [
+            ("username", access_key.to_owned()),
+            ("password", secret_key.to_owned()),
+            ("token", credential.bearer()),
+            ("basic", credential.basic()),
+            (
+                "authorization-bearer",
+                format!("Bearer {}", credential.bearer()),
+            ),
+            (
+                "authorization-basic",
+                format!("Basic {}", credential.basic()),
+            ),
+        ] {
+            s = edit(&s, k, &v);
+        }
+        annotate_secret(&s, FINGERPRINT_ANNOTATION, Some(&credential.fingerprint()))
+    }
+
+    #[test]
+    fn a_planted_credential_with_a_recomputed_fingerprint_is_compromised() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let planted = plant(&secret, "PLANTEDACCESSKEY", "PLANTEDSECRETKEY0123456789");
+        // Status lost too, so only the seal stands between the plant and acceptance.
+        let mut lost = t.clone();
+        lost.status.as_mut().unwrap().fingerprint = None;
+        for token in [&t, &lost] {
+            let p = run(token, Some(&planted), at(10));
+            expect_compromised(&p, &t, &secret);
+        }
+    }
+
+    #[test]
+    fn a_forged_issued_at_or_rotation_count_is_compromised() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let later = annotate_secret(
+            &secret,
+            secret::ISSUED_AT_ANNOTATION,
+            Some("2099-01-01T00:00:00Z"),
+        );
+        let p = run(&t, Some(&later), at(10));
+        expect_compromised(&p, &t, &secret);
+        assert_eq!(p.status.next_rotation_at, Some(Time(at(10 + 3600))));
+
+        let counted = annotate_secret(&secret, secret::ROTATIONS_ANNOTATION, Some("1"));
+        let p = run(&t, Some(&counted), at(10));
+        expect_compromised(&p, &t, &secret);
+    }
+
+    #[test]
+    fn an_unsealed_secret_from_before_the_seal_is_sealed_without_a_new_credential() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let unsealed = annotate_secret(
+            &annotate_secret(&secret, crate::seal::SEAL_ANNOTATION, None),
+            crate::seal::SEAL_KEY_ID_ANNOTATION,
+            None,
+        );
+        let p = run(&t, Some(&unsealed), at(10));
+        let SecretWrite::Update { secret: sealed, .. } = &p.write else {
+            panic!("expected a re-seal, got {:?}", p.write)
+        };
+        assert_eq!(password(sealed), password(&secret));
+        assert_eq!(sealed.metadata.annotations, secret.metadata.annotations);
+        assert_eq!(p.event, None);
+        assert!(!p.mints);
+        assert_eq!(p.status.fingerprint, t.status.as_ref().unwrap().fingerprint);
+    }
+
+    #[test]
+    fn a_secret_under_a_lost_key_is_resealed_only_when_status_vouches_for_it() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let new_key = Rules {
+            key: SealKey::from_bytes(&[9; 32]).unwrap(),
+            policy: Policy::default(),
+        };
+        let p = run_with(&t, Some(&secret), &new_key, at(10));
+        let SecretWrite::Update {
+            secret: resealed, ..
+        } = &p.write
+        else {
+            panic!("expected a re-seal, got {:?}", p.write)
+        };
+        assert_eq!(password(resealed), password(&secret));
+        let id =
+            &resealed.metadata.annotations.as_ref().unwrap()[crate::seal::SEAL_KEY_ID_ANNOTATION];
+        assert_eq!(id, new_key.key.id());
+        assert_eq!(p.event, None);
+
+        // Without the status to vouch for it (or with a status that disagrees), it is compromised.
+        let mut lost = t.clone();
+        lost.status = None;
+        let p = run_with(&lost, Some(&secret), &new_key, at(10));
+        assert!(p.mints && p.event.as_ref().unwrap().warning);
+        let forged = annotate_secret(
+            &secret,
+            secret::ISSUED_AT_ANNOTATION,
+            Some("2099-01-01T00:00:00Z"),
+        );
+        let p = run_with(&t, Some(&forged), &new_key, at(10));
+        assert!(p.mints && p.event.as_ref().unwrap().warning);
+    }
+
+    #[test]
+    fn a_rotation_whose_status_write_failed_still_gets_its_event() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let rotated = run(&t, Some(&secret), at(3600));
+        let SecretWrite::Update { secret: new, .. } = rotated.write else {
+            panic!()
+        };
+        let mut new = *new;
+        new.metadata.resource_version = Some("2".into());
+        new.metadata.uid = secret.metadata.uid.clone();
+        // The status still describes the first credential: the status write was lost.
+        let p = run(&t, Some(&new), at(3601));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert_eq!(p.status.rotations, Some(1));
+        assert_eq!(p.event.as_ref().map(|e| e.reason), Some(Reason::Rotated));
+        // Once status caught up, no second Event.
+        let mut caught_up = t.clone();
+        caught_up.status = Some(p.status);
+        assert_eq!(run(&caught_up, Some(&new), at(3602)).event, None);
+    }
+
+    #[test]
+    fn invalid_spec_and_conflict_are_stalled_and_issued_tokens_are_not() {
+        let bad = token(|s| {
+            s.rotation = Some(Rotation {
+                period: "10s".into(),
+            })
+        });
+        let p = run(&bad, None, at(0));
+        let stalled = p.status.conditions.iter().find(|c| c.type_ == "Stalled");
+        assert_eq!(
+            stalled.map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("True", "InvalidSpec"))
+        );
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let p = run(&t, Some(&secret), at(1));
+        assert!(p.status.conditions.iter().all(|c| c.type_ != "Stalled"));
+    }
+
+    #[test]
+    fn revocation_wipes_first_when_a_finalizer_would_keep_the_secret() {
+        let (t, secret) = issue(&token(|_| {}), at(0));
+        let mut held = secret.clone();
+        held.metadata.finalizers = Some(vec!["example.com/backup".into()]);
+        let mut revoked = t.clone();
+        revoked.spec.revoked = Some(true);
+        let p = run(&revoked, Some(&held), at(5));
+        assert!(
+            matches!(p.write, SecretWrite::Delete { wipe: true, .. }),
+            "{:?}",
+            p.write
+        );
+        // Terminating and already empty: nothing left to do but wait for it to go.
+        let mut going = held.clone();
+        going.metadata.deletion_timestamp = Some(Time(at(5)));
+        going.data = Some(BTreeMap::from([(
+            "role".into(),
+            ByteString(b"reader".to_vec()),
+        )]));
+        assert!(matches!(
+            run(&revoked, Some(&going), at(6)).write,
+            SecretWrite::Nothing
+        ));
+    }
+
+    #[test]
+    fn a_label_removed_from_the_template_is_removed_from_the_secret() {
+        let templated = token(|s| {
+            s.secret_template = Some(crate::api::SecretTemplate {
+                labels: Some(BTreeMap::from([("team".into(), "a".into())])),
+                annotations: None,
+            })
+        });
+        let (t, secret) = issue(&templated, at(0));
+        let mut plain = t.clone();
+        plain.spec.secret_template = None;
+        let p = run(&plain, Some(&secret), at(5));
+        let SecretWrite::Update {
+            removed,
+            secret: new,
+            ..
+        } = &p.write
+        else {
+            panic!("{:?}", p.write)
+        };
+        assert_eq!(removed.labels, vec!["team".to_owned()]);
+        assert!(!new.metadata.labels.as_ref().unwrap().contains_key("team"));
+        assert_eq!(password(new), password(&secret));
+    }
+
+    #[test]
+    fn debug_output_shows_keys_never_values() {
+        let t = token(|_| {});
+        let p = run(&t, None, at(0));
+        let SecretWrite::Create(secret) = &p.write else {
+            panic!()
+        };
+        let password = String::from_utf8(password(secret)).unwrap();
+        let shown = format!("{p:?} {:?}", observe(&t, Some(secret), &rules().key));
+        assert!(shown.contains("password"), "{shown}");
+        assert!(!shown.contains(&password), "{shown}");
     }
 }

@@ -51,7 +51,8 @@ impl Period {
         }
     }
 
-    fn parse_unbounded(text: &str) -> Result<Self, PeriodError> {
+    /// Parses the same syntax with no bounds (a duration that is not a rotation period).
+    pub fn parse_unbounded(text: &str) -> Result<Self, PeriodError> {
         if text.is_empty() {
             return Err(PeriodError::Syntax);
         }
@@ -139,9 +140,39 @@ pub fn next_wakeup(instants: impl IntoIterator<Item = Option<Timestamp>>) -> Opt
     instants.into_iter().flatten().min()
 }
 
+/// First retry delay after a failed reconcile.
+pub const BACKOFF_BASE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest retry delay.
+pub const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long to wait after the `failures`-th consecutive failure (1 for the first): doubling from
+/// [`BACKOFF_BASE`] up to [`BACKOFF_MAX`], then scaled by `jitter` in `[0, 1)` into the upper half of
+/// that delay, so tokens that failed together do not retry together.
+pub fn backoff(failures: u32, jitter: f64) -> std::time::Duration {
+    let doubling = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    let delay = doubling.min(BACKOFF_MAX);
+    delay.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes_with_jitter_in_the_upper_half() {
+        use std::time::Duration;
+        assert_eq!(backoff(1, 0.999_999).as_millis(), 999);
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(2, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(4, 0.0), Duration::from_secs(4));
+        assert_eq!(backoff(9, 0.0), Duration::from_secs(128));
+        assert_eq!(backoff(10, 0.0), Duration::from_secs(150));
+        assert_eq!(backoff(u32::MAX, 1.0), BACKOFF_MAX);
+        for failures in 1..40 {
+            assert!(backoff(failures, 0.5) <= BACKOFF_MAX);
+            assert!(backoff(failures + 1, 0.0) >= backoff(failures, 0.0));
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

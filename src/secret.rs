@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource as _;
 
 use crate::api::ApiToken;
+use crate::seal::{Field, SEAL_ANNOTATION, SEAL_KEY_ID_ANNOTATION, SealKey};
 use crate::token::{Credential, fingerprint_of};
 use crate::validate::ValidSpec;
 
@@ -29,15 +30,42 @@ pub const ISSUED_AT_ANNOTATION: &str = "tokenmint.dev/issued-at";
 pub const ROTATIONS_ANNOTATION: &str = "tokenmint.dev/rotations";
 /// Annotation: the last `tokenmint.dev/rotate` request carried out for this credential.
 pub const ROTATE_REQUEST_ANNOTATION: &str = "tokenmint.dev/rotate-request";
+/// Annotation: the label and annotation keys `secretTemplate` put on the Secret, so a key removed
+/// from the template is removed from the Secret too.
+pub const TEMPLATE_KEYS_ANNOTATION: &str = "tokenmint.dev/template-keys";
 /// Kubernetes Secret type for username/password credentials.
 pub const SECRET_TYPE: &str = "kubernetes.io/basic-auth";
+
+/// Data keys that hold credential material; revocation empties them, the seal covers them.
+pub const CREDENTIAL_KEYS: [&str; 9] = [
+    "username",
+    "password",
+    "token",
+    "basic",
+    "authorization-bearer",
+    "authorization-basic",
+    "previous-username",
+    "previous-password",
+    "previous-token",
+];
+
+/// Annotations the seal covers besides the credential keys: tokenmint's bookkeeping.
+const SEALED_ANNOTATIONS: [&str; 7] = [
+    FINGERPRINT_ANNOTATION,
+    ISSUED_AT_ANNOTATION,
+    ROTATIONS_ANNOTATION,
+    ROTATE_REQUEST_ANNOTATION,
+    "tokenmint.dev/retire-request",
+    "tokenmint.dev/previous-fingerprint",
+    "tokenmint.dev/previous-retires-at",
+];
 
 /// Label selector matching every Secret tokenmint manages.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
 }
 
-/// The credential a Secret holds and the bookkeeping minted with it.
+/// The credential a Secret holds and the bookkeeping minted with it. `Debug` never shows the secret key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
     pub credential: Credential,
@@ -55,17 +83,78 @@ impl Held {
 }
 
 /// What the Secret named by a token looks like from the token's point of view.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Observed<'a> {
     /// No Secret of that name.
     Missing,
     /// A Secret of that name that this ApiToken does not control; never touched.
     Foreign,
-    /// Our Secret. `held` is `Err` with a reason when its credential keys were altered.
+    /// Our Secret. `held` is `Err` with a reason when its credential keys were altered or its seal is
+    /// wrong; `seal` says whether the current key vouches for it.
     Owned {
         secret: &'a Secret,
         held: Result<Held, Tampered>,
+        seal: Seal,
     },
+}
+
+/// Whether the operator's current key vouches for a Secret's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seal {
+    /// Sealed by the current key, and the seal matches.
+    Valid,
+    /// No seal (made before the seal existed) or a seal under another key: believed only where it
+    /// agrees with the token's status, and then re-sealed.
+    Unverified,
+}
+
+/// Names keys and the verdict, never a value: a Secret's data is credential material.
+impl std::fmt::Debug for Observed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Observed::Missing => f.write_str("Missing"),
+            Observed::Foreign => f.write_str("Foreign"),
+            Observed::Owned { secret, held, seal } => f
+                .debug_struct("Owned")
+                .field("secret", &Redacted(secret))
+                .field("held", held)
+                .field("seal", seal)
+                .finish(),
+        }
+    }
+}
+
+/// Shows a Secret by name, resourceVersion and data keys; never its values.
+pub struct Redacted<'a>(pub &'a Secret);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let meta = &self.0.metadata;
+        f.debug_struct("Secret")
+            .field("name", &meta.name)
+            .field("namespace", &meta.namespace)
+            .field("resource_version", &meta.resource_version)
+            .field(
+                "data_keys",
+                &self
+                    .0
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "annotation_keys",
+                &meta
+                    .annotations
+                    .iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// How a Secret's credential was found altered. Carries no credential material.
@@ -73,8 +162,9 @@ pub enum Observed<'a> {
 #[error("{0}")]
 pub struct Tampered(pub String);
 
-/// Classifies `secret` (the Secret named `token.secret_name()`, if any) relative to `token`.
-pub fn observe<'a>(token: &ApiToken, secret: Option<&'a Secret>) -> Observed<'a> {
+/// Classifies `secret` (the Secret named `token.secret_name()`, if any) relative to `token`, checking
+/// its seal with `key`.
+pub fn observe<'a>(token: &ApiToken, secret: Option<&'a Secret>, key: &SealKey) -> Observed<'a> {
     let Some(secret) = secret else {
         return Observed::Missing;
     };
@@ -86,10 +176,49 @@ pub fn observe<'a>(token: &ApiToken, secret: Option<&'a Secret>) -> Observed<'a>
     if !controlled {
         return Observed::Foreign;
     }
-    Observed::Owned {
-        secret,
-        held: read_held(secret),
+    let (held, seal) = match check_seal(secret, uid.unwrap_or_default(), key) {
+        Ok(seal) => (read_held(secret), seal),
+        Err(tampered) => (Err(tampered), Seal::Valid),
+    };
+    Observed::Owned { secret, held, seal }
+}
+
+/// Whether the Secret controlled by a token with `uid` carries a valid seal under `key`. A seal made
+/// with the current key that does not match is tampering.
+fn check_seal(secret: &Secret, uid: &str, key: &SealKey) -> Result<Seal, Tampered> {
+    let (Some(seal), Some(key_id)) = (
+        annotation(secret, SEAL_ANNOTATION),
+        annotation(secret, SEAL_KEY_ID_ANNOTATION),
+    ) else {
+        return Ok(Seal::Unverified);
+    };
+    if key_id != key.id() {
+        return Ok(Seal::Unverified);
     }
+    if key.verify(uid, sealed_fields(secret), seal) {
+        Ok(Seal::Valid)
+    } else {
+        Err(Tampered(
+            "its bookkeeping does not match the seal tokenmint wrote".to_owned(),
+        ))
+    }
+}
+
+/// The fields the seal covers, in a fixed order.
+fn sealed_fields(secret: &Secret) -> impl Iterator<Item = Field<'_>> {
+    let data = CREDENTIAL_KEYS.into_iter().map(|name| Field {
+        name,
+        value: secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .map(|v| v.0.as_slice()),
+    });
+    let annotations = SEALED_ANNOTATIONS.into_iter().map(|name| Field {
+        name,
+        value: annotation(secret, name).map(str::as_bytes),
+    });
+    data.chain(annotations)
 }
 
 fn data_str<'s>(secret: &'s Secret, key: &str) -> Result<&'s str, Tampered> {
@@ -167,8 +296,9 @@ fn views(credential: &Credential) -> [(&'static str, String); 4] {
     ]
 }
 
-/// The Secret as tokenmint wants it: credential in every form, role, scopes, labels and bookkeeping.
-pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held) -> Secret {
+/// The Secret as tokenmint wants it: credential in every form, role, scopes, labels and bookkeeping,
+/// sealed with `key`.
+pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held, key: &SealKey) -> Secret {
     let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
     let mut put = |key: &str, value: String| {
         data.insert(key.to_owned(), ByteString(value.into_bytes()));
@@ -182,6 +312,10 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held) -> Secret {
     put("scopes", spec.scopes.join("\n"));
 
     let template = token.spec.secret_template.clone().unwrap_or_default();
+    let template_keys = template_keys(
+        template.labels.iter().flatten().map(|(k, _)| k),
+        template.annotations.iter().flatten().map(|(k, _)| k),
+    );
     let mut labels = template.labels.unwrap_or_default();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
     labels.insert(
@@ -195,8 +329,11 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held) -> Secret {
     if let Some(request) = &held.rotate_request {
         annotations.insert(ROTATE_REQUEST_ANNOTATION.to_owned(), request.clone());
     }
+    if !template_keys.is_empty() {
+        annotations.insert(TEMPLATE_KEYS_ANNOTATION.to_owned(), template_keys);
+    }
 
-    Secret {
+    let mut secret = Secret {
         metadata: ObjectMeta {
             name: Some(token.secret_name().to_owned()),
             namespace: token.metadata.namespace.clone(),
@@ -208,10 +345,78 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held) -> Secret {
         type_: Some(SECRET_TYPE.to_owned()),
         data: Some(data),
         ..Secret::default()
+    };
+    let seal = key.seal(
+        token.metadata.uid.as_deref().unwrap_or_default(),
+        sealed_fields(&secret),
+    );
+    let annotations = secret.metadata.annotations.get_or_insert_default();
+    annotations.insert(SEAL_ANNOTATION.to_owned(), seal);
+    annotations.insert(SEAL_KEY_ID_ANNOTATION.to_owned(), key.id().to_owned());
+    secret
+}
+
+/// `label:<key>,annotation:<key>,...` for the template's keys (neither kind of key may hold a comma
+/// or a colon before its name part, so the list reads back unambiguously).
+fn template_keys<'k>(
+    labels: impl Iterator<Item = &'k String>,
+    annotations: impl Iterator<Item = &'k String>,
+) -> String {
+    let labels = labels.map(|k| format!("label:{k}"));
+    let annotations = annotations.map(|k| format!("annotation:{k}"));
+    labels.chain(annotations).collect::<Vec<_>>().join(",")
+}
+
+/// Template keys tokenmint put on a Secret that its template no longer has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub labels: Vec<String>,
+    pub annotations: Vec<String>,
+}
+
+impl Removed {
+    /// Nothing to remove.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
     }
 }
 
-/// Whether `observed` already carries everything in `desired` (extra keys others added are left alone).
+/// The keys `observed` records as put there by its template that `desired`'s template lacks.
+pub fn removed_template_keys(observed: &Secret, desired: &Secret) -> Removed {
+    let listed = |secret: &Secret| -> Vec<(String, String)> {
+        annotation(secret, TEMPLATE_KEYS_ANNOTATION)
+            .into_iter()
+            .flat_map(|list| list.split(','))
+            .filter_map(|entry| entry.split_once(':'))
+            .map(|(kind, key)| (kind.to_owned(), key.to_owned()))
+            .collect()
+    };
+    let wanted = listed(desired);
+    let mut removed = Removed::default();
+    for (kind, key) in listed(observed) {
+        if wanted.contains(&(kind.clone(), key.clone())) {
+            continue;
+        }
+        match kind.as_str() {
+            "label" => removed.labels.push(key),
+            "annotation" => removed.annotations.push(key),
+            _ => {}
+        }
+    }
+    removed
+}
+
+/// Whether the Secret still holds any credential material.
+pub fn holds_credential(secret: &Secret) -> bool {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .any(|(k, _)| CREDENTIAL_KEYS.contains(&k.as_str()))
+}
+
+/// Whether `observed` already carries everything in `desired` (extra keys others added are left alone)
+/// and no template key that was removed since.
 pub fn in_sync(observed: &Secret, desired: &Secret) -> bool {
     fn contains<V: PartialEq>(
         have: Option<&BTreeMap<String, V>>,
@@ -231,6 +436,8 @@ pub fn in_sync(observed: &Secret, desired: &Secret) -> bool {
             desired.metadata.annotations.as_ref(),
         )
         && observed.type_ == desired.type_
+        && annotation(observed, TEMPLATE_KEYS_ANNOTATION)
+            == annotation(desired, TEMPLATE_KEYS_ANNOTATION)
 }
 
 /// RFC 3339 at whole seconds, the precision Kubernetes keeps.

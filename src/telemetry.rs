@@ -9,9 +9,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// The client library logs the whole response body when a response does not decode (an ApiToken list
+/// with access keys, a Secret list with credentials). That module's output is limited to errors
+/// unless `RUST_LOG` names it explicitly.
+const QUIET_CLIENT: &str = "kube_client::client=error";
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let directives = if directives.contains("kube_client") {
+        directives
+    } else {
+        format!("{directives},{QUIET_CLIENT}")
+    };
+    let filter = EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_CLIENT}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -3,9 +3,9 @@
 //! The CRD schema already rejects most bad input at `kubectl apply`; this re-checks it (an older CRD may be
 //! installed) and adds what the schema cannot express, such as rotation period bounds.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use crate::api::{ApiTokenSpec, Scope};
+use crate::api::{ApiTokenSpec, Scope, SecretTemplate};
 use crate::schedule::Period;
 use crate::token::Format;
 
@@ -27,6 +27,25 @@ pub struct InvalidSpec {
     pub reason: String,
 }
 
+/// What the operator's installation allows beyond the contract's defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Let `secretTemplate` carry annotations of cross-namespace replicators (Reflector, kubed,
+    /// mittwald replicator). Off by default: they would copy the credential where the token's owner
+    /// cannot see or revoke it.
+    pub allow_replication_annotations: bool,
+}
+
+/// Annotation prefixes of replicators that copy a Secret into other namespaces.
+pub const REPLICATOR_PREFIXES: [&str; 3] = [
+    "reflector.v1.k8s.emberstack.com/",
+    "kubed.appscode.com/",
+    "replicator.v1.mittwald.de/",
+];
+
+/// The API server's limit on all annotations of one object together.
+const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
     InvalidSpec {
         field: field.into(),
@@ -35,7 +54,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
 }
 
 /// Checks the whole spec.
-pub fn validate(spec: &ApiTokenSpec) -> Result<ValidSpec, InvalidSpec> {
+pub fn validate(spec: &ApiTokenSpec, policy: Policy) -> Result<ValidSpec, InvalidSpec> {
     if !is_role(&spec.role) {
         return Err(invalid(
             "spec.role",
@@ -65,6 +84,9 @@ pub fn validate(spec: &ApiTokenSpec) -> Result<ValidSpec, InvalidSpec> {
         .map_err(|e| invalid("spec.rotation.period", e.to_string()))?;
     let format = Format::from(spec.format.as_ref());
     check_format(&format)?;
+    if let Some(template) = &spec.secret_template {
+        check_template(template, policy)?;
+    }
     Ok(ValidSpec {
         role: spec.role.clone(),
         scopes: scopes.iter().map(Scope::canonical).collect(),
@@ -88,10 +110,103 @@ fn check_format(format: &Format) -> Result<(), InvalidSpec> {
     if !(8..=64).contains(&format.access_key_length) {
         return Err(invalid("spec.format.accessKeyLength", "must be 8..64"));
     }
-    if !(16..=128).contains(&format.secret_key_length) {
-        return Err(invalid("spec.format.secretKeyLength", "must be 16..128"));
+    if !(20..=128).contains(&format.secret_key_length) {
+        return Err(invalid("spec.format.secretKeyLength", "must be 20..128"));
     }
     Ok(())
+}
+
+/// Labels and annotations the API server would refuse on the Secret (so the write could never
+/// succeed), and replicator annotations unless the policy allows them.
+fn check_template(template: &SecretTemplate, policy: Policy) -> Result<(), InvalidSpec> {
+    let labels = template.labels.as_ref().map_or(&EMPTY, |l| l);
+    for (key, value) in labels {
+        let field = || format!("spec.secretTemplate.labels[{key:?}]");
+        check_qualified_name(key).map_err(|reason| invalid(field(), reason))?;
+        if !is_label_value(value) {
+            return Err(invalid(
+                field(),
+                "value must be at most 63 characters of [A-Za-z0-9._-], starting and ending with an alphanumeric",
+            ));
+        }
+    }
+    let annotations = template.annotations.as_ref().map_or(&EMPTY, |a| a);
+    let mut total = 0;
+    for (key, value) in annotations {
+        let field = || format!("spec.secretTemplate.annotations[{key:?}]");
+        check_qualified_name(key).map_err(|reason| invalid(field(), reason))?;
+        if !policy.allow_replication_annotations
+            && REPLICATOR_PREFIXES.iter().any(|p| key.starts_with(p))
+        {
+            return Err(invalid(
+                field(),
+                "replicator annotations would copy the credential into other namespaces; \
+                 refused unless the operator runs with --allow-replication-annotations",
+            ));
+        }
+        total += key.len() + value.len();
+    }
+    // tokenmint's own annotations need room too; leave 4 KiB for them.
+    if total > ANNOTATIONS_MAX_BYTES - 4096 {
+        return Err(invalid(
+            "spec.secretTemplate.annotations",
+            "may total at most 252 KiB (the API server allows 256 KiB per object, tokenmint needs the rest)",
+        ));
+    }
+    Ok(())
+}
+
+static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+
+/// A Kubernetes qualified name: an optional DNS-subdomain prefix and `/`, then 1-63 characters of
+/// `[A-Za-z0-9._-]` starting and ending with an alphanumeric.
+fn check_qualified_name(key: &str) -> Result<(), &'static str> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix
+        && !is_dns_subdomain(prefix)
+    {
+        return Err("key prefix must be a DNS subdomain (lower case, at most 253 characters)");
+    }
+    if name.is_empty() || !is_label_value(name) {
+        return Err(
+            "key name must be 1-63 characters of [A-Za-z0-9._-], starting and ending with an alphanumeric",
+        );
+    }
+    Ok(())
+}
+
+/// Empty, or at most 63 characters of `[A-Za-z0-9._-]` starting and ending with an alphanumeric.
+fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() <= 63
+        && bytes.first().is_none_or(u8::is_ascii_alphanumeric)
+        && bytes.last().is_none_or(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// RFC 1123 subdomain: dot-separated labels of `[a-z0-9-]`, each starting and ending alphanumeric.
+fn is_dns_subdomain(text: &str) -> bool {
+    (1..=253).contains(&text.len())
+        && text.split('.').all(|label| {
+            let b = label.as_bytes();
+            (1..=63).contains(&b.len())
+                && b.first()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && b.last()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+/// A character that could end or forge a line for a consumer reading the value line by line.
+fn breaks_lines(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// `^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`, 1-63 characters.
@@ -146,6 +261,10 @@ fn check_scope(scope: &Scope) -> Result<(), InvalidSpec> {
         (_, Some(filter)) if filter.is_empty() || filter.len() > 1024 => {
             Err(invalid("filter", "must be 1-1024 characters"))
         }
+        (_, Some(filter)) if filter.chars().any(breaks_lines) => Err(invalid(
+            "filter",
+            "may not contain control characters or line separators",
+        )),
         (None, Some(_)) => Err(invalid(
             "filter",
             "needs resource: a row filter applies to one resource",
@@ -212,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_minimal_spec_is_valid_with_defaults() {
-        let valid = validate(&spec()).unwrap();
+        let valid = validate(&spec(), Policy::default()).unwrap();
         assert_eq!(valid.format, Format::default());
         assert_eq!(valid.period, None);
         assert!(valid.scopes.is_empty());
@@ -224,7 +343,7 @@ mod tests {
         s.rotation = Some(Rotation {
             period: "30s".into(),
         });
-        let err = validate(&s).unwrap_err();
+        let err = validate(&s, Policy::default()).unwrap_err();
         assert_eq!(err.field, "spec.rotation.period");
         assert!(err.to_string().contains("at least 1m"));
     }
@@ -237,7 +356,10 @@ mod tests {
             scope("DATASOURCES:READ:events"),
             scope("PIPES:READ:top"),
         ]);
-        assert_eq!(validate(&s).unwrap_err().field, "spec.scopes[2]");
+        assert_eq!(
+            validate(&s, Policy::default()).unwrap_err().field,
+            "spec.scopes[2]"
+        );
     }
 
     #[test]
@@ -248,20 +370,117 @@ mod tests {
             resource: None,
             filter: Some("a = 1".into()),
         }]);
-        assert_eq!(validate(&s).unwrap_err().field, "spec.scopes[0].filter");
+        assert_eq!(
+            validate(&s, Policy::default()).unwrap_err().field,
+            "spec.scopes[0].filter"
+        );
     }
 
     #[test]
     fn bad_role_and_format_name_their_fields() {
         let mut s = spec();
         s.role = "Reader".into();
-        assert_eq!(validate(&s).unwrap_err().field, "spec.role");
+        assert_eq!(
+            validate(&s, Policy::default()).unwrap_err().field,
+            "spec.role"
+        );
         let mut s = spec();
         s.format = Some(TokenFormat {
             prefix: Some("bad prefix".into()),
             ..TokenFormat::default()
         });
-        assert_eq!(validate(&s).unwrap_err().field, "spec.format.prefix");
+        assert_eq!(
+            validate(&s, Policy::default()).unwrap_err().field,
+            "spec.format.prefix"
+        );
+    }
+
+    fn template(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ApiTokenSpec {
+        let map = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let mut s = spec();
+        s.secret_template = Some(SecretTemplate {
+            labels: map(labels),
+            annotations: map(annotations),
+        });
+        s
+    }
+
+    #[test]
+    fn a_filter_that_could_forge_a_line_is_rejected() {
+        for filter in ["a = 1\nADMIN", "a\r", "a\u{0}", "a\u{2028}b", "a\u{85}"] {
+            let mut s = spec();
+            s.scopes = Some(vec![Scope {
+                type_: "DATASOURCES:READ".into(),
+                resource: Some("events".into()),
+                filter: Some(filter.into()),
+            }]);
+            let err = validate(&s, Policy::default()).unwrap_err();
+            assert_eq!(err.field, "spec.scopes[0].filter", "{filter:?}");
+        }
+        assert!(parse_scope("DATASOURCES:READ:events:a = 1\nADMIN").is_err());
+    }
+
+    #[test]
+    fn template_labels_and_annotations_the_api_server_would_refuse_name_their_key() {
+        let long = "v".repeat(64);
+        for (spec, field) in [
+            (template(&[("bad key!", "x")], &[]), "labels[\"bad key!\"]"),
+            (template(&[("team", &long)], &[]), "labels[\"team\"]"),
+            (template(&[("team", "-x")], &[]), "labels[\"team\"]"),
+            (
+                template(&[("Example.COM/team", "x")], &[]),
+                "labels[\"Example.COM/team\"]",
+            ),
+            (template(&[], &[("/x", "y")]), "annotations[\"/x\"]"),
+        ] {
+            let err = validate(&spec, Policy::default()).unwrap_err();
+            assert_eq!(err.field, format!("spec.secretTemplate.{field}"));
+        }
+        let huge = "x".repeat(253 * 1024);
+        let err = validate(&template(&[], &[("big", &huge)]), Policy::default()).unwrap_err();
+        assert_eq!(err.field, "spec.secretTemplate.annotations");
+        let fine = template(
+            &[("example.com/team", "analytics"), ("tier", "")],
+            &[("example.com/note", "any text at all\nwith lines")],
+        );
+        assert!(validate(&fine, Policy::default()).is_ok());
+    }
+
+    #[test]
+    fn replicator_annotations_are_refused_unless_allowed() {
+        for key in [
+            "reflector.v1.k8s.emberstack.com/reflection-allowed",
+            "kubed.appscode.com/sync",
+            "replicator.v1.mittwald.de/replicate-to",
+        ] {
+            let s = template(&[], &[(key, "true")]);
+            let err = validate(&s, Policy::default()).unwrap_err();
+            assert!(err.reason.contains("other namespaces"), "{key}");
+            let allowed = Policy {
+                allow_replication_annotations: true,
+            };
+            assert!(validate(&s, allowed).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn secret_keys_shorter_than_twenty_are_rejected() {
+        let mut s = spec();
+        s.format = Some(TokenFormat {
+            secret_key_length: Some(19),
+            ..TokenFormat::default()
+        });
+        assert_eq!(
+            validate(&s, Policy::default()).unwrap_err().field,
+            "spec.format.secretKeyLength"
+        );
     }
 
     #[test]

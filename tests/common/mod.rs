@@ -419,6 +419,8 @@ impl Operator {
             ])
             .args(&self.extra_args)
             .env("KUBECONFIG", kubeconfig_path())
+            // The seal key lives in the test's namespace, so tests that lose or replace it stay apart.
+            .env("POD_NAMESPACE", &self.namespace)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use tokenmint::api::{ApiToken, ApiTokenSpec, Phase, Rotation};
 use tokenmint::schedule::Period;
-use tokenmint::validate::{parse_scope, validate};
+use tokenmint::validate::{Policy, parse_scope, validate};
 
 use crate::cluster::{self, ConnectArgs, FIELD_MANAGER, Target};
 use crate::error::Error;
@@ -190,7 +190,11 @@ pub fn manifest(
         secret_template: None,
         format: None,
     };
-    validate(&spec).map_err(|e| Error::Invalid(format!("invalid ApiToken: {e}")))?;
+    // The installation's policy is the operator's to apply; the plugin checks only the contract.
+    let policy = Policy {
+        allow_replication_annotations: true,
+    };
+    validate(&spec, policy).map_err(|e| Error::Invalid(format!("invalid ApiToken: {e}")))?;
     let mut token = ApiToken::new(&args.name, spec);
     token.metadata.namespace = namespace.map(str::to_owned);
     Ok(token)

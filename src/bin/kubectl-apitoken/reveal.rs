@@ -43,7 +43,10 @@ pub async fn run(target: &Target, args: &RevealArgs) -> Result<(), Error> {
     }
     let secret_name = secret_name(&token);
     let secret = target.get_secret(&secret_name).await?;
-    let credential = match observe(&token, secret.as_ref()) {
+    // The seal key is the operator's; without it the seal cannot be checked here, so the credential
+    // must instead match the fingerprint the operator recorded in status.
+    let unknown_key = tokenmint::seal::SealKey::generate(&mut tokenmint::token::os_rng());
+    let credential = match observe(&token, secret.as_ref(), &unknown_key) {
         Observed::Missing => {
             return Err(Error::State(format!(
                 "the Secret {}/{secret_name} of apitoken {qualified} does not exist yet \
@@ -70,7 +73,17 @@ pub async fn run(target: &Target, args: &RevealArgs) -> Result<(), Error> {
                 target.namespace
             )));
         }
-        Observed::Owned { held: Ok(held), .. } => held.credential,
+        Observed::Owned { held: Ok(held), .. } => {
+            let recorded = token.status.as_ref().and_then(|s| s.fingerprint.as_deref());
+            if recorded.is_some_and(|f| f != held.fingerprint()) {
+                return Err(Error::State(format!(
+                    "the credential in Secret {}/{secret_name} does not match the fingerprint \
+                     apitoken {qualified} records; it is being replaced: try again in a moment",
+                    target.namespace
+                )));
+            }
+            held.credential
+        }
     };
     print!("{}", render(&credential, args.form));
     Ok(())

@@ -650,7 +650,13 @@ async fn set_issued_at(
 async fn minimal_issue(client: &Client, recorder: &Recorder, token: ApiToken) -> BenchResult<()> {
     let ns = token.namespace().unwrap_or_default();
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?;
-    let plan = plan::plan(&token, &secret::observe(&token, None), now, &mut os_rng());
+    // A throwaway key: the seal is the same size whatever the key.
+    let rules = plan::Rules {
+        key: tokenmint::seal::SealKey::generate(&mut os_rng()),
+        policy: tokenmint::validate::Policy::default(),
+    };
+    let observed = secret::observe(&token, None, &rules.key);
+    let plan = plan::plan(&token, &observed, &rules, now, &mut os_rng());
     let SecretWrite::Create(secret) = plan.write else {
         return Err(format!("planner did not create a Secret for {}", token.name_any()).into());
     };
