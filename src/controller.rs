@@ -816,7 +816,7 @@ async fn delete_secret(
     if wipe {
         // A merge patch, not an apply: null removes a key whoever else may also own it; the
         // resourceVersion in the body makes it conditional.
-        let removed: serde_json::Map<String, serde_json::Value> = secret::CREDENTIAL_KEYS
+        let removed: serde_json::Map<String, serde_json::Value> = secret::SECRET_BEARING_KEYS
             .iter()
             .map(|k| ((*k).to_owned(), serde_json::Value::Null))
             .collect();

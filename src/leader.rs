@@ -423,21 +423,19 @@ impl Leadership {
         }
     }
 
-    /// Resolves once the Lease could not be renewed in time or was taken over: stop reconciling.
-    /// Never resolves otherwise.
+    /// Resolves once the Lease could not be renewed in time or was taken over, or the renewer task
+    /// ended without being told to stop (it panicked): stop reconciling. Never resolves otherwise.
     pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
         let mut lost = self.lost.clone();
         async move {
-            // An error means the renewer ended without a loss (a release): nothing to report.
-            if lost.wait_for(|lost| *lost).await.is_err() {
-                std::future::pending::<()>().await;
-            }
+            // An error means the renewer is gone. Before `release` that is a loss: nobody renews.
+            let _ = lost.wait_for(|lost| *lost).await;
         }
     }
 
-    /// Whether the Lease has been lost.
+    /// Whether the Lease has been lost (also when the renewer task died).
     pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        *self.lost.borrow() || self.lost.has_changed().is_err()
     }
 
     /// Stops renewing and releases the Lease, unless it was already lost.
@@ -567,5 +565,42 @@ mod tests {
         let s = settings("a");
         assert!(s.renew_interval < s.renew_deadline);
         assert!(s.renew_deadline + s.retry_period <= s.lease_duration);
+    }
+
+    #[tokio::test]
+    async fn a_renewer_that_dies_is_a_lost_lease() {
+        let (stop, _stop_rx) = oneshot::channel();
+        let (lost_tx, lost) = watch::channel(false);
+        let renewer = tokio::spawn(async move {
+            let _keep = lost_tx;
+            panic!("renewer crashed");
+        });
+        let leadership = Leadership {
+            stop,
+            lost,
+            renewer,
+        };
+        tokio::time::timeout(Duration::from_secs(5), leadership.lost())
+            .await
+            .expect("lost() resolves when the renewer dies");
+        assert!(leadership.is_lost());
+    }
+
+    #[tokio::test]
+    async fn a_renewer_that_keeps_renewing_is_not_lost() {
+        let (stop, _stop_rx) = oneshot::channel();
+        let (lost_tx, lost) = watch::channel(false);
+        let renewer = tokio::spawn(async move {
+            let _keep = lost_tx;
+            std::future::pending::<(Elector, Option<Lease>)>().await
+        });
+        let leadership = Leadership {
+            stop,
+            lost,
+            renewer,
+        };
+        let waited = tokio::time::timeout(Duration::from_millis(200), leadership.lost()).await;
+        assert!(waited.is_err());
+        assert!(!leadership.is_lost());
     }
 }

@@ -109,10 +109,16 @@ async fn run(args: RunArgs) -> anyhow_free::Result {
         stopped(),
     ));
     let signalled = stop.clone();
+    let budget = args.shutdown_timeout;
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         signalled.send_replace(true);
+        // Each step below is bounded, but whatever the API server, the watches or a stuck request
+        // are doing, the process is gone shortly after the budget, inside the pod's grace period.
+        tokio::time::sleep(budget + Duration::from_secs(1)).await;
+        tracing::error!(?budget, "shutdown did not finish in time; exiting");
+        std::process::exit(1);
     });
 
     // A follower only waits: it is ready (healthy standby) while it can read the Lease, and its
@@ -145,15 +151,20 @@ async fn run(args: RunArgs) -> anyhow_free::Result {
     // Ready again once the leader's caches are synced.
     metrics.set_ready(false);
 
-    let key = match keystore::load_or_create(
-        client.clone(),
-        &args.seal_key_namespace,
-        &args.seal_key_secret,
-    )
-    .await
-    {
-        Ok(key) => key,
-        Err(e) => {
+    let loaded = tokio::select! {
+        loaded = keystore::load_or_create(client.clone(), &args.seal_key_namespace, &args.seal_key_secret) => Some(loaded),
+        () = stopped() => None,
+    };
+    let key = match loaded {
+        Some(Ok(key)) => key,
+        None => {
+            if let Some(leadership) = leadership {
+                let _ = tokio::time::timeout(args.shutdown_timeout, leadership.release()).await;
+            }
+            let _ = tokio::time::timeout(args.shutdown_timeout, server).await;
+            return Ok(());
+        }
+        Some(Err(e)) => {
             if let Some(leadership) = leadership {
                 leadership.release().await;
             }

@@ -49,6 +49,19 @@ pub const CREDENTIAL_KEYS: [&str; 9] = [
     "previous-token",
 ];
 
+/// The credential keys that hold secret material: all but the access keys, which are public (status
+/// shows them). Revocation empties these; a `kubernetes.io/basic-auth` Secret must keep `username`
+/// or `password`, so the access key stays.
+pub const SECRET_BEARING_KEYS: [&str; 7] = [
+    "password",
+    "token",
+    "basic",
+    "authorization-bearer",
+    "authorization-basic",
+    "previous-password",
+    "previous-token",
+];
+
 /// Annotations the seal covers besides the credential keys: tokenmint's bookkeeping.
 const SEALED_ANNOTATIONS: [&str; 7] = [
     FINGERPRINT_ANNOTATION,
@@ -406,13 +419,13 @@ pub fn removed_template_keys(observed: &Secret, desired: &Secret) -> Removed {
     removed
 }
 
-/// Whether the Secret still holds any credential material.
+/// Whether the Secret still holds any secret credential material.
 pub fn holds_credential(secret: &Secret) -> bool {
     secret
         .data
         .iter()
         .flatten()
-        .any(|(k, _)| CREDENTIAL_KEYS.contains(&k.as_str()))
+        .any(|(k, _)| SECRET_BEARING_KEYS.contains(&k.as_str()))
 }
 
 /// Whether `observed` already carries everything in `desired` (extra keys others added are left alone)

@@ -2,142 +2,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::tokens::*;
 use common::{Operator, TestNs, apply_yaml, ensure_crds, kubectl, wait_for};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokenmint::api::{ApiToken, ApiTokenSpec, Phase};
 use tokenmint::token::{decode, fingerprint_of};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn spec(role: &str) -> ApiTokenSpec {
-    spec_of(json!({ "role": role }))
-}
-
-/// A spec from its JSON form, as a user would write it.
-fn spec_of(fields: serde_json::Value) -> ApiTokenSpec {
-    serde_json::from_value(fields).unwrap()
-}
-
-async fn create(ns: &TestNs, name: &str, spec: ApiTokenSpec) -> ApiToken {
-    let api: Api<ApiToken> = ns.api();
-    api.create(&PostParams::default(), &ApiToken::new(name, spec))
-        .await
-        .unwrap_or_else(|e| panic!("creating ApiToken {name}: {e}"))
-}
-
-async fn token(ns: &TestNs, name: &str) -> ApiToken {
-    ns.api::<ApiToken>().get(name).await.unwrap()
-}
-
-/// Waits until the token's status reaches `phase` and `pred` holds.
-async fn wait_phase(
-    ns: &TestNs,
-    name: &str,
-    phase: Phase,
-    pred: impl Fn(&ApiToken) -> bool,
-) -> ApiToken {
-    wait_for(
-        &format!("ApiToken {name} to be {phase:?}"),
-        WAIT,
-        || async {
-            let t = ns.api::<ApiToken>().get(name).await.ok()?;
-            let status = t.status.as_ref()?;
-            (status.phase == Some(phase) && pred(&t)).then_some(t)
-        },
-    )
-    .await
-}
-
-async fn active(ns: &TestNs, name: &str) -> ApiToken {
-    wait_phase(ns, name, Phase::Active, |_| true).await
-}
-
-fn status_of(t: &ApiToken) -> &tokenmint::api::ApiTokenStatus {
-    t.status.as_ref().expect("status")
-}
-
-fn data(secret: &Secret) -> BTreeMap<String, String> {
-    secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
-        .collect()
-}
-
-async fn secret(ns: &TestNs, name: &str) -> Option<Secret> {
-    ns.api::<Secret>().get_opt(name).await.unwrap()
-}
-
-async fn events(ns: &TestNs, name: &str) -> Vec<CoreEvent> {
-    let list = ns
-        .api::<CoreEvent>()
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    list.items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .collect()
-}
-
-async fn wait_event(ns: &TestNs, name: &str, reason: &str, type_: &str) -> CoreEvent {
-    wait_for(
-        &format!("{type_} Event {reason} on {name}"),
-        WAIT,
-        || async {
-            events(ns, name)
-                .await
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_))
-        },
-    )
-    .await
-}
-
-async fn annotate(ns: &TestNs, name: &str, key: &str, value: &str) {
-    let patch = json!({ "metadata": { "annotations": { key: value } } });
-    ns.api::<ApiToken>()
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-}
-
-async fn set_spec(
-    ns: &TestNs,
-    name: &str,
-    spec_patch: serde_json::Value,
-) -> Result<ApiToken, kube::Error> {
-    ns.api::<ApiToken>()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "spec": spec_patch })),
-        )
-        .await
-}
-
-/// Every value that must never leave the Secret.
-fn credential_values(secret: &Secret) -> Vec<String> {
-    let d = data(secret);
-    [
-        "password",
-        "token",
-        "basic",
-        "authorization-bearer",
-        "authorization-basic",
-    ]
-    .iter()
-    .filter_map(|k| d.get(*k).cloned())
-    .collect()
-}
 
 #[tokio::test]
 async fn new_token_gets_a_complete_secret_and_active_status() {
@@ -384,7 +259,7 @@ async fn foreign_secret_is_left_byte_for_byte_untouched() {
         .create(&PostParams::default(), &foreign)
         .await
         .unwrap();
-    let _op = Operator::start(&ns).await;
+    let op = Operator::start(&ns).await;
     create(&ns, "taken", spec("reader")).await;
     let t = wait_phase(&ns, "taken", Phase::Failed, |_| true).await;
     let ready = &status_of(&t).conditions[0];
@@ -393,7 +268,13 @@ async fn foreign_secret_is_left_byte_for_byte_untouched() {
         ("False", "SecretConflict")
     );
     wait_event(&ns, "taken", "SecretConflict", "Warning").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = status_of(&t)
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled");
+    assert_eq!(stalled.map(|c| c.status.as_str()), Some("True"));
+    barrier(&op, &ns, "taken").await;
+    assert_eq!(op.metric("tokenmint_wasted_mints_total"), 0.0);
     let after = secret(&ns, "taken").await.unwrap();
     assert_eq!(
         after.metadata.resource_version,
@@ -427,7 +308,8 @@ async fn restart_and_lost_status_change_no_credential_and_write_nothing() {
 
     op.restart().await;
     op.wait_for_log("caches synced", WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The restarted operator reconciles every token it lists: wait until it has decided.
+    op.wait_reconciles_above(0).await;
     assert_eq!(
         token(&ns, "steady").await.metadata.resource_version,
         t_rv,
@@ -485,19 +367,34 @@ async fn scheduled_rotation_lands_within_a_second_of_next_rotation_at() {
     let due = first.next_rotation_at.clone().unwrap().0;
     let old = secret(&ns, "minutely").await.unwrap();
 
-    // Watch the Secret itself: the credential must change between `due` and `due + 1s`.
+    // Watch the Secret itself: the credential must change between `due` and `due + 1s`, and a
+    // read that finished before `due` must still show the old one.
     let rotated = wait_for(
         "the scheduled rotation",
         Duration::from_secs(90),
         || async {
             let s = secret(&ns, "minutely").await?;
-            (data(&s)["token"] != data(&old)["token"]).then(Timestamp::now)
+            let read_at = Timestamp::now();
+            let changed = data(&s)["token"] != data(&old)["token"];
+            assert!(
+                !changed || read_at >= due,
+                "rotated early: new credential seen at {read_at}, due {due}"
+            );
+            changed.then_some(read_at)
         },
     )
     .await;
     let late = rotated.duration_since(due);
     eprintln!("scheduled rotation landed {late:?} after nextRotationAt");
-    assert!(late.as_millis() >= -1000, "rotated early by {late:?}");
+    let issued = secret(&ns, "minutely")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap()["tokenmint.dev/issued-at"]
+        .parse::<Timestamp>()
+        .unwrap();
+    assert!(issued >= due, "issued at {issued}, before the due {due}");
     assert!(
         late.as_millis() <= 1200,
         "rotated {late:?} after nextRotationAt (200 ms of that is polling)"
@@ -540,7 +437,8 @@ async fn overdue_rotation_after_an_outage_happens_once() {
         status_of(t).rotations >= Some(1)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_event(&ns, "missed", "Rotated", "Normal").await;
+    barrier(&op, &ns, "missed").await;
     let t2 = token(&ns, "missed").await;
     assert_eq!(
         status_of(&t2).rotations,
@@ -589,8 +487,9 @@ async fn manual_rotation_by_annotation_happens_once() {
         r#"{"status":null}"#,
     ]);
     op.restart().await;
-    let again = wait_phase(&ns, "refresh", Phase::Active, |_| true).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_phase(&ns, "refresh", Phase::Active, |_| true).await;
+    barrier(&op, &ns, "refresh").await;
+    let again = token(&ns, "refresh").await;
     assert_eq!(status_of(&again).rotations, Some(1));
     assert_eq!(status_of(&again).fingerprint, status_of(&t).fingerprint);
     assert_eq!(
@@ -603,7 +502,7 @@ async fn manual_rotation_by_annotation_happens_once() {
 #[tokio::test]
 async fn revoked_token_loses_its_secret_and_cannot_be_restored() {
     let ns = TestNs::new("revoke").await;
-    let _op = Operator::start(&ns).await;
+    let op = Operator::start(&ns).await;
     create(&ns, "leaked", spec("reader")).await;
     let issued = active(&ns, "leaked").await;
     assert!(secret(&ns, "leaked").await.is_some());
@@ -634,7 +533,7 @@ async fn revoked_token_loses_its_secret_and_cannot_be_restored() {
         .unwrap_err();
     assert!(err.to_string().contains("revocation is final"));
     // The token stays as the record and no credential comes back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    barrier(&op, &ns, "leaked").await;
     assert!(secret(&ns, "leaked").await.is_none());
     assert_eq!(
         status_of(&token(&ns, "leaked").await).phase,

@@ -3,6 +3,8 @@
 //! a few kubectl helpers. Tests fail, never skip, when the cluster is unreachable.
 #![allow(dead_code)]
 
+pub mod tokens;
+
 use std::{
     fs::OpenOptions,
     future::Future,
@@ -466,6 +468,31 @@ impl Operator {
         let (status, body) = http_get(self.metrics_addr, "/metrics");
         assert_eq!(status, 200, "GET /metrics: {body}");
         body
+    }
+
+    /// The value of the sample `series` (name and labels exactly as exported) on /metrics; 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Successful reconciles so far.
+    pub fn reconciles(&self) -> u64 {
+        self.metric(r#"tokenmint_reconciles_total{result="success"}"#) as u64
+    }
+
+    /// Waits until more than `after` reconciles have succeeded: a barrier proving the operator
+    /// looked (and decided) before a test asserts that nothing happened.
+    pub async fn wait_reconciles_above(&self, after: u64) {
+        wait_for(
+            &format!("more than {after} successful reconciles"),
+            Duration::from_secs(20),
+            || async { (self.reconciles() > after).then_some(()) },
+        )
+        .await
     }
 
     pub fn pid(&self) -> Option<u32> {
