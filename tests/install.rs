@@ -1,6 +1,8 @@
 //! Installing tokenmint the way users do: the Helm chart renders, lints and is accepted by the
-//! apiserver; its RBAC is enough for the operator to do its job and nothing more; several replicas
-//! elect one leader, hand over on a crash without minting anything twice, and shut down cleanly.
+//! apiserver; its RBAC is enough for the operator to do its job and nothing more, and the roles it
+//! aggregates into view/edit/admin let users write ApiTokens but never their status; several
+//! replicas elect one leader, hand over on a crash without minting anything twice, and shut down
+//! cleanly.
 //!
 //! Needs the local control plane (`make cluster-up`) and helm (`TOKENMINT_HELM`, or built by
 //! `hack/install-tools.sh`). Fails, never skips, without either.
@@ -19,7 +21,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -106,6 +108,52 @@ fn of_kind<'a>(docs: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
     docs.iter().filter(|d| kinds.contains(&kind(d))).collect()
 }
 
+/// The object of kind `k` named `name`.
+fn named<'a>(docs: &'a [Value], k: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| kind(d) == k && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {k} named {name} in the rendered chart"))
+}
+
+fn names(docs: &[&Value]) -> BTreeSet<String> {
+    docs.iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The operator container's flags.
+fn container_args(docs: &[Value]) -> Vec<String> {
+    one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// (roleRef kind, roleRef name, binding namespace) of every binding of the operator's
+/// ServiceAccount `account`; the namespace is empty for a ClusterRoleBinding.
+fn bound_to_operator(docs: &[Value], account: &str) -> BTreeSet<(String, String, String)> {
+    of_kind(docs, &["RoleBinding", "ClusterRoleBinding"])
+        .into_iter()
+        .filter(|b| b["subjects"][0]["name"] == account)
+        .map(|b| {
+            let field = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&b["roleRef"]["kind"]),
+                field(&b["roleRef"]["name"]),
+                field(&b["metadata"]["namespace"]),
+            )
+        })
+        .collect()
+}
+
+fn bindings(rows: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
+    rows.iter()
+        .map(|(k, n, ns)| (k.to_string(), n.to_string(), ns.to_string()))
+        .collect()
+}
+
 fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
     let found = of_kind(docs, &[k]);
     assert_eq!(
@@ -123,15 +171,18 @@ fn to_yaml(docs: &[&Value]) -> String {
         .collect()
 }
 
-/// Rules as (apiGroup, resource, resourceNames, verbs) rows, one per group×resource.
-fn rules(role: &Value) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+/// One RBAC rule row: (apiGroup, resource, resourceNames, verbs).
+type Rule = (String, String, Vec<String>, Vec<String>);
+
+/// Rules as rows, one per group×resource; none for a role without rules.
+fn rules(role: &Value) -> BTreeSet<Rule> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_sequence()
             .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
             .unwrap_or_default()
     };
     let mut rows = BTreeSet::new();
-    for rule in role["rules"].as_sequence().expect("rules") {
+    for rule in role["rules"].as_sequence().into_iter().flatten() {
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
                 rows.insert((
@@ -146,18 +197,13 @@ fn rules(role: &Value) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
     rows
 }
 
-fn row(
-    group: &str,
-    resource: &str,
-    names: &[&str],
-    verbs: &[&str],
-) -> (String, String, Vec<String>, Vec<String>) {
+fn row(group: &str, resource: &str, names: &[&str], verbs: &[&str]) -> Rule {
     let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
     (group.into(), resource.into(), v(names), v(verbs))
 }
 
 /// Exactly the calls src/controller.rs makes.
-fn operator_rules() -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+fn operator_rules() -> BTreeSet<Rule> {
     [
         row("tokenmint.dev", "apitokens", &[], &["list", "watch"]),
         row("tokenmint.dev", "apitokens/status", &[], &["patch"]),
@@ -173,7 +219,7 @@ fn operator_rules() -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
 }
 
 /// Exactly the calls src/leader.rs makes.
-fn lease_rules(lease: &str) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+fn lease_rules(lease: &str) -> BTreeSet<Rule> {
     [
         row("coordination.k8s.io", "leases", &[], &["create"]),
         row(
@@ -184,6 +230,28 @@ fn lease_rules(lease: &str) -> BTreeSet<(String, String, Vec<String>, Vec<String
         ),
     ]
     .into()
+}
+
+/// What the chart aggregates into the built-in `view` role: reading tokens and verifiers.
+fn view_rules() -> BTreeSet<Rule> {
+    [
+        "apitokens",
+        "apitokens/status",
+        "apitokenverifiers",
+        "apitokenverifiers/status",
+    ]
+    .iter()
+    .map(|r| row("tokenmint.dev", r, &[], &["get", "list", "watch"]))
+    .collect()
+}
+
+/// What the chart aggregates into `edit` and `admin`: writing the spec, never the status.
+fn edit_rules() -> BTreeSet<Rule> {
+    let verbs = ["create", "update", "patch", "delete", "deletecollection"];
+    ["apitokens", "apitokenverifiers"]
+        .iter()
+        .map(|r| row("tokenmint.dev", r, &[], &verbs))
+        .collect()
 }
 
 // ---------------------------------------------------------------- chart
@@ -215,6 +283,8 @@ fn chart_lints_with_default_and_optional_values() {
         "podDisruptionBudget.enabled=true",
         "--set",
         "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "rbac.aggregate=false",
     ]);
 }
 
@@ -253,21 +323,14 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["port"], "metrics");
     assert_eq!(container["image"], "ghcr.io/tokenmint/tokenmint:0.1.0");
-    let args: Vec<&str> = container["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert!(args.contains(&"--leader-elect"), "{args:?}");
-    assert!(
-        args.contains(&"--leader-election-namespace=tokenmint-system"),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--leader-election-lease=tokenmint-leader"),
-        "{args:?}"
-    );
+    let args = container_args(&docs);
+    for flag in [
+        "--leader-elect",
+        "--leader-election-namespace=tokenmint-system",
+        "--leader-election-lease=tokenmint-leader",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+    }
     assert!(
         !args.iter().any(|a| a.starts_with("--namespace")),
         "all namespaces by default: {args:?}"
@@ -289,16 +352,53 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
         "{env:?}"
     );
 
-    // Least privilege: the operator's rules and the Lease's, nothing else, no wildcards.
-    assert_eq!(rules(one(&docs, "ClusterRole")), operator_rules());
-    assert_eq!(rules(one(&docs, "Role")), lease_rules("tokenmint-leader"));
+    // Least privilege: the operator's rules and the Lease's, nothing else, no wildcards; the
+    // roles aggregated for users are bound to nobody by the chart.
     assert_eq!(
-        one(&docs, "Role")["metadata"]["namespace"],
-        "tokenmint-system"
+        rules(named(&docs, "ClusterRole", "tokenmint")),
+        operator_rules()
+    );
+    assert_eq!(
+        rules(named(&docs, "Role", "tokenmint-leader-election")),
+        lease_rules("tokenmint-leader")
+    );
+    for role in of_kind(&docs, &["Role"]) {
+        assert_eq!(role["metadata"]["namespace"], "tokenmint-system");
+    }
+    let bound = bindings(&[
+        ("ClusterRole", "tokenmint", ""),
+        ("Role", "tokenmint-leader-election", "tokenmint-system"),
+    ]);
+    assert_eq!(bound_to_operator(&docs, "tokenmint"), bound);
+    assert_eq!(
+        of_kind(&docs, &["RoleBinding", "ClusterRoleBinding"]).len(),
+        bound.len()
     );
     assert!(
         !serde_yaml::to_string(&docs).unwrap().contains("'*'"),
         "no wildcard anywhere"
+    );
+
+    // Users: view reads ApiTokens and their status, edit (and admin) write the spec only.
+    let view = named(&docs, "ClusterRole", "tokenmint-view");
+    assert_eq!(rules(view), view_rules());
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let edit = named(&docs, "ClusterRole", "tokenmint-edit");
+    assert_eq!(rules(edit), edit_rules());
+    for label in ["aggregate-to-edit", "aggregate-to-admin"] {
+        assert_eq!(
+            edit["metadata"]["labels"][format!("rbac.authorization.k8s.io/{label}").as_str()],
+            "true"
+        );
+    }
+    assert!(
+        rules(edit)
+            .iter()
+            .all(|(_, resource, _, _)| !resource.ends_with("/status")),
+        "no write to any status"
     );
 }
 
@@ -313,37 +413,62 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
             "podDisruptionBudget.enabled=true",
         ],
     );
-    assert!(of_kind(&docs, &["ClusterRole", "ClusterRoleBinding"]).is_empty());
+    // Nothing cluster-wide for the operator; the users' aggregated roles are cluster-wide by nature.
+    assert!(of_kind(&docs, &["ClusterRoleBinding"]).is_empty());
+    assert_eq!(
+        names(&of_kind(&docs, &["ClusterRole"])),
+        [
+            "tm-tokenmint-edit".to_owned(),
+            "tm-tokenmint-view".to_owned()
+        ]
+        .into()
+    );
     let roles = of_kind(&docs, &["Role"]);
     assert_eq!(roles.len(), 2);
-    let in_apps = roles
-        .iter()
-        .find(|r| r["metadata"]["namespace"] == "apps")
-        .expect("Role in apps");
+    let in_apps = named(&docs, "Role", "tm-tokenmint");
+    assert_eq!(in_apps["metadata"]["namespace"], "apps");
     assert_eq!(rules(in_apps), operator_rules());
-    let lease = roles
-        .iter()
-        .find(|r| r["metadata"]["namespace"] == "ops")
-        .expect("Lease Role in ops");
+    // The Lease lives in the release namespace, not the watched one.
+    let lease = named(&docs, "Role", "tm-tokenmint-leader-election");
+    assert_eq!(lease["metadata"]["namespace"], "ops");
     assert_eq!(rules(lease), lease_rules("tm-tokenmint-leader"));
-    let binding = of_kind(&docs, &["RoleBinding"])
-        .into_iter()
-        .find(|b| b["metadata"]["namespace"] == "apps")
-        .expect("RoleBinding in apps");
-    assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    for binding in of_kind(&docs, &["RoleBinding"]) {
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    }
+    assert_eq!(
+        bound_to_operator(&docs, "tm-tokenmint"),
+        bindings(&[
+            ("Role", "tm-tokenmint", "apps"),
+            ("Role", "tm-tokenmint-leader-election", "ops"),
+        ])
+    );
 
     let deployment = one(&docs, "Deployment");
-    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
-    assert!(
-        args.as_sequence()
-            .unwrap()
-            .contains(&Value::from("--namespace=apps")),
-        "{args:?}"
-    );
+    let args = container_args(&docs);
+    assert!(args.iter().any(|a| a == "--namespace=apps"), "{args:?}");
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(
         one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"],
         1
+    );
+}
+
+#[test]
+fn rbac_values_switch_exactly_their_objects() {
+    // rbac.aggregate=false: the operator keeps its roles, users get none from the chart.
+    let docs = render("tokenmint", "tokenmint-system", &["rbac.aggregate=false"]);
+    assert_eq!(
+        names(&of_kind(&docs, &["ClusterRole"])),
+        ["tokenmint".to_owned()].into()
+    );
+    assert_eq!(of_kind(&docs, &["Role"]).len(), 1);
+    // rbac.create=false: no RBAC object at all, the aggregated roles included.
+    let docs = render("tokenmint", "tokenmint-system", &["rbac.create=false"]);
+    let rbac = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+    assert!(
+        of_kind(&docs, &rbac).is_empty(),
+        "{}",
+        to_yaml(&of_kind(&docs, &rbac))
     );
 }
 
@@ -507,7 +632,7 @@ impl Installed {
     /// Applies the ServiceAccount and the RBAC the chart renders with `sets`.
     fn rbac(ns: &TestNs, sets: &[&str]) -> Installed {
         let docs = render(&ns.name, &ns.name, sets);
-        let rbac = of_kind(
+        apply_docs(&of_kind(
             &docs,
             &[
                 "ServiceAccount",
@@ -516,20 +641,13 @@ impl Installed {
                 "Role",
                 "RoleBinding",
             ],
-        );
-        ok(kubectl_stdin(
-            &["apply", "--server-side", "--field-manager=helm", "-f", "-"],
-            &to_yaml(&rbac),
         ));
         let service_account = one(&docs, "ServiceAccount")["metadata"]["name"]
             .as_str()
             .unwrap()
             .to_owned();
-        let args = one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
+        let args = container_args(&docs)
+            .into_iter()
             .filter(|a| {
                 !["--metrics-addr=", "--log-format=", "--namespace="]
                     .iter()
@@ -712,16 +830,19 @@ impl Drop for Replica {
 
 // ---------------------------------------------------------------- ApiTokens
 
-async fn create_token(ns: &TestNs, name: &str) {
-    let token: ApiToken = serde_json::from_value(json!({
+fn reader_token(name: &str) -> ApiToken {
+    serde_json::from_value(json!({
         "apiVersion": "tokenmint.dev/v1alpha1",
         "kind": "ApiToken",
         "metadata": { "name": name },
         "spec": { "role": "reader" },
     }))
-    .unwrap();
+    .unwrap()
+}
+
+async fn create_token(ns: &TestNs, name: &str) {
     ns.api::<ApiToken>()
-        .create(&PostParams::default(), &token)
+        .create(&PostParams::default(), &reader_token(name))
         .await
         .unwrap();
 }
@@ -1018,6 +1139,151 @@ async fn watch_namespace_rbac_works_there_and_nowhere_else() {
                 .await
         ),
         403
+    );
+    ns.cleanup().await;
+}
+
+/// Writes each of `docs` with server-side apply, as Helm would.
+fn apply_docs(docs: &[&Value]) {
+    ok(kubectl_stdin(
+        &["apply", "--server-side", "--field-manager=helm", "-f", "-"],
+        &to_yaml(docs),
+    ));
+}
+
+// ---------------------------------------------------------------- users' roles
+
+/// A ServiceAccount `account` of `ns`, bound in `ns` to the built-in ClusterRole `role`.
+async fn bound_to(ns: &TestNs, account: &str, role: &str) -> kube::Client {
+    let token = ns.service_account_token(account).await;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": account },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "kind": "ServiceAccount", "name": account, "namespace": ns.name }],
+    }))
+    .unwrap();
+    ns.api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    common::client_for_token(&token).await
+}
+
+/// Waits until the built-in ClusterRole `role` holds every rule of `expected`, as the
+/// clusterrole-aggregation controller of kube-controller-manager copies them in.
+async fn wait_aggregated(ns: &TestNs, role: &str, expected: &BTreeSet<Rule>) {
+    let roles: Api<ClusterRole> = Api::all(ns.client.clone());
+    let what = format!(
+        "the built-in {role} ClusterRole to aggregate tokenmint's rules \
+         (kube-controller-manager must run the clusterrole-aggregation controller)"
+    );
+    wait_for(&what, WAIT, || async {
+        let current = serde_yaml::to_value(roles.get(role).await.ok()?).unwrap();
+        expected.is_subset(&rules(&current)).then_some(())
+    })
+    .await
+}
+
+/// The status codes of a merge patch of ApiToken `name`'s spec and of one of its status.
+async fn patch_spec_and_status(tokens: &Api<ApiToken>, name: &str) -> (u16, u16) {
+    let spec = json!({ "spec": { "role": "writer" } });
+    let status = json!({ "status": { "phase": "Active", "accessKey": "forged" } });
+    let params = PatchParams::default();
+    (
+        status_code(tokens.patch(name, &params, &Patch::Merge(&spec)).await),
+        status_code(
+            tokens
+                .patch_status(name, &params, &Patch::Merge(&status))
+                .await,
+        ),
+    )
+}
+
+#[tokio::test]
+async fn aggregated_roles_let_editors_write_tokens_but_never_their_status() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-aggregate").await;
+    let docs = render(&ns.name, &ns.name, &[]);
+    let fullname = format!("{}-tokenmint", ns.name);
+    let _release = Release(ns.name.clone());
+    apply_docs(&[
+        named(&docs, "ClusterRole", &format!("{fullname}-view")),
+        named(&docs, "ClusterRole", &format!("{fullname}-edit")),
+    ]);
+    // view flows into edit, edit into admin (the built-in roles' own labels).
+    let writing: BTreeSet<Rule> = view_rules().union(&edit_rules()).cloned().collect();
+    wait_aggregated(&ns, "view", &view_rules()).await;
+    wait_aggregated(&ns, "edit", &writing).await;
+    wait_aggregated(&ns, "admin", &writing).await;
+
+    // An editor creates, changes and reads ApiTokens. The first create also waits for the
+    // authorizer to see the RoleBinding and the aggregated rules.
+    let editor = bound_to(&ns, "editor", "edit").await;
+    let as_editor: Api<ApiToken> = Api::namespaced(editor, &ns.name);
+    let created = reader_token("edited");
+    wait_for(
+        "the editor to be allowed to create an ApiToken",
+        WAIT,
+        || async {
+            match as_editor.create(&PostParams::default(), &created).await {
+                Ok(token) => Some(token),
+                Err(kube::Error::Api(status)) if status.code == 403 => None,
+                Err(e) => panic!("creating an ApiToken as an editor: {e}"),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status_code(as_editor.get("edited").await), 200);
+    // ... patches its spec but cannot forge the operator's record.
+    assert_eq!(
+        patch_spec_and_status(&as_editor, "edited").await,
+        (200, 403)
+    );
+    let current = ns.api::<ApiToken>().get("edited").await.unwrap();
+    assert_eq!(
+        status_code(
+            as_editor
+                .replace_status("edited", &PostParams::default(), &current)
+                .await
+        ),
+        403,
+        "update apitokens/status"
+    );
+
+    // A viewer reads tokens and their status and writes nothing.
+    let viewer = bound_to(&ns, "viewer", "view").await;
+    let as_viewer: Api<ApiToken> = Api::namespaced(viewer, &ns.name);
+    wait_for(
+        "the viewer to be allowed to list ApiTokens",
+        WAIT,
+        || async {
+            (status_code(as_viewer.list(&ListParams::default()).await) == 200).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(status_code(as_viewer.get_status("edited").await), 200);
+    assert_eq!(
+        status_code(
+            as_viewer
+                .create(&PostParams::default(), &reader_token("viewed"))
+                .await
+        ),
+        403,
+        "create apitokens as a viewer"
+    );
+    assert_eq!(
+        patch_spec_and_status(&as_viewer, "edited").await,
+        (403, 403)
+    );
+    assert_eq!(
+        status_code(as_viewer.delete("edited", &DeleteParams::default()).await),
+        403,
+        "delete apitokens as a viewer"
+    );
+    assert_eq!(
+        status_code(as_editor.delete("edited", &DeleteParams::default()).await),
+        200,
+        "delete apitokens as an editor"
     );
     ns.cleanup().await;
 }
