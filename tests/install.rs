@@ -232,6 +232,15 @@ fn lease_rules(lease: &str) -> BTreeSet<Rule> {
     .into()
 }
 
+/// What the operator does with its seal key: create it once, read it back by name.
+fn seal_key_rules(secret: &str) -> BTreeSet<Rule> {
+    [
+        row("", "secrets", &[], &["create"]),
+        row("", "secrets", &[secret], &["get"]),
+    ]
+    .into()
+}
+
 /// What the chart aggregates into the built-in `view` role: reading tokens and verifiers.
 fn view_rules() -> BTreeSet<Rule> {
     [
@@ -284,6 +293,8 @@ fn chart_lints_with_default_and_optional_values() {
         "--set",
         "metrics.serviceMonitor.enabled=true",
         "--set",
+        "allowReplicationAnnotations=true",
+        "--set",
         "rbac.aggregate=false",
     ]);
 }
@@ -328,12 +339,17 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
         "--leader-elect",
         "--leader-election-namespace=tokenmint-system",
         "--leader-election-lease=tokenmint-leader",
+        "--seal-key-secret=tokenmint-seal-key",
     ] {
         assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
     }
     assert!(
         !args.iter().any(|a| a.starts_with("--namespace")),
         "all namespaces by default: {args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a == "--allow-replication-annotations"),
+        "replication annotations are refused by default: {args:?}"
     );
     let env: Vec<(&str, &str)> = container["env"]
         .as_sequence()
@@ -352,8 +368,8 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
         "{env:?}"
     );
 
-    // Least privilege: the operator's rules and the Lease's, nothing else, no wildcards; the
-    // roles aggregated for users are bound to nobody by the chart.
+    // Least privilege: the operator's rules, the Lease's and the seal key's, nothing else, no
+    // wildcards; the roles aggregated for users are bound to nobody by the chart.
     assert_eq!(
         rules(named(&docs, "ClusterRole", "tokenmint")),
         operator_rules()
@@ -362,12 +378,17 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
         rules(named(&docs, "Role", "tokenmint-leader-election")),
         lease_rules("tokenmint-leader")
     );
+    assert_eq!(
+        rules(named(&docs, "Role", "tokenmint-seal-key")),
+        seal_key_rules("tokenmint-seal-key")
+    );
     for role in of_kind(&docs, &["Role"]) {
         assert_eq!(role["metadata"]["namespace"], "tokenmint-system");
     }
     let bound = bindings(&[
         ("ClusterRole", "tokenmint", ""),
         ("Role", "tokenmint-leader-election", "tokenmint-system"),
+        ("Role", "tokenmint-seal-key", "tokenmint-system"),
     ]);
     assert_eq!(bound_to_operator(&docs, "tokenmint"), bound);
     assert_eq!(
@@ -424,14 +445,17 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
         .into()
     );
     let roles = of_kind(&docs, &["Role"]);
-    assert_eq!(roles.len(), 2);
+    assert_eq!(roles.len(), 3);
     let in_apps = named(&docs, "Role", "tm-tokenmint");
     assert_eq!(in_apps["metadata"]["namespace"], "apps");
     assert_eq!(rules(in_apps), operator_rules());
-    // The Lease lives in the release namespace, not the watched one.
+    // The Lease and the seal key live in the release namespace, not the watched one.
     let lease = named(&docs, "Role", "tm-tokenmint-leader-election");
     assert_eq!(lease["metadata"]["namespace"], "ops");
     assert_eq!(rules(lease), lease_rules("tm-tokenmint-leader"));
+    let seal = named(&docs, "Role", "tm-tokenmint-seal-key");
+    assert_eq!(seal["metadata"]["namespace"], "ops");
+    assert_eq!(rules(seal), seal_key_rules("tokenmint-seal-key"));
     for binding in of_kind(&docs, &["RoleBinding"]) {
         assert_eq!(binding["subjects"][0]["namespace"], "ops");
     }
@@ -440,6 +464,7 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
         bindings(&[
             ("Role", "tm-tokenmint", "apps"),
             ("Role", "tm-tokenmint-leader-election", "ops"),
+            ("Role", "tm-tokenmint-seal-key", "ops"),
         ])
     );
 
@@ -461,7 +486,7 @@ fn rbac_values_switch_exactly_their_objects() {
         names(&of_kind(&docs, &["ClusterRole"])),
         ["tokenmint".to_owned()].into()
     );
-    assert_eq!(of_kind(&docs, &["Role"]).len(), 1);
+    assert_eq!(of_kind(&docs, &["Role"]).len(), 2);
     // rbac.create=false: no RBAC object at all, the aggregated roles included.
     let docs = render("tokenmint", "tokenmint-system", &["rbac.create=false"]);
     let rbac = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
@@ -469,6 +494,46 @@ fn rbac_values_switch_exactly_their_objects() {
         of_kind(&docs, &rbac).is_empty(),
         "{}",
         to_yaml(&of_kind(&docs, &rbac))
+    );
+    // Without leader election there is no Lease Role; the seal key's stays.
+    let docs = render(
+        "tokenmint",
+        "tokenmint-system",
+        &["leaderElection.enabled=false"],
+    );
+    assert_eq!(
+        names(&of_kind(&docs, &["Role"])),
+        ["tokenmint-seal-key".to_owned()].into()
+    );
+}
+
+#[test]
+fn seal_key_and_replication_values_reach_the_operator_flags_and_rbac() {
+    let docs = render(
+        "tm",
+        "ops",
+        &[
+            "seal.keySecretName=tm-seal",
+            "allowReplicationAnnotations=true",
+        ],
+    );
+    let args = container_args(&docs);
+    assert!(
+        args.iter().any(|a| a == "--seal-key-secret=tm-seal"),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a == "--allow-replication-annotations"),
+        "{args:?}"
+    );
+    assert_eq!(
+        rules(named(&docs, "Role", "tm-tokenmint-seal-key")),
+        seal_key_rules("tm-seal")
+    );
+    // The seal key's namespace is the pod's own, from POD_NAMESPACE: no flag names another.
+    assert!(
+        !args.iter().any(|a| a.starts_with("--seal-key-namespace")),
+        "{args:?}"
     );
 }
 
@@ -489,6 +554,7 @@ fn chart_refuses_values_it_cannot_honour() {
             "additional properties 'replica' not allowed",
         ),
         (&["replicas=two"][..], "got string, want integer"),
+        (&["seal.keySecretName=Seal_Key"][..], "/seal/keySecretName"),
     ] {
         let mut args = vec!["template", "x", chart.as_str()];
         for set in sets {
@@ -666,10 +732,19 @@ impl Installed {
     }
 
     fn lease_name(&self) -> &str {
+        self.flag("--leader-election-lease=")
+    }
+
+    fn seal_key_name(&self) -> &str {
+        self.flag("--seal-key-secret=")
+    }
+
+    /// The value of the chart's flag `prefix` (e.g. `--seal-key-secret=`).
+    fn flag(&self, prefix: &str) -> &str {
         self.args
             .iter()
-            .find_map(|a| a.strip_prefix("--leader-election-lease="))
-            .expect("the chart enables leader election")
+            .find_map(|a| a.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("the chart passes no {prefix}: {:?}", self.args))
     }
 }
 
@@ -702,8 +777,19 @@ struct Replica {
 }
 
 impl Replica {
-    /// Starts `tokenmint run --namespace ns` as pod `name`, with `kubeconfig` (admin if None).
+    /// Starts `tokenmint run --namespace ns` as pod `name` in `ns`, with `kubeconfig` (admin if None).
     async fn start(name: &str, ns: &str, kubeconfig: Option<&Path>, extra: &[&str]) -> Replica {
+        Self::start_in(name, ns, ns, kubeconfig, extra).await
+    }
+
+    /// Starts `tokenmint run --namespace watch` as pod `name` running in `pod_namespace`.
+    async fn start_in(
+        name: &str,
+        watch: &str,
+        pod_namespace: &str,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+    ) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join(format!("{name}.log"));
         let log = File::create(&log_path).unwrap();
@@ -712,12 +798,12 @@ impl Replica {
             .map(Path::to_path_buf)
             .unwrap_or_else(common::kubeconfig_path);
         let child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
-            .args(["run", "--namespace", ns, "--log-format", "json"])
+            .args(["run", "--namespace", watch, "--log-format", "json"])
             .args(["--metrics-addr", &metrics.to_string()])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
-            .env("POD_NAMESPACE", ns)
+            .env("POD_NAMESPACE", pod_namespace)
             .env_remove("TOKENMINT_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -1110,18 +1196,40 @@ async fn chart_rbac_denies_what_the_operator_does_not_need() {
 #[tokio::test]
 async fn watch_namespace_rbac_works_there_and_nowhere_else() {
     common::ensure_crds();
-    let ns = TestNs::new("install-ns-rbac").await;
-    let watch = format!("watchNamespace={}", ns.name);
-    let installed = Installed::rbac(&ns, &[&watch]);
-    let token = ns.service_account_token(&installed.service_account).await;
+    // The release (ServiceAccount, Lease, seal key) in one namespace, the tokens in another.
+    let release = TestNs::new("install-ns-rbac").await;
+    let apps = TestNs::new("install-ns-apps").await;
+    let watch = format!("watchNamespace={}", apps.name);
+    let installed = Installed::rbac(&release, &[&watch]);
+    let token = release
+        .service_account_token(&installed.service_account)
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     common::kubeconfig_for_token(&token, &kubeconfig);
     assert!(installed.args.contains(&"--leader-elect".to_owned()));
-    let _operator =
-        Replica::start("ns-rbac-0", &ns.name, Some(&kubeconfig), &installed.args()).await;
-    create_token(&ns, "scoped").await;
-    wait_token(&ns, "scoped", "Active", |t| phase(t) == Some(Phase::Active)).await;
+    let _operator = Replica::start_in(
+        "ns-rbac-0",
+        &apps.name,
+        &release.name,
+        Some(&kubeconfig),
+        &installed.args(),
+    )
+    .await;
+    create_token(&apps, "scoped").await;
+    wait_token(&apps, "scoped", "Active", |t| {
+        phase(t) == Some(Phase::Active)
+    })
+    .await;
+    let held = release
+        .api::<Lease>()
+        .get(installed.lease_name())
+        .await
+        .unwrap();
+    assert_eq!(
+        held.spec.unwrap().holder_identity.as_deref(),
+        Some("ns-rbac-0")
+    );
 
     let as_operator = common::client_for_token(&token).await;
     assert_eq!(
@@ -1132,15 +1240,19 @@ async fn watch_namespace_rbac_works_there_and_nowhere_else() {
         ),
         403
     );
-    assert_eq!(
-        status_code(
-            Api::<Secret>::namespaced(as_operator, "default")
-                .list(&ListParams::default())
-                .await
-        ),
-        403
-    );
-    ns.cleanup().await;
+    for elsewhere in ["default", release.name.as_str()] {
+        assert_eq!(
+            status_code(
+                Api::<Secret>::namespaced(as_operator.clone(), elsewhere)
+                    .list(&ListParams::default())
+                    .await
+            ),
+            403,
+            "list secrets in {elsewhere}"
+        );
+    }
+    apps.cleanup().await;
+    release.cleanup().await;
 }
 
 /// Writes each of `docs` with server-side apply, as Helm would.
@@ -1149,6 +1261,97 @@ fn apply_docs(docs: &[&Value]) {
         &["apply", "--server-side", "--field-manager=helm", "-f", "-"],
         &to_yaml(docs),
     ));
+}
+
+#[tokio::test]
+async fn seal_key_role_allows_creating_and_reading_the_key_and_no_other_secret() {
+    common::ensure_crds();
+    let release = TestNs::new("install-seal").await;
+    let apps = TestNs::new("install-seal-apps").await;
+    let watch = format!("watchNamespace={}", apps.name);
+    let installed = Installed::rbac(&release, &[&watch]);
+    let as_operator = common::client_for_token(
+        &release
+            .service_account_token(&installed.service_account)
+            .await,
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(as_operator.clone(), &release.name);
+    let key = installed.seal_key_name();
+    let secret = |name: &str| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+
+    // Looking for the key before it exists is allowed: 404, not 403. (Also waits until the
+    // API server's authorizer has seen the RoleBinding.)
+    wait_for(
+        "the seal-key Role to let the operator look",
+        WAIT,
+        || async { (status_code(secrets.get(key).await) == 404).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        status_code(secrets.create(&PostParams::default(), &secret(key)).await),
+        200,
+        "create the seal key"
+    );
+    assert_eq!(
+        status_code(secrets.get(key).await),
+        200,
+        "read the seal key"
+    );
+
+    // Written once: no update, patch or delete of the key.
+    let current = release.api::<Secret>().get(key).await.unwrap();
+    assert_eq!(
+        status_code(secrets.replace(key, &PostParams::default(), &current).await),
+        403,
+        "update the seal key"
+    );
+    let relabel = json!({ "metadata": { "labels": { "x": "y" } } });
+    assert_eq!(
+        status_code(
+            secrets
+                .patch(key, &PatchParams::default(), &Patch::Merge(&relabel))
+                .await
+        ),
+        403,
+        "patch the seal key"
+    );
+    assert_eq!(
+        status_code(secrets.delete(key, &DeleteParams::default()).await),
+        403,
+        "delete the seal key"
+    );
+
+    // No other Secret of the release namespace can be read, one by one or as a list.
+    release
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret("someone-elses"))
+        .await
+        .unwrap();
+    assert_eq!(status_code(secrets.get("someone-elses").await), 403);
+    assert_eq!(
+        status_code(secrets.list(&ListParams::default()).await),
+        403,
+        "list secrets"
+    );
+    // A create request names no object RBAC could match, so `create` is not limited to the
+    // key's name: the operator could create (never read back) other Secrets here.
+    assert_eq!(
+        status_code(
+            secrets
+                .create(&PostParams::default(), &secret("another"))
+                .await
+        ),
+        200
+    );
+    apps.cleanup().await;
+    release.cleanup().await;
 }
 
 // ---------------------------------------------------------------- users' roles
