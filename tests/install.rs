@@ -1,11 +1,12 @@
 //! Installing tokenmint the way users do: the Helm chart renders, lints and is accepted by the
 //! apiserver; its RBAC is enough for the operator to do its job and nothing more, and the roles it
-//! aggregates into view/edit/admin let users write ApiTokens but never their status; several
-//! replicas elect one leader, hand over on a crash without minting anything twice, and shut down
-//! cleanly.
+//! aggregates into view/edit/admin let users write ApiTokens but never their status; its alert
+//! rules pass promtool; several replicas elect one leader, hand over on a crash without minting
+//! anything twice, and shut down cleanly.
 //!
-//! Needs the local control plane (`make cluster-up`) and helm (`TOKENMINT_HELM`, or built by
-//! `hack/install-tools.sh`). Fails, never skips, without either.
+//! Needs the local control plane (`make cluster-up`), helm (`TOKENMINT_HELM`, or built by
+//! `hack/install-tools.sh`) and promtool (`TOKENMINT_PROMTOOL`, or built by
+//! `hack/install-tools.sh promtool`). Fails, never skips, without any of them.
 mod common;
 
 use std::collections::BTreeSet;
@@ -37,40 +38,54 @@ const WAIT: Duration = Duration::from_secs(20);
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
-// ---------------------------------------------------------------- helm
+// ---------------------------------------------------------------- helm and promtool
 
-/// TOKENMINT_HELM, else the pinned helm from `hack/install-tools.sh` (built on first use).
-fn helm_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("TOKENMINT_HELM") {
-            return bin.into();
-        }
-        let out = Command::new(format!("{REPO}/hack/install-tools.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running hack/install-tools.sh");
-        assert!(
-            out.status.success(),
-            "hack/install-tools.sh failed: helm is required for these tests"
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
-fn helm(args: &[&str]) -> String {
-    let out = Command::new(helm_bin())
-        .args(args)
+/// `$env`, else the pinned `tool` from `hack/install-tools.sh` (built on first use).
+fn pinned_tool(env: &str, tool: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env) {
+        return bin.into();
+    }
+    let out = Command::new(format!("{REPO}/hack/install-tools.sh"))
+        .arg(tool)
+        .stderr(Stdio::inherit())
         .output()
-        .expect("running helm");
+        .expect("running hack/install-tools.sh");
     assert!(
         out.status.success(),
-        "helm {} failed:\n{}{}",
+        "hack/install-tools.sh {tool} failed: {tool} is required for these tests"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn helm_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| pinned_tool("TOKENMINT_HELM", "helm"))
+}
+
+fn promtool_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| pinned_tool("TOKENMINT_PROMTOOL", "promtool"))
+}
+
+/// Stdout of `bin args`; panics with both outputs when it fails.
+fn run(bin: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{} {} failed:\n{}{}",
+        bin.display(),
         args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn helm(args: &[&str]) -> String {
+    run(helm_bin(), args)
 }
 
 fn chart() -> String {
@@ -292,6 +307,8 @@ fn chart_lints_with_default_and_optional_values() {
         "podDisruptionBudget.enabled=true",
         "--set",
         "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "prometheusRule.enabled=true",
         "--set",
         "allowReplicationAnnotations=true",
         "--set",
@@ -537,6 +554,113 @@ fn seal_key_and_replication_values_reach_the_operator_flags_and_rbac() {
     );
 }
 
+// ---------------------------------------------------------------- alerts
+
+fn alerts_file() -> Value {
+    let path = format!("{REPO}/charts/tokenmint/files/alerts.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The `expr` of alert `name` in a rules file (or a PrometheusRule's spec).
+fn alert_expr<'a>(rules_file: &'a Value, name: &str) -> &'a str {
+    rules_file["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .find(|r| r["alert"] == name)
+        .unwrap_or_else(|| panic!("no alert {name}"))["expr"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn prometheus_rule_is_the_plain_rules_file_with_the_chosen_threshold() {
+    let defaults = render("tokenmint", "monitoring", &[]);
+    assert!(
+        of_kind(&defaults, &["PrometheusRule"]).is_empty(),
+        "off by default"
+    );
+
+    let docs = render(
+        "tokenmint",
+        "monitoring",
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.additionalLabels.release=kube-prometheus-stack",
+        ],
+    );
+    let rule = one(&docs, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    // One source: the spec is files/alerts.yaml as it is, with the default of 7 days.
+    let file = alerts_file();
+    assert_eq!(rule["spec"], file);
+    for alert in [
+        "TokenmintTokenExpiringSoon",
+        "TokenmintRotationOverdue",
+        "TokenmintReconcileErrors",
+    ] {
+        alert_expr(&file, alert);
+    }
+    // The metric names are the ones /metrics exports (a counter gets `_total`).
+    assert!(
+        alert_expr(&file, "TokenmintReconcileErrors").contains("tokenmint_reconcile_errors_total")
+    );
+
+    // Another threshold changes that number and nothing else.
+    let docs = render(
+        "tokenmint",
+        "monitoring",
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.expiringSoonDays=14",
+        ],
+    );
+    let spec = one(&docs, "PrometheusRule")["spec"].clone();
+    let expiring = alert_expr(&spec, "TokenmintTokenExpiringSoon");
+    assert!(expiring.contains("< 14 * 86400"), "{expiring}");
+    let as_default = serde_yaml::to_string(&spec)
+        .unwrap()
+        .replace("< 14 * 86400", "< 7 * 86400");
+    assert_eq!(serde_yaml::from_str::<Value>(&as_default).unwrap(), file);
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let promtool = promtool_bin();
+    let files = format!("{REPO}/charts/tokenmint/files");
+    run(
+        promtool,
+        &["check", "rules", &format!("{files}/alerts.yaml")],
+    );
+    // Each alert fires for the series that should page and not for its near misses.
+    let out = run(
+        promtool,
+        &["test", "rules", &format!("{files}/alerts_test.yaml")],
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    // What the chart renders with another threshold is a valid rules file too.
+    let docs = render(
+        "tokenmint",
+        "monitoring",
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.expiringSoonDays=30",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    let spec = &one(&docs, "PrometheusRule")["spec"];
+    std::fs::write(&rendered, serde_yaml::to_string(spec).unwrap()).unwrap();
+    run(promtool, &["check", "rules", rendered.to_str().unwrap()]);
+}
+
 #[test]
 fn chart_refuses_values_it_cannot_honour() {
     let chart = chart();
@@ -555,6 +679,10 @@ fn chart_refuses_values_it_cannot_honour() {
         ),
         (&["replicas=two"][..], "got string, want integer"),
         (&["seal.keySecretName=Seal_Key"][..], "/seal/keySecretName"),
+        (
+            &["prometheusRule.expiringSoonDays=0"][..],
+            "expiringSoonDays",
+        ),
     ] {
         let mut args = vec!["template", "x", chart.as_str()];
         for set in sets {
