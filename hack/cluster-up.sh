@@ -154,7 +154,7 @@ launch kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false
 
 launch kube-controller-manager --kubeconfig "$state/kcm.kubeconfig" \
-  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token \
+  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --use-service-account-credentials=false --leader-elect=false \
   --bind-address 127.0.0.1 --secure-port 0 --kube-api-qps 200 --kube-api-burst 400

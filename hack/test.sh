@@ -24,6 +24,8 @@ export TOKENMINT_TEST_KUBECONFIG="$KUBECONFIG"
 export TOKENMINT_KUBECTL="$root/.cluster/bin/kubectl"
 TOKENMINT_HELM="$(hack/install-tools.sh)"   # pinned helm for the chart tests; cached after the first build
 export TOKENMINT_HELM
+TOKENMINT_PROMTOOL="$(hack/install-tools.sh promtool)"   # pinned promtool for the alert rules' tests
+export TOKENMINT_PROMTOOL
 
 start=$(date +%s)
 cargo test --all-targets --no-fail-fast "$@"

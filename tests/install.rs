@@ -1,9 +1,12 @@
 //! Installing tokenmint the way users do: the Helm chart renders, lints and is accepted by the
-//! apiserver; its RBAC is enough for the operator to do its job and nothing more; several replicas
-//! elect one leader, hand over on a crash without minting anything twice, and shut down cleanly.
+//! apiserver; its RBAC is enough for the operator to do its job and nothing more, and the roles it
+//! aggregates into view/edit/admin let users write ApiTokens but never their status; its alert
+//! rules pass promtool; several replicas elect one leader, hand over on a crash without minting
+//! anything twice, and shut down cleanly.
 //!
-//! Needs the local control plane (`make cluster-up`) and helm (`TOKENMINT_HELM`, or built by
-//! `hack/install-tools.sh`). Fails, never skips, without either.
+//! Needs the local control plane (`make cluster-up`), helm (`TOKENMINT_HELM`, or built by
+//! `hack/install-tools.sh`) and promtool (`TOKENMINT_PROMTOOL`, or built by
+//! `hack/install-tools.sh promtool`). Fails, never skips, without any of them.
 mod common;
 
 use std::collections::BTreeSet;
@@ -19,7 +22,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -35,40 +38,54 @@ const WAIT: Duration = Duration::from_secs(20);
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
-// ---------------------------------------------------------------- helm
+// ---------------------------------------------------------------- helm and promtool
 
-/// TOKENMINT_HELM, else the pinned helm from `hack/install-tools.sh` (built on first use).
-fn helm_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("TOKENMINT_HELM") {
-            return bin.into();
-        }
-        let out = Command::new(format!("{REPO}/hack/install-tools.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running hack/install-tools.sh");
-        assert!(
-            out.status.success(),
-            "hack/install-tools.sh failed: helm is required for these tests"
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
-fn helm(args: &[&str]) -> String {
-    let out = Command::new(helm_bin())
-        .args(args)
+/// `$env`, else the pinned `tool` from `hack/install-tools.sh` (built on first use).
+fn pinned_tool(env: &str, tool: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env) {
+        return bin.into();
+    }
+    let out = Command::new(format!("{REPO}/hack/install-tools.sh"))
+        .arg(tool)
+        .stderr(Stdio::inherit())
         .output()
-        .expect("running helm");
+        .expect("running hack/install-tools.sh");
     assert!(
         out.status.success(),
-        "helm {} failed:\n{}{}",
+        "hack/install-tools.sh {tool} failed: {tool} is required for these tests"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn helm_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| pinned_tool("TOKENMINT_HELM", "helm"))
+}
+
+fn promtool_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| pinned_tool("TOKENMINT_PROMTOOL", "promtool"))
+}
+
+/// Stdout of `bin args`; panics with both outputs when it fails.
+fn run(bin: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{} {} failed:\n{}{}",
+        bin.display(),
         args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn helm(args: &[&str]) -> String {
+    run(helm_bin(), args)
 }
 
 fn chart() -> String {
@@ -106,6 +123,52 @@ fn of_kind<'a>(docs: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
     docs.iter().filter(|d| kinds.contains(&kind(d))).collect()
 }
 
+/// The object of kind `k` named `name`.
+fn named<'a>(docs: &'a [Value], k: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| kind(d) == k && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {k} named {name} in the rendered chart"))
+}
+
+fn names(docs: &[&Value]) -> BTreeSet<String> {
+    docs.iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The operator container's flags.
+fn container_args(docs: &[Value]) -> Vec<String> {
+    one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// (roleRef kind, roleRef name, binding namespace) of every binding of the operator's
+/// ServiceAccount `account`; the namespace is empty for a ClusterRoleBinding.
+fn bound_to_operator(docs: &[Value], account: &str) -> BTreeSet<(String, String, String)> {
+    of_kind(docs, &["RoleBinding", "ClusterRoleBinding"])
+        .into_iter()
+        .filter(|b| b["subjects"][0]["name"] == account)
+        .map(|b| {
+            let field = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&b["roleRef"]["kind"]),
+                field(&b["roleRef"]["name"]),
+                field(&b["metadata"]["namespace"]),
+            )
+        })
+        .collect()
+}
+
+fn bindings(rows: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
+    rows.iter()
+        .map(|(k, n, ns)| (k.to_string(), n.to_string(), ns.to_string()))
+        .collect()
+}
+
 fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
     let found = of_kind(docs, &[k]);
     assert_eq!(
@@ -123,15 +186,18 @@ fn to_yaml(docs: &[&Value]) -> String {
         .collect()
 }
 
-/// Rules as (apiGroup, resource, resourceNames, verbs) rows, one per group×resource.
-fn rules(role: &Value) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+/// One RBAC rule row: (apiGroup, resource, resourceNames, verbs).
+type Rule = (String, String, Vec<String>, Vec<String>);
+
+/// Rules as rows, one per group×resource; none for a role without rules.
+fn rules(role: &Value) -> BTreeSet<Rule> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_sequence()
             .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
             .unwrap_or_default()
     };
     let mut rows = BTreeSet::new();
-    for rule in role["rules"].as_sequence().expect("rules") {
+    for rule in role["rules"].as_sequence().into_iter().flatten() {
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
                 rows.insert((
@@ -146,18 +212,13 @@ fn rules(role: &Value) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
     rows
 }
 
-fn row(
-    group: &str,
-    resource: &str,
-    names: &[&str],
-    verbs: &[&str],
-) -> (String, String, Vec<String>, Vec<String>) {
+fn row(group: &str, resource: &str, names: &[&str], verbs: &[&str]) -> Rule {
     let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
     (group.into(), resource.into(), v(names), v(verbs))
 }
 
 /// Exactly the calls src/controller.rs makes.
-fn operator_rules() -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+fn operator_rules() -> BTreeSet<Rule> {
     [
         row("tokenmint.dev", "apitokens", &[], &["list", "watch"]),
         row("tokenmint.dev", "apitokens/status", &[], &["patch"]),
@@ -173,7 +234,7 @@ fn operator_rules() -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
 }
 
 /// Exactly the calls src/leader.rs makes.
-fn lease_rules(lease: &str) -> BTreeSet<(String, String, Vec<String>, Vec<String>)> {
+fn lease_rules(lease: &str) -> BTreeSet<Rule> {
     [
         row("coordination.k8s.io", "leases", &[], &["create"]),
         row(
@@ -184,6 +245,37 @@ fn lease_rules(lease: &str) -> BTreeSet<(String, String, Vec<String>, Vec<String
         ),
     ]
     .into()
+}
+
+/// What the operator does with its seal key: create it once, read it back by name.
+fn seal_key_rules(secret: &str) -> BTreeSet<Rule> {
+    [
+        row("", "secrets", &[], &["create"]),
+        row("", "secrets", &[secret], &["get"]),
+    ]
+    .into()
+}
+
+/// What the chart aggregates into the built-in `view` role: reading tokens and verifiers.
+fn view_rules() -> BTreeSet<Rule> {
+    [
+        "apitokens",
+        "apitokens/status",
+        "apitokenverifiers",
+        "apitokenverifiers/status",
+    ]
+    .iter()
+    .map(|r| row("tokenmint.dev", r, &[], &["get", "list", "watch"]))
+    .collect()
+}
+
+/// What the chart aggregates into `edit` and `admin`: writing the spec, never the status.
+fn edit_rules() -> BTreeSet<Rule> {
+    let verbs = ["create", "update", "patch", "delete", "deletecollection"];
+    ["apitokens", "apitokenverifiers"]
+        .iter()
+        .map(|r| row("tokenmint.dev", r, &[], &verbs))
+        .collect()
 }
 
 // ---------------------------------------------------------------- chart
@@ -215,6 +307,12 @@ fn chart_lints_with_default_and_optional_values() {
         "podDisruptionBudget.enabled=true",
         "--set",
         "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "allowReplicationAnnotations=true",
+        "--set",
+        "rbac.aggregate=false",
     ]);
 }
 
@@ -253,24 +351,22 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["port"], "metrics");
     assert_eq!(container["image"], "ghcr.io/tokenmint/tokenmint:0.1.0");
-    let args: Vec<&str> = container["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert!(args.contains(&"--leader-elect"), "{args:?}");
-    assert!(
-        args.contains(&"--leader-election-namespace=tokenmint-system"),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--leader-election-lease=tokenmint-leader"),
-        "{args:?}"
-    );
+    let args = container_args(&docs);
+    for flag in [
+        "--leader-elect",
+        "--leader-election-namespace=tokenmint-system",
+        "--leader-election-lease=tokenmint-leader",
+        "--seal-key-secret=tokenmint-seal-key",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+    }
     assert!(
         !args.iter().any(|a| a.starts_with("--namespace")),
         "all namespaces by default: {args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a == "--allow-replication-annotations"),
+        "replication annotations are refused by default: {args:?}"
     );
     let env: Vec<(&str, &str)> = container["env"]
         .as_sequence()
@@ -289,16 +385,58 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
         "{env:?}"
     );
 
-    // Least privilege: the operator's rules and the Lease's, nothing else, no wildcards.
-    assert_eq!(rules(one(&docs, "ClusterRole")), operator_rules());
-    assert_eq!(rules(one(&docs, "Role")), lease_rules("tokenmint-leader"));
+    // Least privilege: the operator's rules, the Lease's and the seal key's, nothing else, no
+    // wildcards; the roles aggregated for users are bound to nobody by the chart.
     assert_eq!(
-        one(&docs, "Role")["metadata"]["namespace"],
-        "tokenmint-system"
+        rules(named(&docs, "ClusterRole", "tokenmint")),
+        operator_rules()
+    );
+    assert_eq!(
+        rules(named(&docs, "Role", "tokenmint-leader-election")),
+        lease_rules("tokenmint-leader")
+    );
+    assert_eq!(
+        rules(named(&docs, "Role", "tokenmint-seal-key")),
+        seal_key_rules("tokenmint-seal-key")
+    );
+    for role in of_kind(&docs, &["Role"]) {
+        assert_eq!(role["metadata"]["namespace"], "tokenmint-system");
+    }
+    let bound = bindings(&[
+        ("ClusterRole", "tokenmint", ""),
+        ("Role", "tokenmint-leader-election", "tokenmint-system"),
+        ("Role", "tokenmint-seal-key", "tokenmint-system"),
+    ]);
+    assert_eq!(bound_to_operator(&docs, "tokenmint"), bound);
+    assert_eq!(
+        of_kind(&docs, &["RoleBinding", "ClusterRoleBinding"]).len(),
+        bound.len()
     );
     assert!(
         !serde_yaml::to_string(&docs).unwrap().contains("'*'"),
         "no wildcard anywhere"
+    );
+
+    // Users: view reads ApiTokens and their status, edit (and admin) write the spec only.
+    let view = named(&docs, "ClusterRole", "tokenmint-view");
+    assert_eq!(rules(view), view_rules());
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let edit = named(&docs, "ClusterRole", "tokenmint-edit");
+    assert_eq!(rules(edit), edit_rules());
+    for label in ["aggregate-to-edit", "aggregate-to-admin"] {
+        assert_eq!(
+            edit["metadata"]["labels"][format!("rbac.authorization.k8s.io/{label}").as_str()],
+            "true"
+        );
+    }
+    assert!(
+        rules(edit)
+            .iter()
+            .all(|(_, resource, _, _)| !resource.ends_with("/status")),
+        "no write to any status"
     );
 }
 
@@ -313,38 +451,214 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
             "podDisruptionBudget.enabled=true",
         ],
     );
-    assert!(of_kind(&docs, &["ClusterRole", "ClusterRoleBinding"]).is_empty());
+    // Nothing cluster-wide for the operator; the users' aggregated roles are cluster-wide by nature.
+    assert!(of_kind(&docs, &["ClusterRoleBinding"]).is_empty());
+    assert_eq!(
+        names(&of_kind(&docs, &["ClusterRole"])),
+        [
+            "tm-tokenmint-edit".to_owned(),
+            "tm-tokenmint-view".to_owned()
+        ]
+        .into()
+    );
     let roles = of_kind(&docs, &["Role"]);
-    assert_eq!(roles.len(), 2);
-    let in_apps = roles
-        .iter()
-        .find(|r| r["metadata"]["namespace"] == "apps")
-        .expect("Role in apps");
+    assert_eq!(roles.len(), 3);
+    let in_apps = named(&docs, "Role", "tm-tokenmint");
+    assert_eq!(in_apps["metadata"]["namespace"], "apps");
     assert_eq!(rules(in_apps), operator_rules());
-    let lease = roles
-        .iter()
-        .find(|r| r["metadata"]["namespace"] == "ops")
-        .expect("Lease Role in ops");
+    // The Lease and the seal key live in the release namespace, not the watched one.
+    let lease = named(&docs, "Role", "tm-tokenmint-leader-election");
+    assert_eq!(lease["metadata"]["namespace"], "ops");
     assert_eq!(rules(lease), lease_rules("tm-tokenmint-leader"));
-    let binding = of_kind(&docs, &["RoleBinding"])
-        .into_iter()
-        .find(|b| b["metadata"]["namespace"] == "apps")
-        .expect("RoleBinding in apps");
-    assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    let seal = named(&docs, "Role", "tm-tokenmint-seal-key");
+    assert_eq!(seal["metadata"]["namespace"], "ops");
+    assert_eq!(rules(seal), seal_key_rules("tokenmint-seal-key"));
+    for binding in of_kind(&docs, &["RoleBinding"]) {
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    }
+    assert_eq!(
+        bound_to_operator(&docs, "tm-tokenmint"),
+        bindings(&[
+            ("Role", "tm-tokenmint", "apps"),
+            ("Role", "tm-tokenmint-leader-election", "ops"),
+            ("Role", "tm-tokenmint-seal-key", "ops"),
+        ])
+    );
 
     let deployment = one(&docs, "Deployment");
-    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
-    assert!(
-        args.as_sequence()
-            .unwrap()
-            .contains(&Value::from("--namespace=apps")),
-        "{args:?}"
-    );
+    let args = container_args(&docs);
+    assert!(args.iter().any(|a| a == "--namespace=apps"), "{args:?}");
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(
         one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"],
         1
     );
+}
+
+#[test]
+fn rbac_values_switch_exactly_their_objects() {
+    // rbac.aggregate=false: the operator keeps its roles, users get none from the chart.
+    let docs = render("tokenmint", "tokenmint-system", &["rbac.aggregate=false"]);
+    assert_eq!(
+        names(&of_kind(&docs, &["ClusterRole"])),
+        ["tokenmint".to_owned()].into()
+    );
+    assert_eq!(of_kind(&docs, &["Role"]).len(), 2);
+    // rbac.create=false: no RBAC object at all, the aggregated roles included.
+    let docs = render("tokenmint", "tokenmint-system", &["rbac.create=false"]);
+    let rbac = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+    assert!(
+        of_kind(&docs, &rbac).is_empty(),
+        "{}",
+        to_yaml(&of_kind(&docs, &rbac))
+    );
+    // Without leader election there is no Lease Role; the seal key's stays.
+    let docs = render(
+        "tokenmint",
+        "tokenmint-system",
+        &["leaderElection.enabled=false"],
+    );
+    assert_eq!(
+        names(&of_kind(&docs, &["Role"])),
+        ["tokenmint-seal-key".to_owned()].into()
+    );
+}
+
+#[test]
+fn seal_key_and_replication_values_reach_the_operator_flags_and_rbac() {
+    let docs = render(
+        "tm",
+        "ops",
+        &[
+            "seal.keySecretName=tm-seal",
+            "allowReplicationAnnotations=true",
+        ],
+    );
+    let args = container_args(&docs);
+    assert!(
+        args.iter().any(|a| a == "--seal-key-secret=tm-seal"),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a == "--allow-replication-annotations"),
+        "{args:?}"
+    );
+    assert_eq!(
+        rules(named(&docs, "Role", "tm-tokenmint-seal-key")),
+        seal_key_rules("tm-seal")
+    );
+    // The seal key's namespace is the pod's own, from POD_NAMESPACE: no flag names another.
+    assert!(
+        !args.iter().any(|a| a.starts_with("--seal-key-namespace")),
+        "{args:?}"
+    );
+}
+
+// ---------------------------------------------------------------- alerts
+
+fn alerts_file() -> Value {
+    let path = format!("{REPO}/charts/tokenmint/files/alerts.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The `expr` of alert `name` in a rules file (or a PrometheusRule's spec).
+fn alert_expr<'a>(rules_file: &'a Value, name: &str) -> &'a str {
+    rules_file["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .find(|r| r["alert"] == name)
+        .unwrap_or_else(|| panic!("no alert {name}"))["expr"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn prometheus_rule_is_the_plain_rules_file_with_the_chosen_threshold() {
+    let defaults = render("tokenmint", "monitoring", &[]);
+    assert!(
+        of_kind(&defaults, &["PrometheusRule"]).is_empty(),
+        "off by default"
+    );
+
+    let docs = render(
+        "tokenmint",
+        "monitoring",
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.additionalLabels.release=kube-prometheus-stack",
+        ],
+    );
+    let rule = one(&docs, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    // One source: the spec is files/alerts.yaml as it is, with the default of 7 days.
+    let file = alerts_file();
+    assert_eq!(rule["spec"], file);
+    for alert in [
+        "TokenmintTokenExpiringSoon",
+        "TokenmintRotationOverdue",
+        "TokenmintReconcileErrors",
+    ] {
+        alert_expr(&file, alert);
+    }
+    // The metric names are the ones /metrics exports (a counter gets `_total`).
+    assert!(
+        alert_expr(&file, "TokenmintReconcileErrors").contains("tokenmint_reconcile_errors_total")
+    );
+
+    // Another threshold changes that number and nothing else.
+    let docs = render(
+        "tokenmint",
+        "monitoring",
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.expiringSoonDays=14",
+        ],
+    );
+    let spec = one(&docs, "PrometheusRule")["spec"].clone();
+    let expiring = alert_expr(&spec, "TokenmintTokenExpiringSoon");
+    assert!(expiring.contains("< 14 * 86400"), "{expiring}");
+    let as_default = serde_yaml::to_string(&spec)
+        .unwrap()
+        .replace("< 14 * 86400", "< 7 * 86400");
+    assert_eq!(serde_yaml::from_str::<Value>(&as_default).unwrap(), file);
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let promtool = promtool_bin();
+    let files = format!("{REPO}/charts/tokenmint/files");
+    run(
+        promtool,
+        &["check", "rules", &format!("{files}/alerts.yaml")],
+    );
+    // Each alert fires for the series that should page and not for its near misses.
+    let out = run(
+        promtool,
+        &["test", "rules", &format!("{files}/alerts_test.yaml")],
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    // What the chart renders with another threshold is a valid rules file too.
+    let docs = render(
+        "tokenmint",
+        "monitoring",
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.expiringSoonDays=30",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    let spec = &one(&docs, "PrometheusRule")["spec"];
+    std::fs::write(&rendered, serde_yaml::to_string(spec).unwrap()).unwrap();
+    run(promtool, &["check", "rules", rendered.to_str().unwrap()]);
 }
 
 #[test]
@@ -364,6 +678,11 @@ fn chart_refuses_values_it_cannot_honour() {
             "additional properties 'replica' not allowed",
         ),
         (&["replicas=two"][..], "got string, want integer"),
+        (&["seal.keySecretName=Seal_Key"][..], "/seal/keySecretName"),
+        (
+            &["prometheusRule.expiringSoonDays=0"][..],
+            "expiringSoonDays",
+        ),
     ] {
         let mut args = vec!["template", "x", chart.as_str()];
         for set in sets {
@@ -507,7 +826,7 @@ impl Installed {
     /// Applies the ServiceAccount and the RBAC the chart renders with `sets`.
     fn rbac(ns: &TestNs, sets: &[&str]) -> Installed {
         let docs = render(&ns.name, &ns.name, sets);
-        let rbac = of_kind(
+        apply_docs(&of_kind(
             &docs,
             &[
                 "ServiceAccount",
@@ -516,20 +835,13 @@ impl Installed {
                 "Role",
                 "RoleBinding",
             ],
-        );
-        ok(kubectl_stdin(
-            &["apply", "--server-side", "--field-manager=helm", "-f", "-"],
-            &to_yaml(&rbac),
         ));
         let service_account = one(&docs, "ServiceAccount")["metadata"]["name"]
             .as_str()
             .unwrap()
             .to_owned();
-        let args = one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
+        let args = container_args(&docs)
+            .into_iter()
             .filter(|a| {
                 !["--metrics-addr=", "--log-format=", "--namespace="]
                     .iter()
@@ -548,10 +860,19 @@ impl Installed {
     }
 
     fn lease_name(&self) -> &str {
+        self.flag("--leader-election-lease=")
+    }
+
+    fn seal_key_name(&self) -> &str {
+        self.flag("--seal-key-secret=")
+    }
+
+    /// The value of the chart's flag `prefix` (e.g. `--seal-key-secret=`).
+    fn flag(&self, prefix: &str) -> &str {
         self.args
             .iter()
-            .find_map(|a| a.strip_prefix("--leader-election-lease="))
-            .expect("the chart enables leader election")
+            .find_map(|a| a.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("the chart passes no {prefix}: {:?}", self.args))
     }
 }
 
@@ -584,8 +905,19 @@ struct Replica {
 }
 
 impl Replica {
-    /// Starts `tokenmint run --namespace ns` as pod `name`, with `kubeconfig` (admin if None).
+    /// Starts `tokenmint run --namespace ns` as pod `name` in `ns`, with `kubeconfig` (admin if None).
     async fn start(name: &str, ns: &str, kubeconfig: Option<&Path>, extra: &[&str]) -> Replica {
+        Self::start_in(name, ns, ns, kubeconfig, extra).await
+    }
+
+    /// Starts `tokenmint run --namespace watch` as pod `name` running in `pod_namespace`.
+    async fn start_in(
+        name: &str,
+        watch: &str,
+        pod_namespace: &str,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+    ) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join(format!("{name}.log"));
         let log = File::create(&log_path).unwrap();
@@ -594,12 +926,12 @@ impl Replica {
             .map(Path::to_path_buf)
             .unwrap_or_else(common::kubeconfig_path);
         let child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
-            .args(["run", "--namespace", ns, "--log-format", "json"])
+            .args(["run", "--namespace", watch, "--log-format", "json"])
             .args(["--metrics-addr", &metrics.to_string()])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
-            .env("POD_NAMESPACE", ns)
+            .env("POD_NAMESPACE", pod_namespace)
             .env_remove("TOKENMINT_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -712,16 +1044,19 @@ impl Drop for Replica {
 
 // ---------------------------------------------------------------- ApiTokens
 
-async fn create_token(ns: &TestNs, name: &str) {
-    let token: ApiToken = serde_json::from_value(json!({
+fn reader_token(name: &str) -> ApiToken {
+    serde_json::from_value(json!({
         "apiVersion": "tokenmint.dev/v1alpha1",
         "kind": "ApiToken",
         "metadata": { "name": name },
         "spec": { "role": "reader" },
     }))
-    .unwrap();
+    .unwrap()
+}
+
+async fn create_token(ns: &TestNs, name: &str) {
     ns.api::<ApiToken>()
-        .create(&PostParams::default(), &token)
+        .create(&PostParams::default(), &reader_token(name))
         .await
         .unwrap();
 }
@@ -989,18 +1324,40 @@ async fn chart_rbac_denies_what_the_operator_does_not_need() {
 #[tokio::test]
 async fn watch_namespace_rbac_works_there_and_nowhere_else() {
     common::ensure_crds();
-    let ns = TestNs::new("install-ns-rbac").await;
-    let watch = format!("watchNamespace={}", ns.name);
-    let installed = Installed::rbac(&ns, &[&watch]);
-    let token = ns.service_account_token(&installed.service_account).await;
+    // The release (ServiceAccount, Lease, seal key) in one namespace, the tokens in another.
+    let release = TestNs::new("install-ns-rbac").await;
+    let apps = TestNs::new("install-ns-apps").await;
+    let watch = format!("watchNamespace={}", apps.name);
+    let installed = Installed::rbac(&release, &[&watch]);
+    let token = release
+        .service_account_token(&installed.service_account)
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     common::kubeconfig_for_token(&token, &kubeconfig);
     assert!(installed.args.contains(&"--leader-elect".to_owned()));
-    let _operator =
-        Replica::start("ns-rbac-0", &ns.name, Some(&kubeconfig), &installed.args()).await;
-    create_token(&ns, "scoped").await;
-    wait_token(&ns, "scoped", "Active", |t| phase(t) == Some(Phase::Active)).await;
+    let _operator = Replica::start_in(
+        "ns-rbac-0",
+        &apps.name,
+        &release.name,
+        Some(&kubeconfig),
+        &installed.args(),
+    )
+    .await;
+    create_token(&apps, "scoped").await;
+    wait_token(&apps, "scoped", "Active", |t| {
+        phase(t) == Some(Phase::Active)
+    })
+    .await;
+    let held = release
+        .api::<Lease>()
+        .get(installed.lease_name())
+        .await
+        .unwrap();
+    assert_eq!(
+        held.spec.unwrap().holder_identity.as_deref(),
+        Some("ns-rbac-0")
+    );
 
     let as_operator = common::client_for_token(&token).await;
     assert_eq!(
@@ -1011,13 +1368,253 @@ async fn watch_namespace_rbac_works_there_and_nowhere_else() {
         ),
         403
     );
+    for elsewhere in ["default", release.name.as_str()] {
+        assert_eq!(
+            status_code(
+                Api::<Secret>::namespaced(as_operator.clone(), elsewhere)
+                    .list(&ListParams::default())
+                    .await
+            ),
+            403,
+            "list secrets in {elsewhere}"
+        );
+    }
+    apps.cleanup().await;
+    release.cleanup().await;
+}
+
+/// Writes each of `docs` with server-side apply, as Helm would.
+fn apply_docs(docs: &[&Value]) {
+    ok(kubectl_stdin(
+        &["apply", "--server-side", "--field-manager=helm", "-f", "-"],
+        &to_yaml(docs),
+    ));
+}
+
+#[tokio::test]
+async fn seal_key_role_allows_creating_and_reading_the_key_and_no_other_secret() {
+    common::ensure_crds();
+    let release = TestNs::new("install-seal").await;
+    let apps = TestNs::new("install-seal-apps").await;
+    let watch = format!("watchNamespace={}", apps.name);
+    let installed = Installed::rbac(&release, &[&watch]);
+    let as_operator = common::client_for_token(
+        &release
+            .service_account_token(&installed.service_account)
+            .await,
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(as_operator.clone(), &release.name);
+    let key = installed.seal_key_name();
+    let secret = |name: &str| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+
+    // Looking for the key before it exists is allowed: 404, not 403. (Also waits until the
+    // API server's authorizer has seen the RoleBinding.)
+    wait_for(
+        "the seal-key Role to let the operator look",
+        WAIT,
+        || async { (status_code(secrets.get(key).await) == 404).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        status_code(secrets.create(&PostParams::default(), &secret(key)).await),
+        200,
+        "create the seal key"
+    );
+    assert_eq!(
+        status_code(secrets.get(key).await),
+        200,
+        "read the seal key"
+    );
+
+    // Written once: no update, patch or delete of the key.
+    let current = release.api::<Secret>().get(key).await.unwrap();
+    assert_eq!(
+        status_code(secrets.replace(key, &PostParams::default(), &current).await),
+        403,
+        "update the seal key"
+    );
+    let relabel = json!({ "metadata": { "labels": { "x": "y" } } });
     assert_eq!(
         status_code(
-            Api::<Secret>::namespaced(as_operator, "default")
-                .list(&ListParams::default())
+            secrets
+                .patch(key, &PatchParams::default(), &Patch::Merge(&relabel))
                 .await
         ),
-        403
+        403,
+        "patch the seal key"
+    );
+    assert_eq!(
+        status_code(secrets.delete(key, &DeleteParams::default()).await),
+        403,
+        "delete the seal key"
+    );
+
+    // No other Secret of the release namespace can be read, one by one or as a list.
+    release
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret("someone-elses"))
+        .await
+        .unwrap();
+    assert_eq!(status_code(secrets.get("someone-elses").await), 403);
+    assert_eq!(
+        status_code(secrets.list(&ListParams::default()).await),
+        403,
+        "list secrets"
+    );
+    // A create request names no object RBAC could match, so `create` is not limited to the
+    // key's name: the operator could create (never read back) other Secrets here.
+    assert_eq!(
+        status_code(
+            secrets
+                .create(&PostParams::default(), &secret("another"))
+                .await
+        ),
+        200
+    );
+    apps.cleanup().await;
+    release.cleanup().await;
+}
+
+// ---------------------------------------------------------------- users' roles
+
+/// A ServiceAccount `account` of `ns`, bound in `ns` to the built-in ClusterRole `role`.
+async fn bound_to(ns: &TestNs, account: &str, role: &str) -> kube::Client {
+    let token = ns.service_account_token(account).await;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": account },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "kind": "ServiceAccount", "name": account, "namespace": ns.name }],
+    }))
+    .unwrap();
+    ns.api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    common::client_for_token(&token).await
+}
+
+/// Waits until the built-in ClusterRole `role` holds every rule of `expected`, as the
+/// clusterrole-aggregation controller of kube-controller-manager copies them in.
+async fn wait_aggregated(ns: &TestNs, role: &str, expected: &BTreeSet<Rule>) {
+    let roles: Api<ClusterRole> = Api::all(ns.client.clone());
+    let what = format!(
+        "the built-in {role} ClusterRole to aggregate tokenmint's rules \
+         (kube-controller-manager must run the clusterrole-aggregation controller)"
+    );
+    wait_for(&what, WAIT, || async {
+        let current = serde_yaml::to_value(roles.get(role).await.ok()?).unwrap();
+        expected.is_subset(&rules(&current)).then_some(())
+    })
+    .await
+}
+
+/// The status codes of a merge patch of ApiToken `name`'s spec and of one of its status.
+async fn patch_spec_and_status(tokens: &Api<ApiToken>, name: &str) -> (u16, u16) {
+    let spec = json!({ "spec": { "role": "writer" } });
+    let status = json!({ "status": { "phase": "Active", "accessKey": "forged" } });
+    let params = PatchParams::default();
+    (
+        status_code(tokens.patch(name, &params, &Patch::Merge(&spec)).await),
+        status_code(
+            tokens
+                .patch_status(name, &params, &Patch::Merge(&status))
+                .await,
+        ),
+    )
+}
+
+#[tokio::test]
+async fn aggregated_roles_let_editors_write_tokens_but_never_their_status() {
+    common::ensure_crds();
+    let ns = TestNs::new("install-aggregate").await;
+    let docs = render(&ns.name, &ns.name, &[]);
+    let fullname = format!("{}-tokenmint", ns.name);
+    let _release = Release(ns.name.clone());
+    apply_docs(&[
+        named(&docs, "ClusterRole", &format!("{fullname}-view")),
+        named(&docs, "ClusterRole", &format!("{fullname}-edit")),
+    ]);
+    // view flows into edit, edit into admin (the built-in roles' own labels).
+    let writing: BTreeSet<Rule> = view_rules().union(&edit_rules()).cloned().collect();
+    wait_aggregated(&ns, "view", &view_rules()).await;
+    wait_aggregated(&ns, "edit", &writing).await;
+    wait_aggregated(&ns, "admin", &writing).await;
+
+    // An editor creates, changes and reads ApiTokens. The first create also waits for the
+    // authorizer to see the RoleBinding and the aggregated rules.
+    let editor = bound_to(&ns, "editor", "edit").await;
+    let as_editor: Api<ApiToken> = Api::namespaced(editor, &ns.name);
+    let created = reader_token("edited");
+    wait_for(
+        "the editor to be allowed to create an ApiToken",
+        WAIT,
+        || async {
+            match as_editor.create(&PostParams::default(), &created).await {
+                Ok(token) => Some(token),
+                Err(kube::Error::Api(status)) if status.code == 403 => None,
+                Err(e) => panic!("creating an ApiToken as an editor: {e}"),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status_code(as_editor.get("edited").await), 200);
+    // ... patches its spec but cannot forge the operator's record.
+    assert_eq!(
+        patch_spec_and_status(&as_editor, "edited").await,
+        (200, 403)
+    );
+    let current = ns.api::<ApiToken>().get("edited").await.unwrap();
+    assert_eq!(
+        status_code(
+            as_editor
+                .replace_status("edited", &PostParams::default(), &current)
+                .await
+        ),
+        403,
+        "update apitokens/status"
+    );
+
+    // A viewer reads tokens and their status and writes nothing.
+    let viewer = bound_to(&ns, "viewer", "view").await;
+    let as_viewer: Api<ApiToken> = Api::namespaced(viewer, &ns.name);
+    wait_for(
+        "the viewer to be allowed to list ApiTokens",
+        WAIT,
+        || async {
+            (status_code(as_viewer.list(&ListParams::default()).await) == 200).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(status_code(as_viewer.get_status("edited").await), 200);
+    assert_eq!(
+        status_code(
+            as_viewer
+                .create(&PostParams::default(), &reader_token("viewed"))
+                .await
+        ),
+        403,
+        "create apitokens as a viewer"
+    );
+    assert_eq!(
+        patch_spec_and_status(&as_viewer, "edited").await,
+        (403, 403)
+    );
+    assert_eq!(
+        status_code(as_viewer.delete("edited", &DeleteParams::default()).await),
+        403,
+        "delete apitokens as a viewer"
+    );
+    assert_eq!(
+        status_code(as_editor.delete("edited", &DeleteParams::default()).await),
+        200,
+        "delete apitokens as an editor"
     );
     ns.cleanup().await;
 }

@@ -442,6 +442,122 @@ async fn list_shows_tokens_as_a_table_and_as_json_and_yaml() {
     ns.cleanup().await;
 }
 
+/// The NAME column (or NAMESPACE/NAME with -A) of each row of a `list` table.
+fn listed(table: &str, all_namespaces: bool) -> Vec<String> {
+    table
+        .lines()
+        .skip(1)
+        .map(|row| {
+            let mut cells = row.split_whitespace();
+            let first = cells.next().unwrap().to_owned();
+            if all_namespaces {
+                format!("{first}/{}", cells.next().unwrap())
+            } else {
+                first
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn list_selector_narrows_the_list_in_every_format_and_across_namespaces() {
+    ensure_crds();
+    let ns = TestNs::new("plugin-selector").await;
+    let other = TestNs::new("plugin-selector-other").await;
+    // A label of this test's own, so -A sees none of the other tests' tokens.
+    let run = format!("run-{:08x}", rand::random::<u32>());
+    let labelled = |name: &str, labels: &str| {
+        format!(
+            "apiVersion: tokenmint.dev/v1alpha1\nkind: ApiToken\n\
+             metadata: {{name: {name}, labels: {{run: {run}{labels}}}}}\nspec: {{role: reader}}\n"
+        )
+    };
+    for (namespace, name, labels) in [
+        (&ns, "analytics-a", ", team: analytics"),
+        (&ns, "ops-a", ", team: ops"),
+        (&ns, "unlabelled", ""),
+        (&other, "analytics-b", ", team: analytics"),
+    ] {
+        ok(common::apply_yaml(&namespace.name, &labelled(name, labels)));
+    }
+
+    let table = |args: &[&str]| listed(&plugin(&ns, args).ok(), false);
+    assert_eq!(table(&["list", "-l", "team=analytics"]), ["analytics-a"]);
+    assert_eq!(
+        table(&["list", "--selector", "team!=analytics"]),
+        ["ops-a", "unlabelled"]
+    );
+    assert_eq!(
+        table(&["list", "-l", "team in (analytics, ops)"]),
+        ["analytics-a", "ops-a"]
+    );
+    assert_eq!(table(&["list", "-l", "!team"]), ["unlabelled"]);
+    let wide = plugin(&ns, &["list", "-l", "team=ops", "-o", "wide"]).ok();
+    assert!(
+        wide.lines().next().unwrap().contains("FINGERPRINT"),
+        "{wide}"
+    );
+    assert_eq!(listed(&wide, false), ["ops-a"]);
+
+    // With -A the selector applies in every namespace.
+    let everywhere = format!("run={run},team=analytics");
+    let all = plugin(&ns, &["list", "-A", "-l", &everywhere]).ok();
+    assert!(all.starts_with("NAMESPACE "), "{all}");
+    assert_eq!(
+        listed(&all, true),
+        [
+            format!("{}/analytics-a", ns.name),
+            format!("{}/analytics-b", other.name)
+        ]
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &plugin(
+            &ns,
+            &["list", "-A", "--selector", &everywhere, "-o", "json"],
+        )
+        .ok(),
+    )
+    .unwrap();
+    let items: Vec<(&str, &str)> = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["metadata"]["namespace"].as_str().unwrap(),
+                i["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            (ns.name.as_str(), "analytics-a"),
+            (other.name.as_str(), "analytics-b")
+        ]
+    );
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&plugin(&ns, &["list", "-l", "team=ops", "-o", "yaml"]).ok()).unwrap();
+    let items = yaml["items"].as_sequence().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["metadata"]["name"], "ops-a");
+
+    // Nothing matches: kubectl's words on stderr, nothing on stdout.
+    let none = plugin(&ns, &["list", "-l", "team=nobody"]);
+    assert_eq!(none.code, Some(0));
+    assert_eq!(none.stdout, "");
+    assert!(
+        none.stderr
+            .contains(&format!("No ApiTokens found in {} namespace.", ns.name)),
+        "{}",
+        none.stderr
+    );
+    // A selector the API server cannot parse is named in the error.
+    plugin(&ns, &["list", "-l", "team==a==b"]).fails_with("invalid --selector \"team==a==b\": ");
+    other.cleanup().await;
+    ns.cleanup().await;
+}
+
 // ------------------------------------------------------------------ rotate
 
 #[tokio::test]

@@ -44,6 +44,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/*
+A RoleBinding of the operator's ServiceAccount to the Role of the same name in `namespace`, or with
+namespace "" a ClusterRoleBinding to the ClusterRole of that name. Called as
+  include "tokenmint.bindServiceAccount" (list $ name namespace)
+*/}}
+{{- define "tokenmint.bindServiceAccount" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $namespace := index . 2 }}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ if $namespace }}RoleBinding{{ else }}ClusterRoleBinding{{ end }}
+metadata:
+  name: {{ $name }}
+  {{- with $namespace }}
+  namespace: {{ . }}
+  {{- end }}
+  labels:
+    {{- include "tokenmint.labels" $root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ if $namespace }}Role{{ else }}ClusterRole{{ end }}
+  name: {{ $name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ include "tokenmint.serviceAccountName" $root }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
+
 {{- define "tokenmint.leaseName" -}}
 {{- default (printf "%s-leader" (include "tokenmint.fullname" .) | trunc 63 | trimSuffix "-") .Values.leaderElection.leaseName }}
 {{- end }}

@@ -9,6 +9,32 @@ use crate::cluster::Target;
 use crate::display::{NONE, Table, age, or_none, relative};
 use crate::error::{APITOKENS, Error, Op};
 
+/// `list [-n NS | -A] [-l SELECTOR] [-o FORMAT]`.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// List ApiTokens in every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Only ApiTokens whose labels match, in kubectl's syntax: team=analytics,tier!=dev,
+    /// 'env in (prod, staging)', '!legacy'.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
+    pub output: Option<ListOutput>,
+}
+
+impl ListArgs {
+    /// The list call's parameters: the label selector goes to the API server, which does the
+    /// matching (and rejects a selector it cannot parse).
+    fn params(&self) -> ListParams {
+        match &self.selector {
+            Some(selector) => ListParams::default().labels(selector),
+            None => ListParams::default(),
+        }
+    }
+}
+
 /// Output formats of `list`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListOutput {
@@ -20,11 +46,8 @@ pub enum ListOutput {
     Yaml,
 }
 
-pub async fn run(
-    target: &Target,
-    all_namespaces: bool,
-    output: Option<ListOutput>,
-) -> Result<(), Error> {
+pub async fn run(target: &Target, args: &ListArgs) -> Result<(), Error> {
+    let (all_namespaces, output) = (args.all_namespaces, args.output);
     let (api, namespace) = if all_namespaces {
         (Api::<ApiToken>::all(target.client.clone()), None)
     } else {
@@ -38,9 +61,14 @@ pub async fn run(
         url: &target.url,
     };
     let mut tokens = api
-        .list(&ListParams::default())
+        .list(&args.params())
         .await
-        .map_err(|e| op.error(e))?
+        .map_err(|e| match (&args.selector, e) {
+            (Some(selector), kube::Error::Api(status)) if status.code == 400 => Error::Invalid(
+                format!("invalid --selector {selector:?}: {}", status.message),
+            ),
+            (_, e) => op.error(e),
+        })?
         .items;
     tokens.sort_by_key(|t| (t.namespace(), t.name_any()));
     match output {
@@ -54,6 +82,7 @@ pub async fn run(
                 .map_err(|e| Error::Io(format!("encoding YAML: {e}")))?;
             print!("{text}");
         }
+        // Like kubectl, the same words whether or not a selector narrowed the list.
         None | Some(ListOutput::Wide) if tokens.is_empty() => match namespace {
             Some(ns) => eprintln!("No ApiTokens found in {ns} namespace."),
             None => eprintln!("No ApiTokens found."),
@@ -251,6 +280,23 @@ mod tests {
                 "<none>",
                 "DATASOURCES:READ:events:tenant_id = 42,PIPES:READ:top_pages"
             ]
+        );
+    }
+
+    #[test]
+    fn a_selector_becomes_the_list_calls_label_selector() {
+        let args = |selector: Option<&str>| ListArgs {
+            all_namespaces: false,
+            selector: selector.map(str::to_owned),
+            output: None,
+        };
+        assert_eq!(args(None).params().label_selector, None);
+        assert_eq!(
+            args(Some("team=analytics,tier!=dev"))
+                .params()
+                .label_selector
+                .as_deref(),
+            Some("team=analytics,tier!=dev")
         );
     }
 

@@ -38,14 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List ApiTokens as a table (or -o wide|json|yaml).
-    List {
-        /// List ApiTokens in every namespace.
-        #[arg(short = 'A', long)]
-        all_namespaces: bool,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
-        output: Option<list::ListOutput>,
-    },
+    List(list::ListArgs),
     /// Create or update an ApiToken (server-side apply), or print its manifest with -o yaml.
     Create(create::CreateArgs),
     /// Rotate a token's credential in place (Tinybird's "refresh").
@@ -82,17 +75,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match &cli.command {
         Command::Decode(args) => decode::run(args),
         Command::Create(args) => create::run(args, &cli.connect).await,
-        Command::List {
-            all_namespaces,
-            output,
-        } => {
-            list::run(
-                &cluster::connect(&cli.connect).await?,
-                *all_namespaces,
-                *output,
-            )
-            .await
-        }
+        Command::List(args) => list::run(&cluster::connect(&cli.connect).await?, args).await,
         Command::Rotate(args) => rotate::run(&cluster::connect(&cli.connect).await?, args).await,
         Command::Revoke(args) => revoke::run(&cluster::connect(&cli.connect).await?, args).await,
         Command::Reveal(args) => reveal::run(&cluster::connect(&cli.connect).await?, args).await,
@@ -153,5 +136,32 @@ mod tests {
         assert!(
             matches!(after.command, Command::Reveal(ref r) if r.form == reveal::Form::Userpass)
         );
+    }
+
+    fn list_args(args: &[&str]) -> list::ListArgs {
+        let mut argv = vec!["kubectl-apitoken", "list"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::List(list) => list,
+            _ => unreachable!("parsed a list command"),
+        }
+    }
+
+    #[test]
+    fn list_takes_a_label_selector_as_l_or_selector_with_a_and_o() {
+        assert_eq!(list_args(&[]).selector, None);
+        let short = list_args(&["-l", "team=analytics,tier!=dev", "-A", "-o", "json"]);
+        assert_eq!(short.selector.as_deref(), Some("team=analytics,tier!=dev"));
+        assert!(short.all_namespaces);
+        assert_eq!(short.output, Some(list::ListOutput::Json));
+        let long = list_args(&["--selector", "team in (analytics, ops)", "-o", "wide"]);
+        assert_eq!(long.selector.as_deref(), Some("team in (analytics, ops)"));
+        assert!(!long.all_namespaces);
+        assert_eq!(
+            list_args(&["--selector=team"]).selector.as_deref(),
+            Some("team")
+        );
+        // kubectl's -l takes exactly one value.
+        assert!(Cli::try_parse_from(["kubectl-apitoken", "list", "-l"]).is_err());
     }
 }
