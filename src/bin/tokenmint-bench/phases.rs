@@ -47,6 +47,10 @@ pub struct Bulk {
     pub control_plane_cpu: BTreeMap<&'static str, f64>,
     /// CPU seconds of the bench process while issuing.
     pub bench_cpu: f64,
+    /// Credentials the operator minted whose conditional write was refused (must be 0).
+    pub wasted_mints: u64,
+    /// Secrets the operator had to read because its cache could not be trusted for a write.
+    pub secret_reads: u64,
 }
 
 impl Bulk {
@@ -281,7 +285,10 @@ impl Bench {
             .wait_quiet(Duration::from_secs(2), Duration::from_secs(60))
             .await?;
         let usage = operator.usage()?;
+        let counters = operator.metrics().await?;
         let bulk = Bulk {
+            wasted_mints: metric_sum(&counters, "tokenmint_wasted_mints_total") as u64,
+            secret_reads: metric_sum(&counters, "tokenmint_secret_reads_total") as u64,
             n,
             created_in,
             active_in,

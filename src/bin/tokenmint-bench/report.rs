@@ -137,7 +137,7 @@ fn breakdown(requests: &Requests, n: usize) -> String {
 
 pub fn bulk_line(b: &Bulk) -> String {
     format!(
-        "N={}: all Active in {}s ({:.0} tokens/s), creates done in {}s, {} requests/token ({}), peak RSS {} MiB, CPU {:.2}s",
+        "N={}: all Active in {}s ({:.0} tokens/s), creates done in {}s, {} requests/token ({}), peak RSS {} MiB, CPU {:.2}s, wasted mints {}, Secret re-reads {}",
         b.n,
         secs(b.active_in),
         b.tokens_per_second(),
@@ -145,7 +145,9 @@ pub fn bulk_line(b: &Bulk) -> String {
         per_token(&b.requests, b.n),
         breakdown(&b.requests, b.n),
         mib(b.usage.peak_rss_kib),
-        b.usage.cpu_seconds
+        b.usage.cpu_seconds,
+        b.wasted_mints,
+        b.secret_reads
     )
 }
 
@@ -236,7 +238,14 @@ impl Display for Report {
             }
             writeln!(f, "\nOperator requests per token, by kind:\n")?;
             for (b, _, c) in &self.sizes {
-                writeln!(f, "- N={}: {}", b.n, breakdown(&b.requests, b.n))?;
+                writeln!(
+                    f,
+                    "- N={}: {}; wasted mints {}, Secret re-reads {}",
+                    b.n,
+                    breakdown(&b.requests, b.n),
+                    b.wasted_mints,
+                    b.secret_reads
+                )?;
                 if let Some(c) = c {
                     writeln!(
                         f,
