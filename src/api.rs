@@ -16,6 +16,9 @@ pub const GROUP: &str = "tokenmint.dev";
 pub const MANAGER: &str = "tokenmint";
 /// Annotation on an ApiToken that requests a manual rotation when set to a value not yet handled.
 pub const ROTATE_ANNOTATION: &str = "tokenmint.dev/rotate";
+/// Annotation on an ApiToken that retires the previous credential at once when set to a value not yet
+/// handled (the previous credential leaked).
+pub const RETIRE_ANNOTATION: &str = "tokenmint.dev/retire-previous";
 
 const ROLE_PATTERN: &str = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$";
 const SCOPE_TYPE_PATTERN: &str = r"^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$";
@@ -144,6 +147,11 @@ pub struct Rotation {
     /// Time between rotations: `<integer><unit>` pairs with units w, d, h, m, s (`30d`, `12h`, `1h30m`). 1m to 3650d.
     #[schemars(length(min = 2, max = 64), pattern(PERIOD_PATTERN))]
     pub period: String,
+    /// How long the credential a rotation replaces stays valid beside the new one, so clients can move
+    /// without a failed request. Same syntax as `period`, and shorter than it. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64), pattern(PERIOD_PATTERN))]
+    pub overlap: Option<String>,
 }
 
 /// Extra metadata for the generated Secret.
@@ -217,6 +225,12 @@ pub struct ApiTokenStatus {
     /// Last value of the tokenmint.dev/rotate annotation that was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotate_request: Option<String>,
+    /// During a rotation overlap only: the credential that is still valid until `retiresAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousCredential>,
+    /// Last value of the tokenmint.dev/retire-previous annotation that was carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_retire_request: Option<String>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -225,6 +239,18 @@ pub struct ApiTokenStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The credential a rotation replaced, still valid during the overlap. Never its secret key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousCredential {
+    /// Public half of the previous credential.
+    pub access_key: String,
+    /// Fingerprint of the previous credential.
+    pub fingerprint: String,
+    /// When the previous credential stops being valid.
+    pub retires_at: Time,
 }
 
 /// Lifecycle phase of a token.
@@ -267,10 +293,19 @@ impl ApiToken {
 
     /// Value of the manual-rotation annotation, if set.
     pub fn rotate_request(&self) -> Option<&str> {
+        self.annotation(ROTATE_ANNOTATION)
+    }
+
+    /// Value of the retire-previous annotation, if set.
+    pub fn retire_request(&self) -> Option<&str> {
+        self.annotation(RETIRE_ANNOTATION)
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata
             .annotations
             .as_ref()?
-            .get(ROTATE_ANNOTATION)
+            .get(key)
             .map(String::as_str)
     }
 }

@@ -10,10 +10,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{ApiToken, ApiTokenStatus, Phase};
+use crate::api::{ApiToken, ApiTokenStatus, Phase, PreviousCredential};
 use crate::schedule::{self, Period};
 use crate::seal::SealKey;
-use crate::secret::{self, Held, Observed, Redacted, Seal};
+use crate::secret::{self, Held, Observed, Previous, Redacted, Seal};
 use crate::token::mint_credential;
 use crate::validate::{self, Policy, ValidSpec};
 
@@ -243,13 +243,30 @@ pub fn plan(
             let scheduled = spec
                 .period
                 .filter(|p| schedule::rotation_due(held.issued_at, *p, now));
+            // A retire-previous request not yet handled: the previous credential leaked.
+            let retire = token.retire_request().is_some()
+                && token.retire_request() != held.retire_request.as_deref();
             if manual || scheduled.is_some() {
                 let why = match scheduled {
                     Some(period) if !manual => Mint::Scheduled(period),
                     _ => Mint::Manual,
                 };
-                return minting.mint(Some(secret), held.rotations + 1, why, rng);
+                // The replaced credential stays valid for the overlap, unless retiring was asked too.
+                let previous = spec.overlap.filter(|_| !retire).map(|overlap| Previous {
+                    credential: held.credential.clone(),
+                    retires_at: now + overlap.as_duration(),
+                });
+                return minting.rotate(secret, held, previous, why, rng);
             }
+            // The previous credential retires at its instant, or at once on request.
+            let mut held = held.clone();
+            if retire {
+                held.retire_request = token.retire_request().map(str::to_owned);
+            }
+            if retire || held.previous.as_ref().is_some_and(|p| now >= p.retires_at) {
+                held.previous = None;
+            }
+            let held = &held;
             // Re-seals a Secret sealed under another key (or before the seal) whose bookkeeping status vouches for.
             let desired = secret::desired(token, &spec, held, key);
             let write = if secret::in_sync(secret, &desired) {
@@ -343,11 +360,51 @@ struct Minting<'a> {
 }
 
 impl Minting<'_> {
-    /// A new credential (replacing the one in `existing`, if any) as rotation number `rotations`.
+    /// A new credential (replacing the one in `existing`, if any) as rotation number `rotations`,
+    /// with no previous credential: a first issue, or a re-issue of a credential taken as compromised.
     fn mint(
         &self,
         existing: Option<&Secret>,
         rotations: u64,
+        why: Mint,
+        rng: &mut impl rand::RngCore,
+    ) -> Plan {
+        // A request present when a credential is minted is handled by it (the credential is new).
+        let retire_request = self.token.retire_request().map(str::to_owned);
+        self.mint_with(existing, rotations, None, retire_request, why, rng)
+    }
+
+    /// A scheduled or manual rotation of `held`, keeping `previous` valid for the overlap.
+    fn rotate(
+        &self,
+        existing: &Secret,
+        held: &Held,
+        previous: Option<Previous>,
+        why: Mint,
+        rng: &mut impl rand::RngCore,
+    ) -> Plan {
+        let retire_request = self
+            .token
+            .retire_request()
+            .map(str::to_owned)
+            .or(held.retire_request.clone());
+        let rotations = held.rotations + 1;
+        self.mint_with(
+            Some(existing),
+            rotations,
+            previous,
+            retire_request,
+            why,
+            rng,
+        )
+    }
+
+    fn mint_with(
+        &self,
+        existing: Option<&Secret>,
+        rotations: u64,
+        previous: Option<Previous>,
+        retire_request: Option<String>,
         why: Mint,
         rng: &mut impl rand::RngCore,
     ) -> Plan {
@@ -363,6 +420,8 @@ impl Minting<'_> {
             issued_at: now,
             rotations,
             rotate_request: token.rotate_request().map(str::to_owned),
+            retire_request,
+            previous,
         };
         let desired = secret::desired(token, spec, &held, key);
         let write = match existing {
@@ -424,8 +483,13 @@ impl Minting<'_> {
 
 fn wake_active(status: &ApiTokenStatus) -> Wake {
     let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
-    schedule::next_wakeup([at(&status.next_rotation_at), at(&status.expires_at)])
-        .map_or(Wake::OnChange, Wake::At)
+    let retires = status.previous.as_ref().map(|p| p.retires_at.0);
+    schedule::next_wakeup([
+        at(&status.next_rotation_at),
+        at(&status.expires_at),
+        retires,
+    ])
+    .map_or(Wake::OnChange, Wake::At)
 }
 
 /// Status of a token whose credential `held` is in its Secret.
@@ -459,6 +523,12 @@ fn active_status(
         revoked_at: None,
         rotations: Some(held.rotations),
         last_rotate_request: held.rotate_request.clone(),
+        previous: held.previous.as_ref().map(|p| PreviousCredential {
+            access_key: p.credential.access_key.clone(),
+            fingerprint: p.credential.fingerprint(),
+            retires_at: Time(p.retires_at),
+        }),
+        last_retire_request: held.retire_request.clone(),
         observed_generation: token.metadata.generation,
         conditions: vec![ready(token, last, true, reason, message, now)],
     }
@@ -527,6 +597,11 @@ fn end(
         last_rotate_request: held
             .and_then(|h| h.rotate_request.clone())
             .or(last.last_rotate_request.clone()),
+        // Revocation and expiry remove the previous credential with the current one.
+        previous: None,
+        last_retire_request: held
+            .and_then(|h| h.retire_request.clone())
+            .or(last.last_retire_request.clone()),
         observed_generation: token.metadata.generation,
         conditions: vec![ready(token, last, false, reason, message.clone(), now)],
     };
@@ -681,6 +756,7 @@ mod tests {
                 scopes: None,
                 rotation: Some(Rotation {
                     period: "1h".into(),
+                    overlap: None,
                 }),
                 expires_at: None,
                 revoked: None,
@@ -1060,6 +1136,7 @@ mod tests {
         let mut bad = t.clone();
         bad.spec.rotation = Some(Rotation {
             period: "10s".into(),
+            overlap: None,
         });
         let p = run(&bad, Some(&secret), at(7200));
         assert!(matches!(p.write, SecretWrite::Nothing));
@@ -1076,6 +1153,7 @@ mod tests {
             &token(|s| {
                 s.rotation = Some(Rotation {
                     period: "10s".into(),
+                    overlap: None,
                 })
             }),
             None,
@@ -1287,6 +1365,7 @@ mod tests {
         let bad = token(|s| {
             s.rotation = Some(Rotation {
                 period: "10s".into(),
+                overlap: None,
             })
         });
         let p = run(&bad, None, at(0));
@@ -1362,5 +1441,181 @@ mod tests {
         let shown = format!("{p:?} {:?}", observe(&t, Some(secret), &rules().key));
         assert!(shown.contains("password"), "{shown}");
         assert!(!shown.contains(&password), "{shown}");
+    }
+
+    fn overlapping() -> ApiToken {
+        token(|s| {
+            s.rotation = Some(Rotation {
+                period: "1h".into(),
+                overlap: Some("10m".into()),
+            })
+        })
+    }
+
+    /// Applies a plan's Secret write and status, as the controller would.
+    fn applied(t: &ApiToken, p: Plan, version: &str) -> (ApiToken, Secret) {
+        let mut secret = match p.write {
+            SecretWrite::Update { secret, .. } | SecretWrite::Create(secret) => *secret,
+            other => panic!("expected a Secret write, got {other:?}"),
+        };
+        secret.metadata.resource_version = Some(version.into());
+        secret.metadata.uid = Some("secret-uid".into());
+        let mut t = t.clone();
+        t.status = Some(p.status);
+        (t, secret)
+    }
+
+    fn retire_annotate(mut t: ApiToken, value: &str) -> ApiToken {
+        t.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(crate::api::RETIRE_ANNOTATION.into(), value.into());
+        t
+    }
+
+    #[test]
+    fn a_rotation_with_overlap_keeps_the_previous_credential_until_it_retires() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let old_password = password(&secret);
+        let p = run(&t, Some(&secret), at(3600));
+        let previous = p.status.previous.clone().expect("status.previous");
+        assert_eq!(previous.retires_at, Time(at(3600 + 600)));
+        assert_eq!(
+            previous.fingerprint,
+            t.status.as_ref().unwrap().fingerprint.clone().unwrap()
+        );
+        assert_eq!(p.wake, Wake::At(at(4200)));
+        let (t, rotated) = applied(&t, p, "2");
+        let data = rotated.data.as_ref().unwrap();
+        assert_eq!(data["previous-password"].0, old_password);
+        assert_ne!(password(&rotated), old_password);
+        let notes = rotated.metadata.annotations.as_ref().unwrap();
+        assert_eq!(
+            notes[secret::PREVIOUS_RETIRES_AT_ANNOTATION],
+            secret::rfc3339(at(4200))
+        );
+
+        // During the overlap: steady, nothing written.
+        let during = run(&t, Some(&rotated), at(4199));
+        assert!(
+            matches!(during.write, SecretWrite::Nothing),
+            "{:?}",
+            during.write
+        );
+        assert!(during.status.previous.is_some());
+        // At retiresAt: the previous keys go, the current credential stays.
+        let due = run(&t, Some(&rotated), at(4200));
+        let SecretWrite::Update {
+            secret: retired, ..
+        } = &due.write
+        else {
+            panic!("{:?}", due.write)
+        };
+        let data = retired.data.as_ref().unwrap();
+        assert!(!data.contains_key("previous-password") && !data.contains_key("previous-token"));
+        assert_eq!(password(retired), password(&rotated));
+        assert!(
+            !retired
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(secret::PREVIOUS_FINGERPRINT_ANNOTATION)
+        );
+        assert_eq!(due.status.previous, None);
+        assert!(!due.mints);
+    }
+
+    #[test]
+    fn retire_previous_retires_at_once_and_only_once() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let (t, rotated) = applied(&t, run(&t, Some(&secret), at(3600)), "2");
+        let asked = retire_annotate(t.clone(), "leak-1");
+        let p = run(&asked, Some(&rotated), at(3610));
+        assert_eq!(p.status.previous, None);
+        assert_eq!(p.status.last_retire_request.as_deref(), Some("leak-1"));
+        let (after, retired) = applied(&asked, p, "3");
+        assert!(
+            !retired
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key("previous-password")
+        );
+        // The same value again (even with status lost) changes nothing.
+        let mut lost = after.clone();
+        lost.status = None;
+        assert!(matches!(
+            run(&lost, Some(&retired), at(3620)).write,
+            SecretWrite::Nothing
+        ));
+    }
+
+    #[test]
+    fn rotate_and_retire_together_rotate_without_an_overlap() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let both = retire_annotate(annotate(t, "r1"), "leak-1");
+        let p = run(&both, Some(&secret), at(5));
+        assert_eq!(p.status.rotations, Some(1));
+        assert_eq!(p.status.previous, None);
+        assert_eq!(p.status.last_retire_request.as_deref(), Some("leak-1"));
+        let (_, rotated) = applied(&both, p, "2");
+        assert!(
+            !rotated
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key("previous-password")
+        );
+    }
+
+    #[test]
+    fn a_reissue_after_tampering_or_deletion_has_no_overlap() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let tampered = run(&t, Some(&edit(&secret, "password", "x")), at(5));
+        assert!(tampered.mints && tampered.status.previous.is_none());
+        let deleted = run(&t, None, at(5));
+        assert!(deleted.mints && deleted.status.previous.is_none());
+    }
+
+    #[test]
+    fn revocation_removes_the_previous_credential_too() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let (mut t, rotated) = applied(&t, run(&t, Some(&secret), at(3600)), "2");
+        t.spec.revoked = Some(true);
+        let p = run(&t, Some(&rotated), at(3601));
+        assert!(matches!(p.write, SecretWrite::Delete { .. }));
+        assert_eq!(p.status.previous, None);
+    }
+
+    #[test]
+    fn an_edited_previous_credential_is_tampering() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let (t, rotated) = applied(&t, run(&t, Some(&secret), at(3600)), "2");
+        let later = annotate_secret(
+            &rotated,
+            secret::PREVIOUS_RETIRES_AT_ANNOTATION,
+            Some("2099-01-01T00:00:00Z"),
+        );
+        let p = run(&t, Some(&later), at(3601));
+        assert!(p.mints && p.event.unwrap().warning);
+        assert_eq!(p.status.previous, None);
+    }
+
+    #[test]
+    fn an_overlap_not_shorter_than_the_period_is_invalid() {
+        let t = token(|s| {
+            s.rotation = Some(Rotation {
+                period: "1h".into(),
+                overlap: Some("60m".into()),
+            })
+        });
+        let p = run(&t, None, at(0));
+        assert!(matches!(p.write, SecretWrite::Nothing));
+        assert!(
+            p.status.conditions[0]
+                .message
+                .contains("spec.rotation.overlap")
+        );
     }
 }

@@ -33,6 +33,12 @@ pub const ROTATE_REQUEST_ANNOTATION: &str = "tokenmint.dev/rotate-request";
 /// Annotation: the label and annotation keys `secretTemplate` put on the Secret, so a key removed
 /// from the template is removed from the Secret too.
 pub const TEMPLATE_KEYS_ANNOTATION: &str = "tokenmint.dev/template-keys";
+/// Annotation: the last `tokenmint.dev/retire-previous` request carried out.
+pub const RETIRE_REQUEST_ANNOTATION: &str = "tokenmint.dev/retire-request";
+/// Annotation: fingerprint of the previous credential, during an overlap.
+pub const PREVIOUS_FINGERPRINT_ANNOTATION: &str = "tokenmint.dev/previous-fingerprint";
+/// Annotation: when the previous credential retires (RFC 3339), during an overlap.
+pub const PREVIOUS_RETIRES_AT_ANNOTATION: &str = "tokenmint.dev/previous-retires-at";
 /// Kubernetes Secret type for username/password credentials.
 pub const SECRET_TYPE: &str = "kubernetes.io/basic-auth";
 
@@ -68,9 +74,9 @@ const SEALED_ANNOTATIONS: [&str; 7] = [
     ISSUED_AT_ANNOTATION,
     ROTATIONS_ANNOTATION,
     ROTATE_REQUEST_ANNOTATION,
-    "tokenmint.dev/retire-request",
-    "tokenmint.dev/previous-fingerprint",
-    "tokenmint.dev/previous-retires-at",
+    RETIRE_REQUEST_ANNOTATION,
+    PREVIOUS_FINGERPRINT_ANNOTATION,
+    PREVIOUS_RETIRES_AT_ANNOTATION,
 ];
 
 /// Label selector matching every Secret tokenmint manages.
@@ -86,6 +92,17 @@ pub struct Held {
     pub rotations: u64,
     /// The manual rotation request this credential answered (or that was pending when it was minted).
     pub rotate_request: Option<String>,
+    /// The last retire-previous request carried out.
+    pub retire_request: Option<String>,
+    /// During an overlap: the credential this one replaced, valid until it retires.
+    pub previous: Option<Previous>,
+}
+
+/// The credential a rotation replaced, kept valid for the overlap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Previous {
+    pub credential: Credential,
+    pub retires_at: Timestamp,
 }
 
 impl Held {
@@ -96,6 +113,8 @@ impl Held {
 }
 
 /// What the Secret named by a token looks like from the token's point of view.
+// Built once per reconcile on the stack; boxing the owned variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Observed<'a> {
     /// No Secret of that name.
@@ -294,7 +313,49 @@ fn read_held(secret: &Secret) -> Result<Held, Tampered> {
         issued_at,
         rotations,
         rotate_request: annotation(secret, ROTATE_REQUEST_ANNOTATION).map(str::to_owned),
+        retire_request: annotation(secret, RETIRE_REQUEST_ANNOTATION).map(str::to_owned),
+        previous: read_previous(secret)?,
     })
+}
+
+/// The previous credential of an overlap, if the Secret holds one. Its keys and annotations come
+/// together or not at all.
+fn read_previous(secret: &Secret) -> Result<Option<Previous>, Tampered> {
+    let keys = ["previous-username", "previous-password", "previous-token"];
+    let has = |k: &str| secret.data.as_ref().is_some_and(|d| d.contains_key(k));
+    let present = keys.iter().filter(|k| has(k)).count();
+    let annotated = annotation(secret, PREVIOUS_FINGERPRINT_ANNOTATION).is_some()
+        || annotation(secret, PREVIOUS_RETIRES_AT_ANNOTATION).is_some();
+    if present == 0 && !annotated {
+        return Ok(None);
+    }
+    let incomplete = || Tampered("the previous credential is incomplete".to_owned());
+    if present != keys.len() {
+        return Err(incomplete());
+    }
+    let access_key = data_str(secret, "previous-username")?;
+    let secret_key = data_str(secret, "previous-password")?;
+    let bearer = data_str(secret, "previous-token")?;
+    let prefix = bearer
+        .strip_suffix(&format!("{access_key}-{secret_key}"))
+        .ok_or_else(|| Tampered("key previous-token no longer matches".to_owned()))?;
+    if annotation(secret, PREVIOUS_FINGERPRINT_ANNOTATION) != Some(fingerprint_of(bearer).as_str())
+    {
+        return Err(Tampered(
+            "the previous credential no longer matches its fingerprint".to_owned(),
+        ));
+    }
+    let retires_at = annotation(secret, PREVIOUS_RETIRES_AT_ANNOTATION)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .ok_or_else(incomplete)?;
+    Ok(Some(Previous {
+        credential: Credential {
+            prefix: prefix.to_owned(),
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+        },
+        retires_at,
+    }))
 }
 
 /// The derived forms of a credential, keyed by Secret key (username and password excluded).
@@ -321,6 +382,11 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held, key: &SealKey) -
     for (key, value) in views(&held.credential) {
         put(key, value);
     }
+    if let Some(previous) = &held.previous {
+        put("previous-username", previous.credential.access_key.clone());
+        put("previous-password", previous.credential.secret_key.clone());
+        put("previous-token", previous.credential.bearer());
+    }
     put("role", spec.role.clone());
     put("scopes", spec.scopes.join("\n"));
 
@@ -341,6 +407,19 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held, key: &SealKey) -
     annotations.insert(ROTATIONS_ANNOTATION.to_owned(), held.rotations.to_string());
     if let Some(request) = &held.rotate_request {
         annotations.insert(ROTATE_REQUEST_ANNOTATION.to_owned(), request.clone());
+    }
+    if let Some(request) = &held.retire_request {
+        annotations.insert(RETIRE_REQUEST_ANNOTATION.to_owned(), request.clone());
+    }
+    if let Some(previous) = &held.previous {
+        annotations.insert(
+            PREVIOUS_FINGERPRINT_ANNOTATION.to_owned(),
+            previous.credential.fingerprint(),
+        );
+        annotations.insert(
+            PREVIOUS_RETIRES_AT_ANNOTATION.to_owned(),
+            rfc3339(previous.retires_at),
+        );
     }
     if !template_keys.is_empty() {
         annotations.insert(TEMPLATE_KEYS_ANNOTATION.to_owned(), template_keys);
@@ -451,6 +530,17 @@ pub fn in_sync(observed: &Secret, desired: &Secret) -> bool {
         && observed.type_ == desired.type_
         && annotation(observed, TEMPLATE_KEYS_ANNOTATION)
             == annotation(desired, TEMPLATE_KEYS_ANNOTATION)
+        // Our keys that must go (a retired previous credential) are not "extra keys of others".
+        && CREDENTIAL_KEYS
+            .iter()
+            .all(|k| has_data(observed, k) == has_data(desired, k))
+        && SEALED_ANNOTATIONS
+            .iter()
+            .all(|k| annotation(observed, k).is_some() == annotation(desired, k).is_some())
+}
+
+fn has_data(secret: &Secret, key: &str) -> bool {
+    secret.data.as_ref().is_some_and(|d| d.contains_key(key))
 }
 
 /// RFC 3339 at whole seconds, the precision Kubernetes keeps.

@@ -16,6 +16,8 @@ pub struct ValidSpec {
     /// Canonical scope strings in spec order.
     pub scopes: Vec<String>,
     pub period: Option<Period>,
+    /// How long a replaced credential stays valid after a rotation; shorter than `period`.
+    pub overlap: Option<Period>,
     pub format: Format,
 }
 
@@ -82,6 +84,21 @@ pub fn validate(spec: &ApiTokenSpec, policy: Policy) -> Result<ValidSpec, Invali
         .map(|r| Period::parse(&r.period))
         .transpose()
         .map_err(|e| invalid("spec.rotation.period", e.to_string()))?;
+    let overlap = spec
+        .rotation
+        .as_ref()
+        .and_then(|r| r.overlap.as_deref())
+        .map(Period::parse_unbounded)
+        .transpose()
+        .map_err(|e| invalid("spec.rotation.overlap", e.to_string()))?;
+    if let (Some(overlap), Some(period)) = (overlap, period)
+        && overlap >= period
+    {
+        return Err(invalid(
+            "spec.rotation.overlap",
+            format!("must be shorter than spec.rotation.period ({period})"),
+        ));
+    }
     let format = Format::from(spec.format.as_ref());
     check_format(&format)?;
     if let Some(template) = &spec.secret_template {
@@ -91,6 +108,7 @@ pub fn validate(spec: &ApiTokenSpec, policy: Policy) -> Result<ValidSpec, Invali
         role: spec.role.clone(),
         scopes: scopes.iter().map(Scope::canonical).collect(),
         period,
+        overlap: overlap.filter(|o| o.as_secs() > 0),
         format,
     })
 }
@@ -342,6 +360,7 @@ mod tests {
         let mut s = spec();
         s.rotation = Some(Rotation {
             period: "30s".into(),
+            overlap: None,
         });
         let err = validate(&s, Policy::default()).unwrap_err();
         assert_eq!(err.field, "spec.rotation.period");

@@ -561,6 +561,45 @@ async fn list_selector_narrows_the_list_in_every_format_and_across_namespaces() 
 // ------------------------------------------------------------------ rotate
 
 #[tokio::test]
+async fn rotate_keeps_the_previous_credential_in_the_overlap_and_retire_previous_drops_it() {
+    let ns = TestNs::new("plugin-overlap").await;
+    let _operator = Operator::start(&ns).await;
+    let first = issued(
+        &ns,
+        "gradual",
+        &["--rotate-every", "30d", "--overlap", "1d"],
+    )
+    .await
+    .status
+    .unwrap();
+    plugin(&ns, &["rotate", "gradual", "--wait"]).ok();
+    let status = token(&ns, "gradual").await.status.unwrap();
+    let previous = status
+        .previous
+        .clone()
+        .expect("status.previous after a rotation");
+    assert_eq!(Some(previous.access_key.clone()), first.access_key);
+    let wide = plugin(&ns, &["list", "-o", "wide"]).ok();
+    assert!(wide.contains("PREVIOUS"), "{wide}");
+    assert!(
+        wide.contains(&format!("{} until in ", previous.access_key)),
+        "{wide}"
+    );
+
+    let out = plugin(&ns, &["rotate", "gradual", "--retire-previous", "--wait"]).ok();
+    assert!(out.contains("tokenmint.dev/retire-previous="), "{out}");
+    let status = token(&ns, "gradual").await.status.unwrap();
+    assert_eq!(status.previous, None, "rotated without an overlap");
+    assert_eq!(status.rotations, Some(2));
+    assert!(
+        !secret_data(&ns, "gradual")
+            .await
+            .contains_key("previous-password")
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
 async fn rotate_wait_replaces_the_credential_and_prints_the_new_fingerprint() {
     let ns = TestNs::new("plugin-rotate").await;
     let _operator = Operator::start(&ns).await;

@@ -29,6 +29,9 @@ pub struct CreateArgs {
     /// Rotate on this schedule: `<integer><unit>` pairs, units w d h m s (e.g. 30d, 12h, 1h30m).
     #[arg(long, value_name = "PERIOD")]
     pub rotate_every: Option<String>,
+    /// Keep the replaced credential valid this long after each rotation (needs --rotate-every).
+    #[arg(long, value_name = "DURATION", requires = "rotate_every")]
+    pub overlap: Option<String>,
     /// RFC 3339 instant at which the token stops being valid, e.g. 2027-06-30T00:00:00Z.
     #[arg(long, value_name = "TIME")]
     pub expires_at: Option<String>,
@@ -183,7 +186,10 @@ pub fn manifest(
         role: args.role.clone(),
         description: args.description.clone().filter(|d| !d.is_empty()),
         scopes: (!scopes.is_empty()).then_some(scopes),
-        rotation: args.rotate_every.clone().map(|period| Rotation { period }),
+        rotation: args.rotate_every.clone().map(|period| Rotation {
+            period,
+            overlap: args.overlap.clone(),
+        }),
         expires_at,
         revoked: None,
         secret_name: args.secret_name.clone(),

@@ -127,7 +127,14 @@ pub fn table(tokens: &[ApiToken], now: Timestamp, all_namespaces: bool, wide: bo
         "NEXT ROTATION",
     ]);
     if wide {
-        headers.extend(["SECRET", "ROTATIONS", "FINGERPRINT", "EXPIRES", "SCOPES"]);
+        headers.extend([
+            "SECRET",
+            "ROTATIONS",
+            "FINGERPRINT",
+            "PREVIOUS",
+            "EXPIRES",
+            "SCOPES",
+        ]);
     }
     let mut table = Table::new(headers);
     for token in tokens {
@@ -169,6 +176,17 @@ pub fn table(tokens: &[ApiToken], now: Timestamp, all_namespaces: bool, wide: bo
                     .rotations
                     .map_or_else(|| NONE.to_owned(), |r| r.to_string()),
                 or_none(status.fingerprint.as_deref()),
+                // During an overlap: the access key still valid, and until when.
+                status.previous.as_ref().map_or_else(
+                    || NONE.to_owned(),
+                    |p| {
+                        format!(
+                            "{} until {}",
+                            p.access_key,
+                            relative(Some(p.retires_at.0), now)
+                        )
+                    },
+                ),
                 relative(expires, now),
                 or_none(Some(&scopes.join(","))),
             ]);
@@ -269,7 +287,14 @@ mod tests {
         );
         assert_eq!(
             &t.headers[7..],
-            &["SECRET", "ROTATIONS", "FINGERPRINT", "EXPIRES", "SCOPES"]
+            &[
+                "SECRET",
+                "ROTATIONS",
+                "FINGERPRINT",
+                "PREVIOUS",
+                "EXPIRES",
+                "SCOPES"
+            ]
         );
         assert_eq!(
             &t.rows[0][7..],
@@ -277,6 +302,7 @@ mod tests {
                 "superset-reader",
                 "2",
                 "sha256:0123456789abcdef",
+                "<none>",
                 "<none>",
                 "DATASOURCES:READ:events:tenant_id = 42,PIPES:READ:top_pages"
             ]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokenmint::api::{ApiToken, Phase, ROTATE_ANNOTATION};
+use tokenmint::api::{ApiToken, Phase, RETIRE_ANNOTATION, ROTATE_ANNOTATION};
 
 use crate::cluster::{self, Target};
 use crate::error::Error;
@@ -16,6 +16,10 @@ pub struct RotateArgs {
     /// Wait until the operator has rotated the credential, then print the new fingerprint.
     #[arg(long)]
     pub wait: bool,
+    /// Retire the replaced credential at once instead of keeping it for `rotation.overlap` (it
+    /// leaked): sets tokenmint.dev/retire-previous with the same request.
+    #[arg(long)]
+    pub retire_previous: bool,
     /// How long --wait waits, e.g. 60s, 2m.
     #[arg(long, default_value = "60s", value_parser = crate::parse_timeout)]
     pub timeout: Duration,
@@ -32,9 +36,21 @@ pub async fn run(target: &Target, args: &RotateArgs) -> Result<(), Error> {
     }
     // A fresh value each time, so every request is one the operator has not handled yet.
     let request = Timestamp::now().to_string();
-    let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: request}}});
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(ROTATE_ANNOTATION.to_owned(), request.clone().into());
+    if args.retire_previous {
+        annotations.insert(RETIRE_ANNOTATION.to_owned(), request.clone().into());
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
     target.merge_patch_token(name, &patch).await?;
-    println!("apitoken.tokenmint.dev/{name} rotation requested ({ROTATE_ANNOTATION}={request})");
+    let retiring = if args.retire_previous {
+        format!(", {RETIRE_ANNOTATION}={request}")
+    } else {
+        String::new()
+    };
+    println!(
+        "apitoken.tokenmint.dev/{name} rotation requested ({ROTATE_ANNOTATION}={request}{retiring})"
+    );
     if !args.wait {
         return Ok(());
     }
@@ -45,9 +61,12 @@ pub async fn run(target: &Target, args: &RotateArgs) -> Result<(), Error> {
                 target.qualified(name)
             )));
         }
+        let retired = |s: &tokenmint::api::ApiTokenStatus| {
+            !args.retire_previous || s.last_retire_request.as_deref() == Some(request.as_str())
+        };
         Ok(t.status
             .as_ref()
-            .filter(|s| s.last_rotate_request.as_deref() == Some(request.as_str()))
+            .filter(|s| s.last_rotate_request.as_deref() == Some(request.as_str()) && retired(s))
             .cloned())
     })
     .await?;

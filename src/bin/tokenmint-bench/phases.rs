@@ -138,6 +138,7 @@ fn token_manifest(name: &str, period: &str) -> ApiToken {
             }]),
             rotation: Some(Rotation {
                 period: period.into(),
+                overlap: None,
             }),
             expires_at: None,
             revoked: None,
