@@ -1,0 +1,7 @@
+//! `ApiTokenVerifier`: renders, into Secrets of the verifier's namespace, what servers need to check
+//! the credentials of the tokens it accepts. The pure core; the controller reads and writes.
+//!
+//! Kubernetes' name rules live in [`names`]; [`crate::validate`] has private copies of some of them
+//! that can move here.
+
+pub mod names;
