@@ -4,4 +4,5 @@
 //! Kubernetes' name rules live in [`names`]; [`crate::validate`] has private copies of some of them
 //! that can move here.
 
+pub mod api;
 pub mod names;
