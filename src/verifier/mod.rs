@@ -6,3 +6,14 @@
 
 pub mod api;
 pub mod names;
+pub mod trust;
+
+use crate::validate::InvalidSpec;
+
+/// A field the operator rejects, with why.
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
