@@ -16,6 +16,7 @@ pub mod secret;
 pub mod telemetry;
 pub mod token;
 pub mod validate;
+pub mod verifier;
 pub mod watched;
 
 use kube::CustomResourceExt;
