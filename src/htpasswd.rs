@@ -28,10 +28,12 @@ const SSHA_SALT_BYTES: usize = 8;
 const SHA1_LEN: usize = 20;
 
 /// How an htpasswd line hashes the secret key. Which servers read which is in `docs/htpasswd.md`.
+/// The default is bcrypt, the one every reader accepts; nginx and ingress-nginx do far better with ssha.
 #[derive(
     Clone,
     Copy,
     Debug,
+    Default,
     PartialEq,
     Eq,
     Hash,
@@ -41,6 +43,7 @@ const SHA1_LEN: usize = 20;
 )]
 pub enum Hash {
     /// `$2y$08$...`: read by nginx, ingress-nginx, Traefik, Caddy, oauth2-proxy and Trino.
+    #[default]
     #[serde(rename = "bcrypt")]
     Bcrypt,
     /// `$5$rounds=1000$...` (glibc crypt): read by nginx and ingress-nginx.
@@ -307,6 +310,11 @@ mod tests {
         for bad in ["", "a:b", "a\nb", "a\rb", "a\0b"] {
             assert!(!valid_access_key(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_default_is_the_hash_every_reader_accepts() {
+        assert_eq!(Hash::default(), Hash::Bcrypt);
     }
 
     #[test]
