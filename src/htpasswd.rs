@@ -20,9 +20,9 @@ use subtle::ConstantTimeEq as _;
 pub const BCRYPT_COST: u32 = 8;
 /// sha256-crypt rounds: the minimum of the format (glibc's default is 5000).
 pub const SHA256_CRYPT_ROUNDS: u32 = 1000;
-/// sha256-crypt salt: 12 bytes, the 16 characters glibc reads at most (more are silently dropped).
+/// sha256-crypt salt: 12 bytes encode to 16 characters, the most glibc reads (it drops the rest).
 const SHA256_CRYPT_SALT_BYTES: usize = 12;
-/// SSHA salt bytes, as OpenLDAP's `slappasswd` uses (4) and more; nginx accepts any length.
+/// SSHA salt bytes: twice OpenLDAP's `slappasswd`; nginx takes whatever follows the SHA-1 digest.
 const SSHA_SALT_BYTES: usize = 8;
 /// Length of a SHA-1 digest, the part of an SSHA value before its salt.
 const SHA1_LEN: usize = 20;
