@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod htpasswd;
 pub mod keystore;
 pub mod leader;
 pub mod metrics;
