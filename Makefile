@@ -16,9 +16,10 @@ cluster-down:
 # failed build does not truncate the checked-in manifest).
 crds:
 	@mkdir -p crds
-	cargo run --quiet -- crd > crds/apitoken.yaml.tmp
-	@mv crds/apitoken.yaml.tmp crds/apitoken.yaml
-	@cp crds/apitoken.yaml charts/tokenmint/crds/apitoken.yaml
+	@for kind in apitoken apitokenverifier; do \
+	  cargo run --quiet -- crd $$kind > crds/$$kind.yaml.tmp && mv crds/$$kind.yaml.tmp crds/$$kind.yaml && \
+	  cp crds/$$kind.yaml charts/tokenmint/crds/$$kind.yaml; \
+	done
 
 demo:
 	@hack/demo.sh

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::verifier::api::{AudienceRef, AudienceStatus};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +96,12 @@ pub struct ApiTokenSpec {
     /// Scheduled rotation. Absent: the credential changes only on request or when tampered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
+
+    /// ApiTokenVerifiers this token is for, as `<name>` (same namespace) or `<namespace>/<name>`; at
+    /// most 16. A verifier includes the token only if it also trusts the token's namespace and role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"))]
+    pub audiences: Option<Vec<AudienceRef>>,
 
     /// RFC 3339 instant at which the token stops being valid and its Secret is deleted. Before the year 9000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +239,10 @@ pub struct ApiTokenStatus {
     /// Last value of the tokenmint.dev/retire-previous annotation that was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retire_request: Option<String>,
+    /// One entry per spec.audiences item: whether that verifier accepts this token, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub audiences: Vec<AudienceStatus>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -23,6 +23,8 @@ use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Wake};
 use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::os_rng;
+use crate::verifier::api::ApiTokenVerifier;
+use crate::verifier::controller::{self as verifiers, Lookup};
 use crate::watched::TokenObject;
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
@@ -86,6 +88,8 @@ pub struct Context {
     /// True once the Secret cache has its first full list: planning before that would mint
     /// credentials for Secrets that exist but are not listed yet.
     secrets_listed: tokio::sync::watch::Receiver<bool>,
+    /// Verifiers and namespaces, for `status.audiences`.
+    lookup: Lookup,
 }
 
 impl Context {
@@ -119,6 +123,9 @@ pub async fn run(
     let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
     let secrets_relisted = relisted.clone();
     let (listed, secrets_listed) = tokio::sync::watch::channel(false);
+    // Any change to a token or a Secret may change what a verifier renders.
+    let (inputs_changed, inputs) = futures::channel::mpsc::unbounded::<()>();
+    let secret_changed = inputs_changed.clone();
 
     // Both caches drop managedFields: they are the bulk of each object and nothing here reads them.
     let secret_cache = Arc::new(SecretCache::default());
@@ -131,6 +138,7 @@ pub async fn run(
     .modify(|s: &mut Secret| s.metadata.managed_fields = None)
     .inspect_ok(move |event| {
         secret_writer.apply(event);
+        let _ = secret_changed.unbounded_send(());
         secrets_synced.observe(Synced::SECRETS, event);
         if matches!(event, watcher::Event::InitDone) {
             listed.send_replace(true);
@@ -146,6 +154,7 @@ pub async fn run(
         .modify(|t: &mut TokenObject| t.meta_mut().managed_fields = None)
         .inspect_ok(move |event| {
             token_writer.apply(event);
+            let _ = inputs_changed.unbounded_send(());
             synced.observe(Synced::TOKENS, event);
             if matches!(event, watcher::Event::InitDone) {
                 let _ = relisted.unbounded_send(());
@@ -164,6 +173,15 @@ pub async fn run(
     }));
     let (retry, retries) = futures::channel::mpsc::unbounded();
     let dropped = Dropped::new(retry, metrics.clone());
+    let (lookup, verifiers_changed, verifier_events, namespace_events) =
+        verifiers::watch(&client, settings.namespace.as_deref()).streams();
+    let verifier_shared = verifiers::Shared {
+        client: client.clone(),
+        tokens: token_store.clone(),
+        secrets: secret_cache.clone(),
+        rules: settings.rules.clone(),
+        lookup: lookup.clone(),
+    };
     let context = Arc::new(Context {
         client: client.clone(),
         secrets: secret_cache,
@@ -173,9 +191,18 @@ pub async fn run(
         rules: settings.rules.clone(),
         failures: Mutex::default(),
         secrets_listed,
+        lookup,
     });
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let verifier_controller = verifiers::run(
+        verifier_shared,
+        verifier_events,
+        namespace_events,
+        inputs,
+        shutdown.clone(),
+    );
 
-    Controller::for_stream(token_events, token_store)
+    let token_controller = Controller::for_stream(token_events, token_store)
         .watches_stream(secret_events, |secret: Secret| {
             // Map by label rather than ownerReference, so a Secret left by a deleted namesake still
             // wakes the token that is waiting for it to go.
@@ -185,6 +212,8 @@ pub async fn run(
                 .map(|(name, ns)| ObjectRef::new(&name).within(&ns))
         })
         .reconcile_all_on(relists)
+        // A verifier or a namespace changed: which verifiers accept a token may have too.
+        .reconcile_all_on(verifiers_changed)
         .reconcile_on(retries)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
@@ -201,8 +230,8 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "reconcile dispatch"),
             }
             futures::future::ready(())
-        })
-        .await;
+        });
+    futures::join!(token_controller, verifier_controller);
     // A follower (or a stopped leader) exports no per-token series.
     metrics.set_tokens(Box::new(Vec::new));
 }
@@ -421,7 +450,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
 ///
 /// Like [`Cache`], the reconciler moves it forward with what its own writes returned.
 #[derive(Default)]
-struct SecretCache {
+pub struct SecretCache {
     state: Mutex<SecretCacheState>,
 }
 
@@ -442,13 +471,13 @@ impl SecretCache {
         ObjectRef::new(&secret.name_any()).within(&secret.namespace().unwrap_or_default())
     }
 
-    /// Only a Secret controlled by an ApiToken keeps its data: any other Secret that carries our label
+    /// Only a Secret controlled by an ApiToken or an ApiTokenVerifier keeps its data: any other Secret that carries our label
     /// (anyone may set it) is kept as metadata, so nobody can grow the operator's memory with large
     /// Secrets, and a foreign Secret's data is never held.
     fn stored(secret: &Secret) -> Option<StoredSecret> {
         let controlled = secret.metadata.owner_references.iter().flatten().any(|o| {
             o.controller == Some(true)
-                && o.kind == ApiToken::kind(&())
+                && (o.kind == ApiToken::kind(&()) || o.kind == ApiTokenVerifier::kind(&()))
                 && o.api_version.starts_with(GROUP)
         });
         let json = if controlled {
@@ -477,7 +506,8 @@ impl SecretCache {
         self.lock().apply(event);
     }
 
-    fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
+    /// The Secret at `key`, as last seen.
+    pub fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
         let state = self.lock();
         let stored = state.secrets.get(key)?;
         serde_json::from_slice(&stored.json).ok()
@@ -485,7 +515,7 @@ impl SecretCache {
 
     /// Records the outcome of our own write to `key`, if the cache still holds `based_on` (the
     /// resourceVersion the write started from; `None` for a Secret that was absent).
-    fn advance(
+    pub fn advance(
         &self,
         key: &ObjectRef<Secret>,
         based_on: Option<&str>,
@@ -906,6 +936,8 @@ async fn delete_secret(
 /// After the Secret write: status (only if it changed), the Event, metrics, and when to come back.
 async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result<Action, Error> {
     let name = token.name_any();
+    let mut plan = plan;
+    plan.status.audiences = verifiers::audiences_of(token, &ctx.lookup);
     let observed = serde_json::to_value(token.status.clone().unwrap_or_default()).ok();
     if serde_json::to_value(&plan.status).ok() != observed {
         write_status(ctx, &TokenObject::Decoded(token.clone()), &plan.status).await?;

@@ -22,6 +22,16 @@ pub mod watched;
 
 use kube::CustomResourceExt;
 
+/// The ApiTokenVerifier CRD as YAML, exactly as committed under `crds/`.
+pub fn verifier_crd_yaml() -> String {
+    serde_yaml::to_string(&verifier::api::crd()).unwrap_or_default()
+}
+
+/// Every CRD, as one multi-document YAML stream.
+pub fn all_crds_yaml() -> String {
+    format!("{}---\n{}", crd_yaml(), verifier_crd_yaml())
+}
+
 /// What `kubectl explain apitoken` says about the kind itself.
 const API_TOKEN_DESCRIPTION: &str = "An API token managed by tokenmint: one credential (an access key and a secret key) \
 kept in a Secret of the token's namespace in every form an app needs (username/password, Bearer, Basic), rotated on \

@@ -29,8 +29,11 @@ struct Cli {
 enum Command {
     /// Run the operator.
     Run(RunArgs),
-    /// Print the ApiToken CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML (both, or the one named).
+    Crd {
+        /// `apitoken` or `apitokenverifier`; both when absent.
+        kind: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -81,8 +84,15 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow_free::Result {
     match Cli::parse().command {
-        Command::Crd => {
-            print!("{}", tokenmint::crd_yaml());
+        Command::Crd { kind } => {
+            match kind.as_deref() {
+                None => print!("{}", tokenmint::all_crds_yaml()),
+                Some("apitoken") => print!("{}", tokenmint::crd_yaml()),
+                Some("apitokenverifier") => print!("{}", tokenmint::verifier_crd_yaml()),
+                Some(other) => {
+                    return Err(format!("no CRD {other:?}: apitoken or apitokenverifier").into());
+                }
+            }
             Ok(())
         }
         Command::Run(args) => run(args).await,

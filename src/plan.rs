@@ -170,7 +170,12 @@ pub fn plan(
     }
     let wake_for_expiry = expires_at.map_or(Wake::OnChange, Wake::At);
 
-    let spec = match validate::validate(&token.spec, rules.policy) {
+    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
+    let audiences = token.spec.audiences.as_deref().unwrap_or_default();
+    let checked = validate::validate(&token.spec, rules.policy).and_then(|spec| {
+        crate::verifier::trust::validate_audiences(audiences, namespace).map(|_| spec)
+    });
+    let spec = match checked {
         Ok(spec) => spec,
         Err(e) => {
             return failed(
@@ -529,6 +534,8 @@ fn active_status(
             retires_at: Time(p.retires_at),
         }),
         last_retire_request: held.retire_request.clone(),
+        // Which verifiers accept the token is the controller's to fill in: it sees the verifiers.
+        audiences: last.audiences.clone(),
         observed_generation: token.metadata.generation,
         conditions: vec![ready(token, last, true, reason, message, now)],
     }
@@ -602,6 +609,7 @@ fn end(
         last_retire_request: held
             .and_then(|h| h.retire_request.clone())
             .or(last.last_retire_request.clone()),
+        audiences: last.audiences.clone(),
         observed_generation: token.metadata.generation,
         conditions: vec![ready(token, last, false, reason, message.clone(), now)],
     };
@@ -758,6 +766,7 @@ mod tests {
                     period: "1h".into(),
                     overlap: None,
                 }),
+                audiences: None,
                 expires_at: None,
                 revoked: None,
                 secret_name: None,

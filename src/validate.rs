@@ -335,6 +335,7 @@ mod tests {
             description: None,
             scopes: None,
             rotation: None,
+            audiences: None,
             expires_at: None,
             revoked: None,
             secret_name: None,

@@ -223,6 +223,13 @@ fn operator_rules() -> BTreeSet<Rule> {
         row("tokenmint.dev", "apitokens", &[], &["list", "watch"]),
         row("tokenmint.dev", "apitokens/status", &[], &["patch"]),
         row(
+            "tokenmint.dev",
+            "apitokenverifiers",
+            &[],
+            &["list", "watch"],
+        ),
+        row("tokenmint.dev", "apitokenverifiers/status", &[], &["patch"]),
+        row(
             "",
             "secrets",
             &[],
@@ -282,13 +289,14 @@ fn edit_rules() -> BTreeSet<Rule> {
 
 #[test]
 fn chart_crd_is_byte_identical_to_the_generated_crd() {
-    let generated = std::fs::read(format!("{REPO}/crds/apitoken.yaml")).unwrap();
-    let in_chart = std::fs::read(format!("{REPO}/charts/tokenmint/crds/apitoken.yaml")).unwrap();
-    assert!(
-        generated == in_chart,
-        "charts/tokenmint/crds/apitoken.yaml differs from crds/apitoken.yaml: \
-         cp crds/apitoken.yaml charts/tokenmint/crds/apitoken.yaml"
-    );
+    for file in ["apitoken.yaml", "apitokenverifier.yaml"] {
+        let generated = std::fs::read(format!("{REPO}/crds/{file}")).unwrap();
+        let in_chart = std::fs::read(format!("{REPO}/charts/tokenmint/crds/{file}")).unwrap();
+        assert!(
+            generated == in_chart,
+            "charts/tokenmint/crds/{file} differs from crds/{file}: run `make crds`"
+        );
+    }
 }
 
 #[test]
@@ -387,9 +395,11 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
 
     // Least privilege: the operator's rules, the Lease's and the seal key's, nothing else, no
     // wildcards; the roles aggregated for users are bound to nobody by the chart.
+    let mut cluster_wide = operator_rules();
+    cluster_wide.insert(row("", "namespaces", &[], &["list", "watch"]));
     assert_eq!(
         rules(named(&docs, "ClusterRole", "tokenmint")),
-        operator_rules()
+        cluster_wide
     );
     assert_eq!(
         rules(named(&docs, "Role", "tokenmint-leader-election")),

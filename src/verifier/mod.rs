@@ -11,6 +11,7 @@
 //! that can move here.
 
 pub mod api;
+pub mod controller;
 pub mod names;
 pub mod render;
 pub mod trust;

@@ -121,6 +121,15 @@ impl Nginx {
         fs::rename(&next, self.path("htpasswd")).unwrap();
     }
 
+    /// A function that replaces the htpasswd file the same way, for a task that outlives a borrow.
+    pub fn htpasswd_writer(&self) -> impl Fn(&str) + Send + 'static {
+        let (next, file) = (self.path("htpasswd.next"), self.path("htpasswd"));
+        move |contents: &str| {
+            fs::write(&next, contents).unwrap();
+            fs::rename(&next, &file).unwrap();
+        }
+    }
+
     /// A keep-alive connection for many requests.
     pub fn connect(&self) -> Connection {
         Connection::open(self.addr)

@@ -100,6 +100,18 @@ src/controller.rs makes (tests/install.rs proves they suffice and that more is d
 - apiGroups: ["tokenmint.dev"]
   resources: ["apitokens/status"]
   verbs: ["patch"]
+- apiGroups: ["tokenmint.dev"]
+  resources: ["apitokenverifiers"]
+  verbs: ["list", "watch"]
+- apiGroups: ["tokenmint.dev"]
+  resources: ["apitokenverifiers/status"]
+  verbs: ["patch"]
+{{- if not .Values.watchNamespace }}
+# Namespace labels, for verifiers' trust.namespaceSelector (metadata only).
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

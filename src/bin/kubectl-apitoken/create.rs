@@ -29,6 +29,9 @@ pub struct CreateArgs {
     /// Rotate on this schedule: `<integer><unit>` pairs, units w d h m s (e.g. 30d, 12h, 1h30m).
     #[arg(long, value_name = "PERIOD")]
     pub rotate_every: Option<String>,
+    /// An ApiTokenVerifier this token is for, `<name>` or `<namespace>/<name>` (repeatable, at most 16).
+    #[arg(long = "audience", value_name = "VERIFIER")]
+    pub audiences: Vec<String>,
     /// Keep the replaced credential valid this long after each rotation (needs --rotate-every).
     #[arg(long, value_name = "DURATION", requires = "rotate_every")]
     pub overlap: Option<String>,
@@ -189,6 +192,12 @@ pub fn manifest(
         rotation: args.rotate_every.clone().map(|period| Rotation {
             period,
             overlap: args.overlap.clone(),
+        }),
+        audiences: (!args.audiences.is_empty()).then(|| {
+            args.audiences
+                .iter()
+                .map(|a| tokenmint::verifier::api::AudienceRef(a.clone()))
+                .collect()
         }),
         expires_at,
         revoked: None,

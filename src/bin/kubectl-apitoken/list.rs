@@ -219,6 +219,7 @@ mod tests {
                     parse_scope("PIPES:READ:top_pages").unwrap(),
                 ]),
                 rotation: None,
+                audiences: None,
                 expires_at: None,
                 revoked: None,
                 secret_name: None,

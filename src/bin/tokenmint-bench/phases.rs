@@ -634,12 +634,9 @@ async fn set_issued_at(
     concurrency: usize,
 ) -> BenchResult<()> {
     let admin = secrets.clone().into_client();
-    let key = tokenmint::keystore::load_or_create(
-        admin,
-        "default",
-        tokenmint::seal::DEFAULT_KEY_SECRET,
-    )
-    .await?;
+    let key =
+        tokenmint::keystore::load_or_create(admin, "default", tokenmint::seal::DEFAULT_KEY_SECRET)
+            .await?;
     let params = PatchParams {
         field_manager: Some(BENCH_MANAGER.to_owned()),
         ..PatchParams::default()

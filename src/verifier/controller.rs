@@ -1,0 +1,661 @@
+//! The verifiers' I/O room: watches ApiTokenVerifiers (and Namespaces, for trust selectors), renders
+//! each verifier's outputs from the token controller's caches, writes the output Secrets whose bytes
+//! changed, and reports status.
+//!
+//! Every credential comes from a token's Secret as observed and sealed by the operator's key: so a
+//! credential enters an output only once it is in its token's Secret, and it leaves in the wave in
+//! which its Secret loses it (revocation, expiry, deletion, re-issue, retirement).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use hmac::{Hmac, Mac};
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use sha2::Sha256;
+
+use super::api::{
+    ApiTokenVerifier, ApiTokenVerifierStatus, AudienceReason, AudienceStatus, HtpasswdHash,
+    OUTPUT_SECRET_TYPE, VERIFIER_LABEL, VerifierRef,
+};
+use super::render::{self, Entry, ObservedOutputs, TokenCredentials, TokenRef};
+use super::trust::{Candidate, Trust, Verdict};
+use crate::api::{ApiToken, MANAGER};
+use crate::controller::SecretCache;
+use crate::htpasswd;
+use crate::plan::Rules;
+use crate::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
+use crate::watched::TokenObject;
+
+/// What can go wrong in one verifier reconcile. Messages name objects, never credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ApiTokenVerifier has no namespace")]
+    NoNamespace,
+    #[error("writing output Secret {name}: {source}")]
+    WriteOutput { name: String, source: kube::Error },
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+}
+
+/// What the verifiers read of the token controller: its caches and the seal key.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: Client,
+    pub tokens: Store<TokenObject>,
+    pub secrets: Arc<SecretCache>,
+    pub rules: Rules,
+    pub lookup: Lookup,
+}
+
+/// The verifier and namespace stores, also read by the token controller for `status.audiences`.
+#[derive(Clone)]
+pub struct Lookup {
+    pub verifiers: Store<ApiTokenVerifier>,
+    /// Namespace labels for trust selectors; `None` with `--namespace` (no right to read them).
+    pub namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
+}
+
+/// How long changes are gathered before a verifier renders again: a storm of rotations is written
+/// as a few writes per output, not one per token.
+pub const COALESCE: Duration = Duration::from_millis(100);
+
+/// The verifier and namespace watches, started before either controller runs.
+pub struct Watches {
+    pub lookup: Lookup,
+    /// Fires on every verifier or namespace change (tokens then re-evaluate `status.audiences`).
+    pub changed: futures::channel::mpsc::UnboundedReceiver<()>,
+    verifiers: BoxStream<'static, watcher::Result<ApiTokenVerifier>>,
+    namespaces: BoxStream<'static, ()>,
+}
+
+/// Starts watching ApiTokenVerifiers (in `namespace`, or all) and, when watching all namespaces,
+/// Namespaces' labels (metadata only). With `--namespace` the operator may read no Namespace: trust
+/// selectors then match nothing, and only a trust entry without one (the verifier's own namespace,
+/// the one watched) trusts.
+pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
+    let api: Api<ApiTokenVerifier> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store();
+    let (changed_tx, changed) = futures::channel::mpsc::unbounded::<()>();
+    let on_verifier = changed_tx.clone();
+    let verifiers = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|v: &mut ApiTokenVerifier| v.metadata.managed_fields = None)
+        .reflect(writer)
+        .inspect_ok(move |_| {
+            let _ = on_verifier.unbounded_send(());
+        })
+        .applied_objects()
+        .boxed();
+    let (namespace_store, namespaces) = match namespace {
+        Some(_) => (None, futures::stream::pending().boxed()),
+        None => {
+            let (ns_store, ns_writer) = reflector::store();
+            let events = watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(ns_writer)
+            .filter_map(move |event| {
+                let _ = changed_tx.unbounded_send(());
+                futures::future::ready(event.ok().map(|_| ()))
+            })
+            .boxed();
+            (Some(ns_store), events)
+        }
+    };
+    Watches {
+        lookup: Lookup {
+            verifiers: store,
+            namespaces: namespace_store,
+        },
+        changed,
+        verifiers,
+        namespaces,
+    }
+}
+
+struct Context {
+    shared: Shared,
+    /// htpasswd lines by (fingerprint, hash): bcrypt costs milliseconds, so a line is made once per
+    /// credential and process, and stays byte-identical while the credential is unchanged.
+    lines: Mutex<HashMap<(String, HtpasswdHash), String>>,
+}
+
+/// Runs the verifier controller until `shutdown` resolves. `inputs` fires whenever a token or a
+/// Secret changed.
+pub async fn run(
+    shared: Shared,
+    verifiers: BoxStream<'static, watcher::Result<ApiTokenVerifier>>,
+    namespaces: BoxStream<'static, ()>,
+    inputs: impl futures::Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let store = shared.lookup.verifiers.clone();
+    let context = Arc::new(Context {
+        shared,
+        lines: Mutex::default(),
+    });
+    Controller::for_stream(verifiers, store)
+        .reconcile_all_on(futures::stream::select(inputs, namespaces))
+        .with_config(
+            ControllerConfig::default()
+                .debounce(COALESCE)
+                .concurrency(4),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "verifier reconcile dispatch");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+impl Watches {
+    /// The verifier event stream and the namespace event stream, for [`run`].
+    pub fn streams(
+        self,
+    ) -> (
+        Lookup,
+        futures::channel::mpsc::UnboundedReceiver<()>,
+        BoxStream<'static, watcher::Result<ApiTokenVerifier>>,
+        BoxStream<'static, ()>,
+    ) {
+        (self.lookup, self.changed, self.verifiers, self.namespaces)
+    }
+}
+
+/// Whether the verifier trusting `trust` accepts `token`.
+fn verdict(trust: &Trust, token: &ApiToken, lookup: &Lookup) -> Verdict {
+    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
+    let held = lookup
+        .namespaces
+        .as_ref()
+        .and_then(|store| store.get(&ObjectRef::new(namespace)));
+    let labels = held
+        .as_ref()
+        .map(|n| n.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS));
+    trust.decide(&Candidate {
+        namespace,
+        role: &token.spec.role,
+        audiences: token.spec.audiences.as_deref().unwrap_or_default(),
+        namespace_labels: labels,
+    })
+}
+
+static EMPTY_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// `status.audiences` of `token`: one entry per `spec.audiences` item.
+pub fn audiences_of(token: &ApiToken, lookup: &Lookup) -> Vec<AudienceStatus> {
+    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
+    token
+        .spec
+        .audiences
+        .iter()
+        .flatten()
+        .map(|audience| {
+            let found = audience.resolve(namespace).ok().and_then(|target| {
+                let key = ObjectRef::new(&target.name).within(&target.namespace);
+                lookup.verifiers.get(&key)
+            });
+            let reason = match found.as_deref().map(super::validate) {
+                None => AudienceReason::VerifierNotFound,
+                Some(Err(_)) => AudienceReason::VerifierInvalid,
+                Some(Ok(valid)) => verdict(&valid.trust, token, lookup)
+                    .audience_reason()
+                    .unwrap_or(AudienceReason::VerifierNotFound),
+            };
+            AudienceStatus::new(audience, reason)
+        })
+        .collect()
+}
+
+fn now_seconds() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The salt seed of a credential's htpasswd lines: keyed by the seal key, so the public salt says
+/// nothing about the secret key, and fixed per credential, so its line never changes.
+fn salt_seed(rules: &Rules, entry: &Entry) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(rules.key.bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(b"tokenmint htpasswd salt\0");
+    mac.update(entry.credential.fingerprint().as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hash_of(hash: HtpasswdHash) -> htpasswd::Hash {
+    match hash {
+        HtpasswdHash::Bcrypt => htpasswd::Hash::Bcrypt,
+        HtpasswdHash::Sha256Crypt => htpasswd::Hash::Sha256Crypt,
+        HtpasswdHash::Ssha => htpasswd::Hash::Ssha,
+    }
+}
+
+/// What one reconcile found, for status.
+struct Outcome {
+    tokens: Option<u32>,
+    rejected: u32,
+    reason: String,
+    message: String,
+    ok: bool,
+    stalled: bool,
+}
+
+async fn reconcile(verifier: Arc<ApiTokenVerifier>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = now_seconds();
+    let (outcome, action) = render_outputs(&verifier, &ctx, now).await?;
+    let last = verifier.status.clone().unwrap_or_default();
+    let status = status(&last, verifier.metadata.generation, &outcome, now);
+    write_status(&ctx.shared, &verifier, &last, status).await?;
+    Ok(action)
+}
+
+async fn render_outputs(
+    verifier: &ApiTokenVerifier,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(Outcome, Action), Error> {
+    let shared = &ctx.shared;
+    let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
+    let stalled = |tokens, rejected, reason: &str, message: String| Outcome {
+        tokens,
+        rejected,
+        reason: reason.to_owned(),
+        message,
+        ok: false,
+        stalled: true,
+    };
+    let valid = match super::validate(verifier) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            let outcome = stalled(None, 0, "InvalidSpec", invalid.to_string());
+            return Ok((outcome, Action::await_change()));
+        }
+    };
+
+    // Tokens that name this verifier, and what its trust says of each.
+    let me = VerifierRef {
+        namespace: ns.clone(),
+        name: verifier.name_any(),
+    };
+    let mut accepted = Vec::new();
+    let mut rejected = 0u32;
+    for object in shared.tokens.state() {
+        let Some(token) = object.token() else {
+            continue;
+        };
+        let token_ns = token.metadata.namespace.as_deref().unwrap_or_default();
+        if token_ns == ns
+            && let Some(i) = valid
+                .outputs
+                .iter()
+                .position(|o| o.secret_name == token.secret_name())
+        {
+            let message = format!(
+                "spec.outputs[{i}].secretName: {} is the Secret of ApiToken {}; choose another name",
+                token.secret_name(),
+                token.name_any()
+            );
+            return Ok((
+                stalled(None, 0, "InvalidSpec", message),
+                Action::await_change(),
+            ));
+        }
+        let named = token
+            .spec
+            .audiences
+            .iter()
+            .flatten()
+            .any(|a| a.names(token_ns, &me));
+        if !named {
+            continue;
+        }
+        match verdict(&valid.trust, token, &shared.lookup) {
+            Verdict::Accepted => accepted.extend(credentials_of(shared, token, now)),
+            Verdict::Rejected(_) => rejected += 1,
+            Verdict::NotNamed => {}
+        }
+    }
+    let entries: Vec<Entry> = accepted
+        .iter()
+        .flat_map(TokenCredentials::entries)
+        .collect();
+
+    // The outputs as they are. A Secret of such a name that this verifier does not control is
+    // foreign, and left untouched (one without our label is not in the cache: read it).
+    let uid = verifier.metadata.uid.clone().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
+    let mut current: BTreeMap<String, Secret> = BTreeMap::new();
+    let mut foreign = Vec::new();
+    for output in &valid.outputs {
+        let key = ObjectRef::new(&output.secret_name).within(&ns);
+        match shared.secrets.get(&key) {
+            Some(secret) if controlled_by(&secret, &uid) => {
+                current.insert(output.secret_name.clone(), secret);
+            }
+            Some(_) => foreign.push(output.secret_name.clone()),
+            None => {
+                let unlabelled = secrets
+                    .get_metadata_opt(&output.secret_name)
+                    .await
+                    .map_err(|source| Error::WriteOutput {
+                        name: output.secret_name.clone(),
+                        source,
+                    })?;
+                if unlabelled.is_some() {
+                    foreign.push(output.secret_name.clone());
+                }
+            }
+        }
+    }
+    let observed: ObservedOutputs<'_> = valid
+        .outputs
+        .iter()
+        .filter_map(|o| {
+            let data = current.get(&o.secret_name)?.data.as_ref()?.get(&o.key)?;
+            Some((o.secret_name.as_str(), data.0.as_slice()))
+        })
+        .collect();
+
+    let rendered = render::render(&valid.outputs, &entries, &observed, now, |entry, hash| {
+        let key = (entry.credential.fingerprint(), hash);
+        let mut lines = ctx.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        lines
+            .entry(key)
+            .or_insert_with(|| {
+                htpasswd::line(
+                    entry.access_key(),
+                    entry.secret_key(),
+                    hash_of(hash),
+                    &salt_seed(&shared.rules, entry),
+                )
+            })
+            .clone()
+    });
+    let rendered = match rendered {
+        Ok(rendered) => rendered,
+        Err(e) => {
+            let outcome = Outcome {
+                tokens: None,
+                rejected,
+                reason: e.reason().to_owned(),
+                message: e.to_string(),
+                ok: false,
+                stalled: false,
+            };
+            return Ok((outcome, Action::requeue(Duration::from_secs(30))));
+        }
+    };
+
+    let mut overflow = None;
+    for (output, out) in valid.outputs.iter().zip(&rendered.outputs) {
+        if foreign.contains(&output.secret_name) {
+            continue;
+        }
+        if let Some(o) = &out.overflow {
+            overflow = Some(o.to_string());
+        }
+        let existing = current.get(&output.secret_name);
+        let unchanged = existing
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(&output.key))
+            .is_some_and(|d| d.0 == out.data);
+        if !unchanged {
+            let output_ref = OutputRef {
+                name: &output.secret_name,
+                key: &output.key,
+            };
+            write_output(shared, verifier, existing, output_ref, &out.data).await?;
+        }
+    }
+
+    let tokens = Some(u32::try_from(rendered.tokens).unwrap_or(u32::MAX));
+    let outcome = if let Some(name) = foreign.first() {
+        let message = format!(
+            "Secret {name} exists and is not controlled by this ApiTokenVerifier; it is left untouched"
+        );
+        stalled(tokens, rejected, "SecretConflict", message)
+    } else if let Some(message) = overflow {
+        Outcome {
+            tokens,
+            rejected,
+            reason: render::Overflow::REASON.to_owned(),
+            message,
+            ok: false,
+            stalled: false,
+        }
+    } else {
+        Outcome {
+            tokens,
+            rejected,
+            reason: "Rendered".to_owned(),
+            message: format!(
+                "{} credentials of {} tokens in {} outputs",
+                rendered.credentials,
+                rendered.tokens,
+                valid.outputs.len()
+            ),
+            ok: true,
+            stalled: false,
+        }
+    };
+    let action = match rendered.next_change {
+        Some(at) => {
+            let wait = at.duration_since(Timestamp::now());
+            Action::requeue(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+        }
+        None => Action::await_change(),
+    };
+    Ok((outcome, action))
+}
+
+/// The valid credentials of an Active token: read from its Secret, and only if that Secret is sealed
+/// by the current key (a tampered or unsealed Secret contributes nothing until the token controller
+/// has replaced or re-sealed it).
+fn credentials_of(shared: &Shared, token: &ApiToken, now: Timestamp) -> Option<TokenCredentials> {
+    let expired = token.spec.expires_at.as_ref().is_some_and(|t| t.0 <= now);
+    if token.spec.revoked == Some(true) || expired {
+        return None;
+    }
+    let ns = token.metadata.namespace.clone()?;
+    let secret = shared
+        .secrets
+        .get(&ObjectRef::new(token.secret_name()).within(&ns))?;
+    let Observed::Owned {
+        held: Ok(held),
+        seal: Seal::Valid,
+        ..
+    } = secret::observe(token, Some(&secret), &shared.rules.key)
+    else {
+        return None;
+    };
+    Some(TokenCredentials {
+        token: TokenRef {
+            namespace: ns,
+            name: token.name_any(),
+        },
+        role: token.spec.role.clone(),
+        scopes: token
+            .spec
+            .scopes
+            .iter()
+            .flatten()
+            .map(crate::api::Scope::canonical)
+            .collect(),
+        expires_at: token.spec.expires_at.as_ref().map(|t| t.0),
+        current: held.credential,
+        previous: held.previous.map(|p| (p.credential, p.retires_at)),
+    })
+}
+
+fn controlled_by(secret: &Secret, uid: &str) -> bool {
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// An output Secret's name and data key.
+#[derive(Clone, Copy)]
+struct OutputRef<'a> {
+    name: &'a str,
+    key: &'a str,
+}
+
+/// Creates the output Secret (POST, which fails if a Secret of that name appeared meanwhile) or
+/// applies its new data pinned to the observed resourceVersion.
+async fn write_output(
+    shared: &Shared,
+    verifier: &ApiTokenVerifier,
+    existing: Option<&Secret>,
+    output: OutputRef<'_>,
+    data: &[u8],
+) -> Result<(), Error> {
+    let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(output.name.to_owned()),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                (VERIFIER_LABEL.to_owned(), verifier.name_any()),
+            ])),
+            owner_references: verifier.controller_owner_ref(&()).map(|o| vec![o]),
+            resource_version: existing.and_then(|s| s.metadata.resource_version.clone()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(OUTPUT_SECRET_TYPE.to_owned()),
+        data: Some(BTreeMap::from([(
+            output.key.to_owned(),
+            ByteString(data.to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    let err = |source| Error::WriteOutput {
+        name: output.name.to_owned(),
+        source,
+    };
+    let mut written = match existing {
+        None => {
+            let params = PostParams {
+                field_manager: Some(MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            api.create(&params, &secret).await.map_err(err)?
+        }
+        Some(_) => api
+            .patch(
+                output.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(err)?,
+    };
+    written.metadata.managed_fields = None;
+    let key = ObjectRef::new(output.name).within(&ns);
+    let based_on = existing.and_then(|s| s.metadata.resource_version.clone());
+    shared
+        .secrets
+        .advance(&key, based_on.as_deref(), watcher::Event::Apply(written));
+    Ok(())
+}
+
+fn status(
+    last: &ApiTokenVerifierStatus,
+    generation: Option<i64>,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> ApiTokenVerifierStatus {
+    let mut conditions = vec![condition(
+        last, "Ready", outcome.ok, outcome, generation, now,
+    )];
+    if outcome.stalled {
+        conditions.push(condition(last, "Stalled", true, outcome, generation, now));
+    }
+    ApiTokenVerifierStatus {
+        observed_generation: generation,
+        tokens: outcome.tokens.or(last.tokens),
+        rejected: Some(outcome.rejected),
+        conditions,
+    }
+}
+
+fn condition(
+    last: &ApiTokenVerifierStatus,
+    type_: &str,
+    ok: bool,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = last
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: outcome.reason.clone(),
+        message: outcome.message.clone(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// Applies `status` unless it equals `last` (a steady state writes nothing).
+async fn write_status(
+    shared: &Shared,
+    verifier: &ApiTokenVerifier,
+    last: &ApiTokenVerifierStatus,
+    status: ApiTokenVerifierStatus,
+) -> Result<(), Error> {
+    if &status == last {
+        return Ok(());
+    }
+    let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<ApiTokenVerifier> = Api::namespaced(shared.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": ApiTokenVerifier::api_version(&()),
+        "kind": ApiTokenVerifier::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &verifier.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    Ok(())
+}
+
+fn error_policy(verifier: Arc<ApiTokenVerifier>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(namespace = verifier.namespace().as_deref(), name = %verifier.name_any(), %error, "verifier reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}

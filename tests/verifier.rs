@@ -1,0 +1,395 @@
+//! ApiTokenVerifier against the local control plane, with credentials checked by a real nginx:
+//! the harness keeps nginx's `auth_basic_user_file` equal to the verifier's htpasswd output (it
+//! stands in for the kubelet, which refreshes a mounted Secret in place), and requests go through it.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::nginx::{Nginx, basic};
+use common::tokens::*;
+use common::{Operator, TestNs, apply_yaml, wait_for};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokenmint::api::{ApiToken, Phase};
+use tokenmint::verifier::api::ApiTokenVerifier;
+
+/// Copies the verifier output `name` (data key `key`) into nginx's htpasswd file whenever it changes,
+/// as the kubelet would for a mounted Secret, until dropped.
+struct Mirror {
+    stop: Arc<AtomicBool>,
+}
+
+impl Mirror {
+    fn start(ns: &TestNs, name: &str, key: &str, nginx: &Nginx) -> Mirror {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (secrets, name, key) = (ns.api::<Secret>(), name.to_owned(), key.to_owned());
+        let file = nginx.htpasswd_writer();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(Some(secret)) = secrets.get_opt(&name).await {
+                    let data = secret
+                        .data
+                        .and_then(|d| d.get(&key).cloned())
+                        .map(|b| String::from_utf8(b.0).unwrap_or_default());
+                    if data != last {
+                        file(data.as_deref().unwrap_or_default());
+                        last = data;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Mirror { stop }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn create_verifier(ns: &TestNs, name: &str, spec: serde_json::Value) -> ApiTokenVerifier {
+    let verifier: ApiTokenVerifier = serde_json::from_value(json!({
+        "apiVersion": "tokenmint.dev/v1alpha1",
+        "kind": "ApiTokenVerifier",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    ns.api::<ApiTokenVerifier>()
+        .create(&PostParams::default(), &verifier)
+        .await
+        .unwrap_or_else(|e| panic!("creating ApiTokenVerifier {name}: {e}"))
+}
+
+/// The user and password of `token`'s current credential, from its Secret.
+async fn userpass(ns: &TestNs, token: &str) -> (String, String) {
+    let d = data(&secret(ns, token).await.unwrap());
+    (d["username"].clone(), d["password"].clone())
+}
+
+/// Waits until nginx answers `expected` for `user:password`.
+async fn wait_status(nginx: &Nginx, user: &str, password: &str, expected: u16, what: &str) {
+    let header = basic(user, password);
+    wait_for(what, Duration::from_secs(20), || async {
+        (nginx.status("/protected/ok.txt", Some(&header)) == expected).then_some(())
+    })
+    .await
+}
+
+fn status(nginx: &Nginx, user: &str, password: &str) -> u16 {
+    nginx.status("/protected/ok.txt", Some(&basic(user, password)))
+}
+
+fn htpasswd_spec() -> serde_json::Value {
+    json!({"outputs": [{"secretName": "web-htpasswd", "format": "htpasswd", "hash": "ssha"}]})
+}
+
+#[tokio::test]
+async fn nginx_lets_in_the_current_credential_and_refuses_wrong_ones() {
+    let ns = TestNs::new("verify-basic").await;
+    let _op = Operator::start(&ns).await;
+    let nginx = Nginx::start();
+    let _mirror = Mirror::start(&ns, "web-htpasswd", "htpasswd", &nginx);
+    create_verifier(&ns, "web", htpasswd_spec()).await;
+    create(
+        &ns,
+        "app",
+        spec_of(json!({"role": "reader", "audiences": ["web"]})),
+    )
+    .await;
+    let t = active(&ns, "app").await;
+    let (user, password) = userpass(&ns, "app").await;
+
+    wait_status(&nginx, &user, &password, 200, "the credential let in").await;
+    assert_eq!(status(&nginx, &user, "wrong-password-0000000000"), 401);
+    assert_eq!(status(&nginx, "nobody", &password), 401);
+    assert_eq!(nginx.status("/protected/ok.txt", None), 401);
+    let now = token(&ns, "app").await;
+    let audiences = &status_of(&now).audiences;
+    assert_eq!(audiences.len(), 1);
+    assert!(audiences[0].accepted, "{audiences:?}");
+    let _ = t;
+
+    // The output holds hashes only, never the secret key; the verifier counts the token.
+    let out = data(&secret(&ns, "web-htpasswd").await.unwrap());
+    assert!(!out["htpasswd"].contains(&password));
+    assert!(out["htpasswd"].starts_with(&format!("{user}:{{SSHA}}")));
+    let v = wait_for("verifier status", WAIT, || async {
+        let v = ns.api::<ApiTokenVerifier>().get("web").await.ok()?;
+        (v.status.as_ref()?.tokens == Some(1)).then_some(v)
+    })
+    .await;
+    let ready = &v.status.unwrap().conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "True")
+    );
+
+    // Revocation refuses it.
+    set_spec(&ns, "app", json!({"revoked": true}))
+        .await
+        .unwrap();
+    wait_phase(&ns, "app", Phase::Revoked, |_| true).await;
+    wait_status(
+        &nginx,
+        &user,
+        &password,
+        401,
+        "the revoked credential refused",
+    )
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn during_an_overlap_both_credentials_are_let_in_and_the_old_one_retires() {
+    let ns = TestNs::new("verify-overlap").await;
+    let _op = Operator::start(&ns).await;
+    let nginx = Nginx::start();
+    let _mirror = Mirror::start(&ns, "web-htpasswd", "htpasswd", &nginx);
+    create_verifier(&ns, "web", htpasswd_spec()).await;
+    create(
+        &ns,
+        "app",
+        spec_of(json!({"role": "reader", "audiences": ["web"],
+            "rotation": {"period": "1h", "overlap": "8s"}})),
+    )
+    .await;
+    active(&ns, "app").await;
+    let (old_user, old_password) = userpass(&ns, "app").await;
+    wait_status(
+        &nginx,
+        &old_user,
+        &old_password,
+        200,
+        "the first credential",
+    )
+    .await;
+
+    annotate(&ns, "app", "tokenmint.dev/rotate", "r1").await;
+    let t = wait_phase(&ns, "app", Phase::Active, |t| {
+        status_of(t).rotations == Some(1)
+    })
+    .await;
+    let (new_user, new_password) = userpass(&ns, "app").await;
+    wait_status(&nginx, &new_user, &new_password, 200, "the new credential").await;
+    assert_eq!(
+        status(&nginx, &old_user, &old_password),
+        200,
+        "the previous credential is still valid during the overlap"
+    );
+    let retires = status_of(&t).previous.as_ref().unwrap().retires_at.0;
+    wait_status(
+        &nginx,
+        &old_user,
+        &old_password,
+        401,
+        "the old credential retired",
+    )
+    .await;
+    let late = jiff::Timestamp::now().duration_since(retires);
+    eprintln!("old credential refused by nginx {late:?} after retiresAt");
+    assert_eq!(status(&nginx, &new_user, &new_password), 200);
+
+    // retire-previous refuses the replaced credential at once.
+    annotate(&ns, "app", "tokenmint.dev/rotate", "r2").await;
+    wait_phase(&ns, "app", Phase::Active, |t| {
+        status_of(t).rotations == Some(2)
+    })
+    .await;
+    wait_status(
+        &nginx,
+        &new_user,
+        &new_password,
+        200,
+        "the second credential, in overlap",
+    )
+    .await;
+    annotate(&ns, "app", "tokenmint.dev/retire-previous", "leak").await;
+    wait_status(&nginx, &new_user, &new_password, 401, "retired on request").await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn untrusted_namespaces_and_roles_are_never_let_in() {
+    let ns = TestNs::new("verify-trust").await;
+    let other = TestNs::new("verify-elsewhere").await;
+    let _op = Operator::start(&ns).await;
+    let _op_other = Operator::start(&other).await;
+    let nginx = Nginx::start();
+    let _mirror = Mirror::start(&ns, "web-htpasswd", "htpasswd", &nginx);
+    create_verifier(
+        &ns,
+        "web",
+        json!({"trust": [{"roles": ["reader"]}],
+               "outputs": [{"secretName": "web-htpasswd", "format": "htpasswd", "hash": "ssha"}]}),
+    )
+    .await;
+    create(
+        &ns,
+        "reader",
+        spec_of(json!({"role": "reader", "audiences": ["web"]})),
+    )
+    .await;
+    create(
+        &ns,
+        "admin",
+        spec_of(json!({"role": "admin", "audiences": ["web"]})),
+    )
+    .await;
+    let outside = format!("{}/web", ns.name);
+    create(
+        &other,
+        "stranger",
+        spec_of(json!({"role": "reader", "audiences": [outside]})),
+    )
+    .await;
+    create(&ns, "bystander", spec("reader")).await;
+    for name in ["reader", "admin", "bystander"] {
+        active(&ns, name).await;
+    }
+    active(&other, "stranger").await;
+    let (user, password) = userpass(&ns, "reader").await;
+    wait_status(&nginx, &user, &password, 200, "the trusted token").await;
+
+    let admin = wait_phase(&ns, "admin", Phase::Active, |t| {
+        status_of(t).audiences.first().is_some_and(|a| !a.accepted)
+    })
+    .await;
+    assert_eq!(status_of(&admin).audiences[0].reason, "RoleNotTrusted");
+    let (admin_user, admin_password) = userpass(&ns, "admin").await;
+    assert_eq!(status(&nginx, &admin_user, &admin_password), 401);
+    let (b_user, b_password) = userpass(&ns, "bystander").await;
+    assert_eq!(
+        status(&nginx, &b_user, &b_password),
+        401,
+        "no audience, no entry"
+    );
+    let out = data(&secret(&ns, "web-htpasswd").await.unwrap())["htpasswd"].clone();
+    assert_eq!(out.lines().count(), 1, "only the trusted token: {out}");
+    wait_for("verifier counts", WAIT, || async {
+        let v = ns.api::<ApiTokenVerifier>().get("web").await.ok()?;
+        let s = v.status?;
+        (s.tokens == Some(1) && s.rejected == Some(1)).then_some(())
+    })
+    .await;
+    ns.cleanup().await;
+    other.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_sha256_map_holds_hashes_of_both_forms_and_nothing_secret() {
+    let ns = TestNs::new("verify-map").await;
+    let _op = Operator::start(&ns).await;
+    create_verifier(
+        &ns,
+        "api",
+        json!({"outputs": [{"secretName": "api-tokens", "format": "sha256-map"}]}),
+    )
+    .await;
+    create(
+        &ns,
+        "app",
+        spec_of(json!({"role": "reader", "audiences": ["api"],
+            "scopes": [{"type": "PIPES:READ", "resource": "top_pages"}]})),
+    )
+    .await;
+    active(&ns, "app").await;
+    let d = data(&secret(&ns, "app").await.unwrap());
+    let map = wait_for("the map", WAIT, || async {
+        let s = secret(&ns, "api-tokens").await?;
+        let text = data(&s).get("tokens.json")?.clone();
+        text.contains(&d["username"]).then_some(text)
+    })
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&map).unwrap();
+    let hex = |s: &str| format!("{:x}", Sha256::digest(s.as_bytes()));
+    let bearer = &json["tokens"][hex(&d["token"])];
+    assert_eq!(bearer["token"], format!("{}/app", ns.name));
+    assert_eq!(bearer["role"], "reader");
+    assert_eq!(bearer["scopes"], json!(["PIPES:READ:top_pages"]));
+    assert_eq!(bearer["previous"], false);
+    assert!(json["tokens"][hex(&d["basic"])].is_object());
+    for secret_value in [&d["password"], &d["token"], &d["basic"]] {
+        assert!(!map.contains(secret_value.as_str()));
+    }
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_foreign_secret_of_an_output_name_is_left_untouched() {
+    let ns = TestNs::new("verify-conflict").await;
+    let _op = Operator::start(&ns).await;
+    let foreign = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("web-htpasswd".into()),
+            ..Default::default()
+        },
+        string_data: Some([("htpasswd".to_owned(), "someone:else".to_owned())].into()),
+        ..Default::default()
+    };
+    let before = ns
+        .api::<Secret>()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    create_verifier(&ns, "web", htpasswd_spec()).await;
+    create(
+        &ns,
+        "app",
+        spec_of(json!({"role": "reader", "audiences": ["web"]})),
+    )
+    .await;
+    active(&ns, "app").await;
+    wait_for("SecretConflict", WAIT, || async {
+        let v = ns.api::<ApiTokenVerifier>().get("web").await.ok()?;
+        let ready = v
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.reason == "SecretConflict").then_some(())
+    })
+    .await;
+    let after = secret(&ns, "web-htpasswd").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(after.data, before.data);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_verifier_and_audience_input_is_rejected_at_apply() {
+    let ns = TestNs::new("verify-bad").await;
+    common::ensure_crds();
+    let twins = "apiVersion: tokenmint.dev/v1alpha1\nkind: ApiTokenVerifier\nmetadata: {name: twins}\n\
+        spec:\n  outputs:\n  - {secretName: same, format: htpasswd}\n  - {secretName: same, format: sha256-map}\n";
+    let out = apply_yaml(&ns.name, twins);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secretName"));
+    let empty = "apiVersion: tokenmint.dev/v1alpha1\nkind: ApiTokenVerifier\nmetadata: {name: empty}\nspec: {outputs: []}\n";
+    assert!(!apply_yaml(&ns.name, empty).status.success());
+    let many: Vec<String> = (0..17).map(|i| format!("v{i}")).collect();
+    let token = format!(
+        "apiVersion: tokenmint.dev/v1alpha1\nkind: ApiToken\nmetadata: {{name: crowd}}\nspec: {{role: r, audiences: {}}}\n",
+        serde_json::to_string(&many).unwrap()
+    );
+    let out = apply_yaml(&ns.name, &token);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audiences"));
+    let _ = ns.api::<ApiToken>();
+    let _ = Patch::Merge(&json!({}));
+    let _ = PatchParams::default();
+    ns.cleanup().await;
+}
