@@ -438,14 +438,21 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held, key: &SealKey) -
         data: Some(data),
         ..Secret::default()
     };
-    let seal = key.seal(
+    reseal(
+        &mut secret,
         token.metadata.uid.as_deref().unwrap_or_default(),
-        sealed_fields(&secret),
+        key,
     );
+    secret
+}
+
+/// Seals `secret` (the Secret of the token with `token_uid`) as it is, under `key`: what only the
+/// operator can do. The benchmark, holding the key, uses it to back-date `issued-at` for a storm.
+pub fn reseal(secret: &mut Secret, token_uid: &str, key: &SealKey) {
+    let seal = key.seal(token_uid, sealed_fields(secret));
     let annotations = secret.metadata.annotations.get_or_insert_default();
     annotations.insert(SEAL_ANNOTATION.to_owned(), seal);
     annotations.insert(SEAL_KEY_ID_ANNOTATION.to_owned(), key.id().to_owned());
-    secret
 }
 
 /// `label:<key>,annotation:<key>,...` for the template's keys (neither kind of key may hold a comma

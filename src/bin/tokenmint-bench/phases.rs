@@ -623,25 +623,49 @@ impl Bench {
     }
 }
 
-/// Rewrites each Secret's `issued-at` annotation: the credential state the operator keeps.
+/// Rewrites each Secret's `issued-at` annotation (the credential state the operator keeps) and
+/// re-seals it with the operator's key, which the bench, as cluster admin, reads: a time machine
+/// for the storm. (Without the seal the operator would rightly take the edit as tampering.)
 async fn set_issued_at(
     secrets: &Api<Secret>,
     names: &[String],
     issued: jiff::Timestamp,
     concurrency: usize,
 ) -> BenchResult<()> {
-    let patch =
-        json!({"metadata": {"annotations": {ISSUED_AT_ANNOTATION: secret::rfc3339(issued)}}});
+    let admin = secrets.clone().into_client();
+    let key =
+        tokenmint::keystore::load_or_create(admin, "default", tokenmint::seal::DEFAULT_KEY_SECRET)
+            .await?;
     let params = PatchParams {
         field_manager: Some(BENCH_MANAGER.to_owned()),
         ..PatchParams::default()
     };
     stream::iter(names)
         .map(|name| {
-            let (patch, params) = (&patch, &params);
+            let (params, key) = (&params, &key);
             async move {
+                let mut secret = secrets.get(name).await?;
+                let uid = secret
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.controller == Some(true))
+                    .map(|o| o.uid.clone())
+                    .unwrap_or_default();
+                secret
+                    .metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(ISSUED_AT_ANNOTATION.to_owned(), secret::rfc3339(issued));
+                secret::reseal(&mut secret, &uid, key);
+                let notes = secret.metadata.annotations.clone();
+                let patch = json!({"metadata": {
+                    "resourceVersion": secret.metadata.resource_version,
+                    "annotations": notes,
+                }});
                 secrets
-                    .patch(name, params, &Patch::Merge(patch))
+                    .patch(name, params, &Patch::Merge(&patch))
                     .await
                     .map(drop)
             }
