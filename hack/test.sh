@@ -26,6 +26,8 @@ TOKENMINT_HELM="$(hack/install-tools.sh)"   # pinned helm for the chart tests; c
 export TOKENMINT_HELM
 TOKENMINT_PROMTOOL="$(hack/install-tools.sh promtool)"   # pinned promtool for the alert rules' tests
 export TOKENMINT_PROMTOOL
+TOKENMINT_NGINX="$(hack/install-nginx.sh)"   # Debian's nginx for the htpasswd tests; installed only when missing
+export TOKENMINT_NGINX
 
 start=$(date +%s)
 cargo test --all-targets --no-fail-fast "$@"

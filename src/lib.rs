@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod htpasswd;
 pub mod keystore;
 pub mod leader;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod secret;
 pub mod telemetry;
 pub mod token;
 pub mod validate;
+pub mod verifier;
 pub mod watched;
 
 use kube::CustomResourceExt;

@@ -3,6 +3,7 @@
 //! a few kubectl helpers. Tests fail, never skip, when the cluster is unreachable.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod tokens;
 
 use std::{

@@ -1,0 +1,161 @@
+//! `ApiTokenVerifier`: renders, into Secrets of the verifier's namespace, what servers need to check
+//! the credentials of the tokens it accepts. The pure core; the controller reads and writes.
+//!
+//! The pipeline for one verifier, every step but the first and last pure:
+//! read (controller: the verifier, tokens naming it, their Secrets and namespaces, its outputs) →
+//! [`validate`] the verifier → [`trust::Trust::decide`] per token → collect each accepted, Active,
+//! untampered token's credentials ([`render::TokenCredentials::entries`]) → [`render::render`] →
+//! write the outputs whose bytes changed, then status (controller).
+//!
+//! Kubernetes' name rules live in [`names`]; [`crate::validate`] has private copies of some of them
+//! that can move here.
+
+pub mod api;
+pub mod names;
+pub mod render;
+pub mod trust;
+
+use api::{ApiTokenVerifier, ApiTokenVerifierSpec, VerifierRef};
+use render::ValidOutput;
+use trust::Trust;
+
+use crate::validate::InvalidSpec;
+
+/// A field the operator rejects, with why.
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A verifier whose spec passed every check, in domain types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidVerifier {
+    pub trust: Trust,
+    /// In spec order, defaults applied.
+    pub outputs: Vec<ValidOutput>,
+}
+
+impl ValidVerifier {
+    /// The output writing the Secret `secret_name`, if any (to tell an output from a token's Secret).
+    pub fn output_named(&self, secret_name: &str) -> Option<&ValidOutput> {
+        self.outputs.iter().find(|o| o.secret_name == secret_name)
+    }
+}
+
+/// Checks a verifier as stored in the API: its name (it becomes a label value) and its spec.
+pub fn validate(verifier: &ApiTokenVerifier) -> Result<ValidVerifier, InvalidSpec> {
+    let meta = &verifier.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    if name.len() > 63 {
+        return Err(invalid(
+            "metadata.name",
+            "at most 63 characters (it becomes the value of the output Secrets' \
+             tokenmint.dev/apitokenverifier label)",
+        ));
+    }
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    validate_spec(VerifierRef { namespace, name }, &verifier.spec)
+}
+
+/// Checks the spec of the verifier `verifier`, for what the schema cannot express (and all it can,
+/// as an older CRD may be installed). The error names the field.
+pub fn validate_spec(
+    verifier: VerifierRef,
+    spec: &ApiTokenVerifierSpec,
+) -> Result<ValidVerifier, InvalidSpec> {
+    let outputs = render::validate_outputs(&spec.outputs)?;
+    let trust = Trust::parse(verifier, spec.trust.as_deref())?;
+    Ok(ValidVerifier { trust, outputs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api::{HtpasswdHash, Output, OutputFormat};
+    use super::render::Rendering;
+    use super::*;
+
+    fn verifier(name: &str, outputs: Vec<Output>) -> ApiTokenVerifier {
+        let mut v = ApiTokenVerifier::new(
+            name,
+            ApiTokenVerifierSpec {
+                trust: None,
+                outputs,
+            },
+        );
+        v.metadata.namespace = Some("data".into());
+        v
+    }
+
+    fn output(secret_name: &str, format: OutputFormat) -> Output {
+        Output {
+            secret_name: secret_name.into(),
+            format,
+            key: None,
+            hash: None,
+        }
+    }
+
+    #[test]
+    fn a_minimal_verifier_trusts_its_namespace_and_renders_bcrypt() {
+        let valid = validate(&verifier(
+            "pinot",
+            vec![output("auth", OutputFormat::Htpasswd)],
+        ))
+        .unwrap();
+        assert_eq!(valid.trust.verifier().to_string(), "data/pinot");
+        let out = valid.output_named("auth").unwrap();
+        assert_eq!(out.key, "htpasswd");
+        assert_eq!(out.rendering, Rendering::Htpasswd(HtpasswdHash::Bcrypt));
+        assert!(valid.output_named("other").is_none());
+    }
+
+    #[test]
+    fn a_verifier_name_over_63_characters_is_refused() {
+        let long = "p".repeat(64);
+        let err =
+            validate(&verifier(&long, vec![output("a", OutputFormat::Htpasswd)])).unwrap_err();
+        assert_eq!(err.field, "metadata.name");
+    }
+
+    #[test]
+    fn output_mistakes_name_their_field() {
+        let with = |f: fn(&mut Output)| {
+            let mut o = output("b", OutputFormat::Sha256Map);
+            f(&mut o);
+            validate(&verifier(
+                "pinot",
+                vec![output("a", OutputFormat::Htpasswd), o],
+            ))
+            .unwrap_err()
+            .field
+        };
+        assert_eq!(
+            with(|o| o.hash = Some(HtpasswdHash::Ssha)),
+            "spec.outputs[1].hash"
+        );
+        assert_eq!(
+            with(|o| o.secret_name = "a".into()),
+            "spec.outputs[1].secretName"
+        );
+        assert_eq!(
+            with(|o| o.secret_name = "B".into()),
+            "spec.outputs[1].secretName"
+        );
+        assert_eq!(
+            with(|o| o.key = Some("..data".into())),
+            "spec.outputs[1].key"
+        );
+        assert_eq!(with(|o| o.key = Some("a/b".into())), "spec.outputs[1].key");
+        let none = validate(&verifier("pinot", vec![])).unwrap_err();
+        assert_eq!(none.field, "spec.outputs");
+        let nine = (0..9)
+            .map(|i| output(&format!("o{i}"), OutputFormat::Htpasswd))
+            .collect();
+        assert_eq!(
+            validate(&verifier("pinot", nine)).unwrap_err().field,
+            "spec.outputs"
+        );
+    }
+}

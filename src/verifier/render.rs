@@ -1,0 +1,1161 @@
+//! What each output Secret of a verifier holds: a pure function of (outputs, credentials, now, hasher).
+//!
+//! Renderings are deterministic: the same credentials render the same bytes in any input order, so
+//! the controller can compare bytes and write nothing in a steady state. Hashing for htpasswd comes
+//! in from the caller (bcrypt is slow and salted; the caller derives the salt from the credential so
+//! a line stays byte-identical while its credential is unchanged, and may cache lines).
+
+use std::collections::btree_map::Entry as Slot;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::api::{DEFAULT_HASH, HtpasswdHash, MAX_OUTPUTS, Output, OutputFormat};
+use super::{invalid, names};
+use crate::token::Credential;
+use crate::validate::InvalidSpec;
+
+/// Most bytes of data one output Secret may hold: the API server refuses a Secret whose data
+/// values total more than 1 MiB (`MaxSecretSize`), below etcd's request limit (1.5 MiB by default).
+///
+/// For a typical credential (16-character access key, `namespace/name` of 21 characters, role
+/// `reader`, 3 scopes, an expiry) that is 13,443 credentials as bcrypt htpasswd lines (78 bytes
+/// each), 12,945 as sha256-crypt (81), 16,384 as ssha with an 8-byte salt (64), and 1,826 in a
+/// sha256-map (574 bytes: two 64-hex-digit keys, each with the whole item). A token in a rotation
+/// overlap takes two.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Version of the `sha256-map` JSON layout, written as its `version`.
+pub const SHA256_MAP_VERSION: u32 = 1;
+
+/// An output, checked: the Secret and data key to write, and how to render into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidOutput {
+    pub secret_name: String,
+    /// The data key, default applied.
+    pub key: String,
+    pub rendering: Rendering,
+}
+
+/// An output's format with what it needs: only htpasswd has a hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rendering {
+    Htpasswd(HtpasswdHash),
+    Sha256Map,
+}
+
+/// Checks `spec.outputs` beyond the schema (an older CRD may be installed) and applies defaults.
+pub fn validate_outputs(outputs: &[Output]) -> Result<Vec<ValidOutput>, InvalidSpec> {
+    if outputs.is_empty() || outputs.len() > MAX_OUTPUTS {
+        return Err(invalid(
+            "spec.outputs",
+            format!("1 to {MAX_OUTPUTS} outputs"),
+        ));
+    }
+    let mut valid: Vec<ValidOutput> = Vec::with_capacity(outputs.len());
+    for (i, output) in outputs.iter().enumerate() {
+        let field = |f: &str| format!("spec.outputs[{i}].{f}");
+        if !names::is_dns_subdomain(&output.secret_name) {
+            return Err(invalid(
+                field("secretName"),
+                "must be a DNS-1123 subdomain (at most 253 characters of [a-z0-9.-])",
+            ));
+        }
+        if let Some(j) = valid
+            .iter()
+            .position(|v| v.secret_name == output.secret_name)
+        {
+            return Err(invalid(
+                field("secretName"),
+                format!("names the same Secret as spec.outputs[{j}]"),
+            ));
+        }
+        let key = output.key();
+        if !names::is_data_key(key) {
+            return Err(invalid(
+                field("key"),
+                "must be 1-253 characters of [-._a-zA-Z0-9], not '.' and not starting with '..'",
+            ));
+        }
+        let rendering = match (output.format, output.hash) {
+            (OutputFormat::Htpasswd, hash) => Rendering::Htpasswd(hash.unwrap_or(DEFAULT_HASH)),
+            (OutputFormat::Sha256Map, None) => Rendering::Sha256Map,
+            (OutputFormat::Sha256Map, Some(_)) => {
+                return Err(invalid(field("hash"), "applies only to format htpasswd"));
+            }
+        };
+        valid.push(ValidOutput {
+            secret_name: output.secret_name.clone(),
+            key: key.to_owned(),
+            rendering,
+        });
+    }
+    Ok(valid)
+}
+
+/// A token by namespace and name; shown as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for TokenRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One credential to render. `Debug` never shows the secret key ([`Credential`]'s does not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub token: TokenRef,
+    pub role: String,
+    /// Canonical scope strings (`TYPE[:resource[:filter]]`), in spec order.
+    pub scopes: Vec<String>,
+    pub credential: Credential,
+    /// When the credential stops being valid; `None`: not before the token is revoked.
+    pub not_after: Option<Timestamp>,
+    /// Whether this is the previous credential of a rotation overlap.
+    pub previous: bool,
+}
+
+impl Entry {
+    /// The access key (the htpasswd user name).
+    pub fn access_key(&self) -> &str {
+        &self.credential.access_key
+    }
+
+    /// The secret key, for the htpasswd hasher.
+    pub fn secret_key(&self) -> &str {
+        &self.credential.secret_key
+    }
+}
+
+/// A token's valid credentials, as the controller reads them from the token and its Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenCredentials {
+    pub token: TokenRef,
+    pub role: String,
+    /// Canonical scope strings, in spec order.
+    pub scopes: Vec<String>,
+    /// `spec.expiresAt`.
+    pub expires_at: Option<Timestamp>,
+    pub current: Credential,
+    /// During a rotation overlap: the previous credential and when it retires.
+    pub previous: Option<(Credential, Timestamp)>,
+}
+
+impl TokenCredentials {
+    /// One entry per credential: the current one valid until `expiresAt` (or open-ended), the previous
+    /// one until it retires, or until `expiresAt` if that comes first (expiry removes both).
+    pub fn entries(&self) -> Vec<Entry> {
+        let entry = |credential: &Credential, not_after, previous| Entry {
+            token: self.token.clone(),
+            role: self.role.clone(),
+            scopes: self.scopes.clone(),
+            credential: credential.clone(),
+            not_after,
+            previous,
+        };
+        let mut entries = vec![entry(&self.current, self.expires_at, false)];
+        if let Some((credential, retires_at)) = &self.previous {
+            let not_after = self.expires_at.map_or(*retires_at, |e| e.min(*retires_at));
+            entries.push(entry(credential, Some(not_after), true));
+        }
+        entries
+    }
+}
+
+/// Every output's data, and what it counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// One per output, in spec order.
+    pub outputs: Vec<RenderedOutput>,
+    /// Distinct tokens with a valid credential (`status.tokens`); all are in every output that does
+    /// not overflow.
+    pub tokens: usize,
+    /// Valid credentials (a token in a rotation overlap has two).
+    pub credentials: usize,
+    /// The earliest `notAfter` still ahead: the outputs change then without any other change, so
+    /// render again at that instant.
+    pub next_change: Option<Timestamp>,
+}
+
+/// One output Secret's data. `Debug` shows names and sizes only: the data holds hashes of credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RenderedOutput {
+    pub secret_name: String,
+    pub key: String,
+    /// What to write under `key`.
+    pub data: Vec<u8>,
+    /// How many credentials `data` holds.
+    pub credentials: usize,
+    /// Set when every valid credential would not fit: `data` then holds only tokens already in the
+    /// output as observed (their current credential first), so revocations, retirements and
+    /// rotations still reach it while new tokens wait. Report it (`Ready=False`); never ignore it.
+    pub overflow: Option<Overflow>,
+}
+
+impl fmt::Debug for RenderedOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenderedOutput")
+            .field("secret_name", &self.secret_name)
+            .field("key", &self.key)
+            .field("bytes", &self.data.len())
+            .field("credentials", &self.credentials)
+            .field("overflow", &self.overflow)
+            .finish()
+    }
+}
+
+/// An output that cannot hold every valid credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "output {secret_name}: {credentials} credentials render to {bytes} bytes, over the {limit} bytes a \
+     Secret may hold; {left_out} of them are left out (tokens not in it yet stay out). Split the \
+     tokens across verifiers (spec.trust roles or namespaceSelector) or use htpasswd, which is denser"
+)]
+pub struct Overflow {
+    pub secret_name: String,
+    /// Valid credentials.
+    pub credentials: usize,
+    /// Bytes they would take.
+    pub bytes: usize,
+    pub limit: usize,
+    /// Valid credentials the written data does not hold.
+    pub left_out: usize,
+}
+
+impl Overflow {
+    /// The reason for the verifier's `Ready=False` condition.
+    pub const REASON: &'static str = "OutputTooLarge";
+}
+
+/// Why nothing can be rendered. Names outputs and tokens, never a credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error(
+        "tokens {first} and {second} present the same credential or access key; neither can be told apart"
+    )]
+    Ambiguous { first: TokenRef, second: TokenRef },
+    #[error("token {token}: its access key is not 1-64 characters of [A-Za-z0-9]")]
+    BadAccessKey { token: TokenRef },
+    #[error(
+        "output {secret_name}: the htpasswd line for token {token} is not `<accessKey>:<hash>` on one line"
+    )]
+    BadHtpasswdLine {
+        secret_name: String,
+        token: TokenRef,
+    },
+}
+
+impl RenderError {
+    /// The reason for the verifier's `Ready=False` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RenderError::Ambiguous { .. } | RenderError::BadAccessKey { .. } => {
+                "AmbiguousCredential"
+            }
+            RenderError::BadHtpasswdLine { .. } => "Error",
+        }
+    }
+}
+
+/// What each output Secret holds now, under its output's key, by Secret name; only Secrets the
+/// verifier controls (a missing one is an empty output).
+pub type ObservedOutputs<'a> = BTreeMap<&'a str, &'a [u8]>;
+
+/// Renders every output from `entries` at `now`.
+///
+/// Entries whose `not_after` has come (`not_after <= now`) are left out; an entry given twice counts
+/// once. `htpasswd_line(entry, hash)` returns `<accessKey>:<hash>` without a newline; it is called
+/// once per credential and hash, and only for htpasswd outputs. An output that would exceed
+/// [`MAX_OUTPUT_BYTES`] is never cut silently: see [`RenderedOutput::overflow`] (`observed` says which
+/// credentials it already holds).
+pub fn render(
+    outputs: &[ValidOutput],
+    entries: &[Entry],
+    observed: &ObservedOutputs<'_>,
+    now: Timestamp,
+    mut htpasswd_line: impl FnMut(&Entry, HtpasswdHash) -> String,
+) -> Result<Rendered, RenderError> {
+    let valid = valid_entries(entries, now)?;
+    let mut lines: BTreeMap<HtpasswdHash, Vec<String>> = BTreeMap::new();
+    let mut rendered = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let encoding = match output.rendering {
+            Rendering::Sha256Map => Encoding::Sha256Map,
+            Rendering::Htpasswd(hash) => Encoding::Htpasswd(match lines.entry(hash) {
+                Slot::Occupied(made) => made.into_mut(),
+                Slot::Vacant(slot) => slot.insert(htpasswd_lines(
+                    &valid,
+                    hash,
+                    &output.secret_name,
+                    &mut htpasswd_line,
+                )?),
+            }),
+        };
+        rendered.push(render_output(output, &valid, &encoding, observed));
+    }
+    let mut tokens: Vec<&TokenRef> = valid.iter().map(|v| &v.entry.token).collect();
+    tokens.sort();
+    tokens.dedup();
+    Ok(Rendered {
+        outputs: rendered,
+        tokens: tokens.len(),
+        credentials: valid.len(),
+        next_change: valid.iter().filter_map(|v| v.entry.not_after).min(),
+    })
+}
+
+/// How to turn entries into bytes; htpasswd lines are made once per hash, parallel to the entries.
+enum Encoding<'l> {
+    Htpasswd(&'l [String]),
+    Sha256Map,
+}
+
+impl Encoding<'_> {
+    /// The data for the entries at `chosen` (indices into `valid`, ascending).
+    fn encode(&self, valid: &[Valid<'_>], chosen: &[usize]) -> Vec<u8> {
+        match self {
+            Encoding::Htpasswd(lines) => {
+                let mut data = Vec::new();
+                for &i in chosen {
+                    data.extend_from_slice(lines[i].as_bytes());
+                    data.push(b'\n');
+                }
+                data
+            }
+            Encoding::Sha256Map => sha256_map(chosen.iter().map(|&i| &valid[i])),
+        }
+    }
+
+    /// Whether `valid` is in `data`, an earlier rendering of this encoding.
+    fn holds(&self, data: &Present, valid: &Valid<'_>) -> bool {
+        match (self, data) {
+            (Encoding::Htpasswd(_), Present::AccessKeys(keys)) => {
+                keys.contains(valid.entry.access_key())
+            }
+            (Encoding::Sha256Map, Present::Hashes(hashes)) => hashes.contains(&valid.bearer_hash),
+            _ => false,
+        }
+    }
+
+    fn present<'d>(&self, data: &'d [u8]) -> Present<'d> {
+        match self {
+            Encoding::Htpasswd(_) => Present::AccessKeys(
+                data.split(|b| *b == b'\n')
+                    .filter_map(|line| std::str::from_utf8(line).ok()?.split_once(':'))
+                    .map(|(user, _)| user)
+                    .collect(),
+            ),
+            // An unreadable map holds nothing we can vouch for.
+            Encoding::Sha256Map => Present::Hashes(
+                serde_json::from_slice::<PresentMap>(data)
+                    .map(|m| m.tokens.into_keys().collect())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// The credentials an observed output holds.
+enum Present<'d> {
+    AccessKeys(BTreeSet<&'d str>),
+    Hashes(BTreeSet<String>),
+}
+
+#[derive(serde::Deserialize)]
+struct PresentMap {
+    tokens: BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+fn render_output(
+    output: &ValidOutput,
+    valid: &[Valid<'_>],
+    encoding: &Encoding<'_>,
+    observed: &ObservedOutputs<'_>,
+) -> RenderedOutput {
+    let all: Vec<usize> = (0..valid.len()).collect();
+    let data = encoding.encode(valid, &all);
+    if data.len() <= MAX_OUTPUT_BYTES {
+        return RenderedOutput {
+            secret_name: output.secret_name.clone(),
+            key: output.key.clone(),
+            data,
+            credentials: valid.len(),
+            overflow: None,
+        };
+    }
+    // Tokens already in the output stay in; tokens not in it yet wait. A rotated token's new
+    // credential comes before any previous credential, so its clients can move; if even that does
+    // not fit (entries grew, the hash changed), previous credentials go first, then whatever sorts last.
+    let present = encoding.present(
+        observed
+            .get(output.secret_name.as_str())
+            .copied()
+            .unwrap_or_default(),
+    );
+    let staying: BTreeSet<&TokenRef> = valid
+        .iter()
+        .filter(|v| encoding.holds(&present, v))
+        .map(|v| &v.entry.token)
+        .collect();
+    let mut priority: Vec<usize> = all
+        .into_iter()
+        .filter(|&i| staying.contains(&valid[i].entry.token))
+        .collect();
+    // Stable: access key order within current and within previous credentials.
+    priority.sort_by_key(|&i| valid[i].entry.previous);
+    let chosen = |n: usize| {
+        let mut chosen = priority[..n].to_vec();
+        chosen.sort_unstable();
+        chosen
+    };
+    let fits = |n: usize| encoding.encode(valid, &chosen(n)).len() <= MAX_OUTPUT_BYTES;
+    let (mut kept, mut too_many) = (0, priority.len() + 1);
+    while kept + 1 < too_many {
+        let mid = kept + (too_many - kept) / 2;
+        if fits(mid) {
+            kept = mid;
+        } else {
+            too_many = mid;
+        }
+    }
+    RenderedOutput {
+        secret_name: output.secret_name.clone(),
+        key: output.key.clone(),
+        data: encoding.encode(valid, &chosen(kept)),
+        credentials: kept,
+        overflow: Some(Overflow {
+            secret_name: output.secret_name.clone(),
+            credentials: valid.len(),
+            bytes: data.len(),
+            limit: MAX_OUTPUT_BYTES,
+            left_out: valid.len() - kept,
+        }),
+    }
+}
+
+/// An entry valid now, with the hex SHA-256 of its two presented forms (hashed once per render).
+struct Valid<'e> {
+    entry: &'e Entry,
+    bearer_hash: String,
+    basic_hash: String,
+}
+
+/// The entries still valid at `now`, sorted by access key, one per credential; an error when two
+/// different entries would present the same access key or credential.
+fn valid_entries(entries: &[Entry], now: Timestamp) -> Result<Vec<Valid<'_>>, RenderError> {
+    let mut by_access_key: BTreeMap<&str, &Entry> = BTreeMap::new();
+    for entry in entries {
+        if entry.not_after.is_some_and(|t| t <= now) {
+            continue;
+        }
+        let key = entry.access_key();
+        if !(1..=64).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(RenderError::BadAccessKey {
+                token: entry.token.clone(),
+            });
+        }
+        match by_access_key.entry(key) {
+            Slot::Vacant(slot) => {
+                slot.insert(entry);
+            }
+            Slot::Occupied(slot) if *slot.get() == entry => {}
+            Slot::Occupied(slot) => {
+                return Err(RenderError::Ambiguous {
+                    first: slot.get().token.clone(),
+                    second: entry.token.clone(),
+                });
+            }
+        }
+    }
+    let valid: Vec<Valid<'_>> = by_access_key
+        .into_values()
+        .map(|entry| Valid {
+            entry,
+            bearer_hash: presented_hash(&entry.credential.bearer()),
+            basic_hash: presented_hash(&entry.credential.basic()),
+        })
+        .collect();
+    // Access keys differ, but a Bearer token could still repeat another's through odd prefixes
+    // (`a-` + `bc` and `a-b` + `c`); the map's keys must be unique.
+    let mut presented: BTreeMap<&str, &Entry> = BTreeMap::new();
+    for v in &valid {
+        for hash in [&v.bearer_hash, &v.basic_hash] {
+            if let Some(first) = presented.insert(hash, v.entry) {
+                return Err(RenderError::Ambiguous {
+                    first: first.token.clone(),
+                    second: v.entry.token.clone(),
+                });
+            }
+        }
+    }
+    Ok(valid)
+}
+
+/// One checked line per valid entry, in the same order.
+fn htpasswd_lines(
+    valid: &[Valid<'_>],
+    hash: HtpasswdHash,
+    secret_name: &str,
+    htpasswd_line: &mut impl FnMut(&Entry, HtpasswdHash) -> String,
+) -> Result<Vec<String>, RenderError> {
+    valid
+        .iter()
+        .map(|Valid { entry, .. }| {
+            let line = htpasswd_line(entry, hash);
+            // A line break would forge a second user; a missing or foreign user name would let one
+            // credential pass for another.
+            let well_formed = line
+                .strip_prefix(entry.access_key())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|hash| !hash.is_empty() && !hash.chars().any(char::is_control));
+            if well_formed {
+                Ok(line)
+            } else {
+                Err(RenderError::BadHtpasswdLine {
+                    secret_name: secret_name.to_owned(),
+                    token: entry.token.clone(),
+                })
+            }
+        })
+        .collect()
+}
+
+/// The `sha256-map` layout. Fields are declared in sorted order, so the JSON's keys are sorted at
+/// every level (the maps are `BTreeMap`s).
+#[derive(Serialize)]
+struct Sha256Map<'a> {
+    tokens: BTreeMap<&'a str, MapItem<'a>>,
+    version: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MapItem<'a> {
+    access_key: &'a str,
+    not_after: Option<String>,
+    previous: bool,
+    role: &'a str,
+    scopes: &'a [String],
+    token: String,
+}
+
+/// Hex SHA-256 of a presented credential: the exact string after `Bearer ` or `Basic `.
+pub fn presented_hash(presented: &str) -> String {
+    Sha256::digest(presented.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compact JSON and a final newline: the smallest stable form.
+fn sha256_map<'v, 'e: 'v>(entries: impl Iterator<Item = &'v Valid<'e>>) -> Vec<u8> {
+    let mut tokens = BTreeMap::new();
+    for Valid {
+        entry,
+        bearer_hash,
+        basic_hash,
+    } in entries
+    {
+        let item = || MapItem {
+            access_key: entry.access_key(),
+            not_after: entry.not_after.map(|t| t.to_string()),
+            previous: entry.previous,
+            role: &entry.role,
+            scopes: &entry.scopes,
+            token: entry.token.to_string(),
+        };
+        tokens.insert(bearer_hash.as_str(), item());
+        tokens.insert(basic_hash.as_str(), item());
+    }
+    let map = Sha256Map {
+        tokens,
+        version: SHA256_MAP_VERSION,
+    };
+    // Serializing strings, bools and maps with string keys cannot fail.
+    let mut data = serde_json::to_vec(&map).unwrap_or_default();
+    data.push(b'\n');
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verifier::api::{HtpasswdHash, Output, OutputFormat};
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    const NOW: i64 = 0;
+
+    fn token(namespace: &str, name: &str) -> TokenRef {
+        TokenRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn credential(access_key: &str) -> Credential {
+        Credential {
+            prefix: "tm-".into(),
+            access_key: access_key.into(),
+            secret_key: format!("{access_key}SECRETsecret0123456789"),
+        }
+    }
+
+    fn issued(name: &str, access_key: &str) -> TokenCredentials {
+        TokenCredentials {
+            token: token("analytics", name),
+            role: "reader".into(),
+            scopes: vec![
+                "DATASOURCES:READ:events".into(),
+                "PIPES:READ:top_pages".into(),
+            ],
+            expires_at: None,
+            current: credential(access_key),
+            previous: None,
+        }
+    }
+
+    fn outputs() -> Vec<ValidOutput> {
+        validate_outputs(&[
+            Output {
+                secret_name: "pinot-htpasswd".into(),
+                format: OutputFormat::Htpasswd,
+                key: None,
+                hash: None,
+            },
+            Output {
+                secret_name: "pinot-map".into(),
+                format: OutputFormat::Sha256Map,
+                key: None,
+                hash: None,
+            },
+        ])
+        .unwrap()
+    }
+
+    /// Stands in for the real hasher: deterministic, shows which hash was asked for.
+    fn fake_line(entry: &Entry, hash: HtpasswdHash) -> String {
+        let digest = presented_hash(entry.secret_key());
+        format!(
+            "{}:{{{}}}{}",
+            entry.access_key(),
+            hash.as_str(),
+            &digest[..20]
+        )
+    }
+
+    fn run(entries: &[Entry]) -> Rendered {
+        render(
+            &outputs(),
+            entries,
+            &ObservedOutputs::new(),
+            at(NOW),
+            fake_line,
+        )
+        .unwrap()
+    }
+
+    fn text(r: &Rendered, i: usize) -> &str {
+        std::str::from_utf8(&r.outputs[i].data).unwrap()
+    }
+
+    fn json(r: &Rendered) -> serde_json::Value {
+        serde_json::from_slice(&r.outputs[1].data).unwrap()
+    }
+
+    #[test]
+    fn empty_set_renders_an_empty_file_and_an_empty_map() {
+        let r = run(&[]);
+        assert_eq!(text(&r, 0), "");
+        assert_eq!(text(&r, 1), "{\"tokens\":{},\"version\":1}\n");
+        assert_eq!((r.tokens, r.credentials, r.next_change), (0, 0, None));
+        assert_eq!(r.outputs[0].key, "htpasswd");
+        assert_eq!(r.outputs[1].key, "tokens.json");
+        assert!(r.outputs.iter().all(|o| o.overflow.is_none()));
+    }
+
+    #[test]
+    fn one_token_is_one_line_and_two_map_keys_in_a_stable_layout() {
+        let t = issued("superset", "AbCdEfGh12345678");
+        let r = run(&t.entries());
+        let line = fake_line(&t.entries()[0], HtpasswdHash::Bcrypt);
+        assert_eq!(text(&r, 0), format!("{line}\n"));
+        assert!(line.starts_with("AbCdEfGh12345678:{bcrypt}"));
+        let bearer = presented_hash(&t.current.bearer());
+        let basic = presented_hash(&t.current.basic());
+        let item = r#"{"accessKey":"AbCdEfGh12345678","notAfter":null,"previous":false,"role":"reader","scopes":["DATASOURCES:READ:events","PIPES:READ:top_pages"],"token":"analytics/superset"}"#;
+        let (first, second) = if bearer < basic {
+            (&bearer, &basic)
+        } else {
+            (&basic, &bearer)
+        };
+        assert_eq!(
+            text(&r, 1),
+            format!("{{\"tokens\":{{\"{first}\":{item},\"{second}\":{item}}},\"version\":1}}\n")
+        );
+        assert_eq!((r.tokens, r.credentials), (1, 1));
+    }
+
+    #[test]
+    fn map_keys_are_sha256_of_the_exact_presented_strings() {
+        let t = issued("superset", "AbCdEfGh12345678");
+        let map = json(&run(&t.entries()));
+        let bearer = "tm-AbCdEfGh12345678-AbCdEfGh12345678SECRETsecret0123456789";
+        assert_eq!(t.current.bearer(), bearer);
+        // sha256 of the Bearer token, not of "Bearer <token>" nor of the fingerprint.
+        let digest: String = Sha256::digest(bearer)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(map["tokens"][&digest]["token"], "analytics/superset");
+        let basic = presented_hash(&t.current.basic());
+        assert_eq!(map["tokens"][&basic]["accessKey"], "AbCdEfGh12345678");
+        assert!(
+            map["tokens"]
+                .get(presented_hash(&format!("Bearer {bearer}")))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_token_in_overlap_has_both_credentials_and_the_previous_retires() {
+        let mut t = issued("superset", "NEWnewNEWnew0001");
+        t.previous = Some((credential("OLDoldOLDold0001"), at(3600)));
+        let entries = t.entries();
+        let r = run(&entries);
+        let lines: Vec<&str> = text(&r, 0).lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NEWnewNEWnew0001:"), "{lines:?}");
+        assert!(lines[1].starts_with("OLDoldOLDold0001:"), "{lines:?}");
+        let map = json(&r);
+        let old = &map["tokens"][presented_hash(&credential("OLDoldOLDold0001").bearer())];
+        assert_eq!(old["previous"], true);
+        assert_eq!(old["notAfter"], "2027-01-15T09:00:00Z");
+        let new = &map["tokens"][presented_hash(&t.current.bearer())];
+        assert_eq!(new["previous"], false);
+        assert_eq!(map["tokens"].as_object().unwrap().len(), 4);
+        assert_eq!((r.tokens, r.credentials), (1, 2));
+        assert_eq!(r.next_change, Some(at(3600)));
+    }
+
+    #[test]
+    fn not_after_is_retires_at_for_previous_then_expires_at_then_null() {
+        let cases = [
+            // (expiresAt, previous retiresAt) -> (current notAfter, previous notAfter)
+            (None, None, (None, None)),
+            (Some(at(900)), None, (Some(at(900)), None)),
+            (None, Some(at(60)), (None, Some(at(60)))),
+            (Some(at(900)), Some(at(60)), (Some(at(900)), Some(at(60)))),
+            // Expiry removes both credentials, so the previous one is not valid past it either.
+            (Some(at(30)), Some(at(60)), (Some(at(30)), Some(at(30)))),
+        ];
+        for (expires_at, retires_at, (current, previous)) in cases {
+            let mut t = issued("superset", "NEWnewNEWnew0001");
+            t.expires_at = expires_at;
+            t.previous = retires_at.map(|r| (credential("OLDoldOLDold0001"), r));
+            let entries = t.entries();
+            assert_eq!(
+                entries[0].not_after, current,
+                "{expires_at:?} {retires_at:?}"
+            );
+            assert!(!entries[0].previous);
+            assert_eq!(entries.get(1).map(|e| e.not_after), previous.map(Some));
+            assert!(entries.get(1).is_none_or(|e| e.previous));
+        }
+    }
+
+    #[test]
+    fn credentials_past_not_after_are_left_out_and_the_next_one_wakes_us() {
+        let mut retired = issued("a", "AAAAAAAAAAAAAAA1");
+        retired.previous = Some((credential("AAAAAAAAAAAAAAA0"), at(NOW)));
+        let mut expired = issued("b", "BBBBBBBBBBBBBBB1");
+        expired.expires_at = Some(at(NOW - 1));
+        let mut later = issued("c", "CCCCCCCCCCCCCCC1");
+        later.expires_at = Some(at(7200));
+        let entries: Vec<Entry> = [retired, expired, later]
+            .iter()
+            .flat_map(|t| t.entries())
+            .collect();
+        let r = run(&entries);
+        let users: Vec<&str> = text(&r, 0)
+            .lines()
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        assert_eq!(users, ["AAAAAAAAAAAAAAA1", "CCCCCCCCCCCCCCC1"]);
+        assert_eq!((r.tokens, r.credentials), (2, 2));
+        assert_eq!(r.next_change, Some(at(7200)));
+    }
+
+    #[test]
+    fn lines_are_sorted_by_access_key_whatever_the_input_order() {
+        let keys = [
+            "zzzzzzzzzzzzzzz1",
+            "AAAAAAAAAAAAAAA1",
+            "aaaaaaaaaaaaaaa1",
+            "0000000000000001",
+        ];
+        let entries: Vec<Entry> = keys
+            .iter()
+            .enumerate()
+            .flat_map(|(i, k)| issued(&format!("t{i}"), k).entries())
+            .collect();
+        let r = run(&entries);
+        let users: Vec<&str> = text(&r, 0)
+            .lines()
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        // Byte order: digits, then upper case, then lower case.
+        assert_eq!(
+            users,
+            [
+                "0000000000000001",
+                "AAAAAAAAAAAAAAA1",
+                "aaaaaaaaaaaaaaa1",
+                "zzzzzzzzzzzzzzz1"
+            ]
+        );
+        assert!(text(&r, 0).ends_with('\n'));
+    }
+
+    #[test]
+    fn an_unchanged_set_renders_byte_identical_outputs_in_any_order() {
+        let mut overlap = issued("b", "BBBBBBBBBBBBBBB2");
+        overlap.previous = Some((credential("BBBBBBBBBBBBBBB1"), at(600)));
+        let mut entries: Vec<Entry> = [
+            issued("a", "AAAAAAAAAAAAAAA1"),
+            overlap,
+            issued("c", "CCCCCCCCCCCCCCC1"),
+        ]
+        .iter()
+        .flat_map(|t| t.entries())
+        .collect();
+        let first = run(&entries);
+        entries.reverse();
+        let reversed = run(&entries);
+        entries.rotate_left(2);
+        let rotated = run(&entries);
+        assert_eq!(first, reversed);
+        assert_eq!(first, rotated);
+    }
+
+    #[test]
+    fn an_entry_given_twice_counts_once() {
+        let entries = issued("a", "AAAAAAAAAAAAAAA1").entries();
+        let twice: Vec<Entry> = entries.iter().chain(&entries).cloned().collect();
+        assert_eq!(run(&twice), run(&entries));
+    }
+
+    #[test]
+    fn two_tokens_with_one_access_key_are_refused_naming_both() {
+        let entries: Vec<Entry> = [
+            issued("a", "AAAAAAAAAAAAAAA1"),
+            issued("b", "AAAAAAAAAAAAAAA1"),
+        ]
+        .iter()
+        .flat_map(|t| t.entries())
+        .collect();
+        let err = render(
+            &outputs(),
+            &entries,
+            &ObservedOutputs::new(),
+            at(NOW),
+            fake_line,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::Ambiguous {
+                first: token("analytics", "a"),
+                second: token("analytics", "b")
+            }
+        );
+    }
+
+    #[test]
+    fn an_access_key_that_could_forge_a_line_is_refused() {
+        for bad in ["", "a:b", "a\nb", "a b", &"a".repeat(65)] {
+            let mut t = issued("a", "x");
+            t.current.access_key = bad.into();
+            let err = render(
+                &outputs(),
+                &t.entries(),
+                &ObservedOutputs::new(),
+                at(NOW),
+                fake_line,
+            )
+            .unwrap_err();
+            assert_eq!(
+                err,
+                RenderError::BadAccessKey {
+                    token: token("analytics", "a")
+                },
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_htpasswd_line_from_the_hasher_is_refused() {
+        let entries = issued("a", "AAAAAAAAAAAAAAA1").entries();
+        let bad_lines: [fn(&Entry, HtpasswdHash) -> String; 4] = [
+            |e, _| format!("{}:hash\n", e.access_key()),
+            |e, _| format!("{}:hash\nmallory:x", e.access_key()),
+            |_, _| "someoneelse:hash".into(),
+            |e, _| format!("{}:", e.access_key()),
+        ];
+        for line in bad_lines {
+            let err =
+                render(&outputs(), &entries, &ObservedOutputs::new(), at(NOW), line).unwrap_err();
+            assert_eq!(
+                err,
+                RenderError::BadHtpasswdLine {
+                    secret_name: "pinot-htpasswd".into(),
+                    token: token("analytics", "a")
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn the_hasher_runs_once_per_credential_and_hash_and_never_for_a_map() {
+        let many = validate_outputs(&[
+            Output {
+                secret_name: "a".into(),
+                format: OutputFormat::Htpasswd,
+                key: None,
+                hash: Some(HtpasswdHash::Bcrypt),
+            },
+            Output {
+                secret_name: "b".into(),
+                format: OutputFormat::Htpasswd,
+                key: Some("auth".into()),
+                hash: None,
+            },
+            Output {
+                secret_name: "c".into(),
+                format: OutputFormat::Htpasswd,
+                key: None,
+                hash: Some(HtpasswdHash::Ssha),
+            },
+            Output {
+                secret_name: "d".into(),
+                format: OutputFormat::Sha256Map,
+                key: None,
+                hash: None,
+            },
+        ])
+        .unwrap();
+        let entries: Vec<Entry> = [
+            issued("a", "AAAAAAAAAAAAAAA1"),
+            issued("b", "BBBBBBBBBBBBBBB1"),
+        ]
+        .iter()
+        .flat_map(|t| t.entries())
+        .collect();
+        let mut calls = Vec::new();
+        let r = render(&many, &entries, &ObservedOutputs::new(), at(NOW), |e, h| {
+            calls.push((e.access_key().to_owned(), h));
+            fake_line(e, h)
+        })
+        .unwrap();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        assert_eq!(r.outputs[0].data, r.outputs[1].data);
+        assert_ne!(r.outputs[0].data, r.outputs[2].data);
+        assert_eq!(r.outputs[1].key, "auth");
+        let map_only = &many[3..];
+        render(
+            map_only,
+            &entries,
+            &ObservedOutputs::new(),
+            at(NOW),
+            |_, _| unreachable!("no htpasswd output"),
+        )
+        .unwrap();
+    }
+
+    /// `n` tokens with distinct 16-character access keys, three scopes, and an expiry.
+    fn fleet(n: usize) -> Vec<Entry> {
+        (0..n)
+            .flat_map(|i| {
+                let mut t = issued(&format!("token-{i:05}"), &format!("K{i:015}"));
+                t.scopes.push("DATASOURCES:APPEND:events".into());
+                t.expires_at = Some(at(86_400));
+                t.entries()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_output_over_the_limit_is_reported_by_name_and_never_gains_credentials() {
+        let fleet = fleet(2000);
+        let r = run(&fleet);
+        let map = &r.outputs[1];
+        let overflow = map
+            .overflow
+            .as_ref()
+            .expect("2000 credentials exceed a sha256-map");
+        assert_eq!(overflow.secret_name, "pinot-map");
+        assert_eq!((overflow.credentials, overflow.left_out), (2000, 2000));
+        assert!(overflow.bytes > MAX_OUTPUT_BYTES);
+        assert!(
+            overflow
+                .to_string()
+                .starts_with("output pinot-map: 2000 credentials")
+        );
+        // Nothing was in it before, so nothing new enters: the map stays empty rather than cut.
+        assert_eq!(map.data, b"{\"tokens\":{},\"version\":1}\n");
+        assert_eq!(map.credentials, 0);
+        // The denser htpasswd output fits the same set.
+        assert!(r.outputs[0].overflow.is_none());
+        assert_eq!(r.outputs[0].credentials, 2000);
+    }
+
+    #[test]
+    fn an_overflowing_output_still_loses_revoked_credentials() {
+        let fleet = fleet(2000);
+        // The map as it was with the first 1000 credentials.
+        let before = run(&fleet[..1000]).outputs[1].data.clone();
+        // Token 0 is revoked (gone from the entries) while 1000 more arrive.
+        let observed = ObservedOutputs::from([("pinot-map", before.as_slice())]);
+        let r = render(&outputs(), &fleet[1..], &observed, at(NOW), fake_line).unwrap();
+        let map = &r.outputs[1];
+        assert_eq!(map.credentials, 999);
+        assert_eq!(map.overflow.as_ref().unwrap().left_out, 1999 - 999);
+        let written: serde_json::Value = serde_json::from_slice(&map.data).unwrap();
+        assert!(
+            written["tokens"]
+                .get(presented_hash(&fleet[0].credential.bearer()))
+                .is_none()
+        );
+        assert!(
+            written["tokens"]
+                .get(presented_hash(&fleet[1].credential.bearer()))
+                .is_some()
+        );
+        assert!(
+            written["tokens"]
+                .get(presented_hash(&fleet[1500].credential.bearer()))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_overflowing_output_still_takes_a_rotation_of_a_token_it_holds() {
+        let fleet = fleet(2000);
+        let before = run(&fleet[..1000]).outputs[1].data.clone();
+        let observed = ObservedOutputs::from([("pinot-map", before.as_slice())]);
+        // Token 5 rotates with an overlap: a new current credential, the old one as previous.
+        let rotated = TokenCredentials {
+            previous: Some((fleet[5].credential.clone(), at(600))),
+            ..issued("token-00005", "NEWnewNEWnew0005")
+        };
+        let mut entries: Vec<Entry> = fleet.clone();
+        entries.remove(5);
+        entries.extend(rotated.entries());
+        let r = render(&outputs(), &entries, &observed, at(NOW), fake_line).unwrap();
+        let map = &r.outputs[1];
+        assert!(map.overflow.is_some());
+        assert_eq!(map.credentials, 1001);
+        let written: serde_json::Value = serde_json::from_slice(&map.data).unwrap();
+        let has = |c: &Credential| written["tokens"].get(presented_hash(&c.bearer())).is_some();
+        assert!(
+            has(&rotated.current),
+            "the new credential enters with its token"
+        );
+        assert!(
+            has(&fleet[5].credential),
+            "the previous one stays until it retires"
+        );
+        assert!(!has(&fleet[1000].credential), "a token not in it yet waits");
+    }
+
+    #[test]
+    fn an_overflow_that_cannot_keep_everything_it_had_keeps_what_fits_in_order() {
+        let fleet = fleet(2000);
+        // Claim the output already holds everything: the kept set alone is too large.
+        let all = valid_entries(&fleet, at(NOW)).unwrap();
+        let everything = Encoding::Sha256Map.encode(&all, &(0..all.len()).collect::<Vec<_>>());
+        let observed = ObservedOutputs::from([("pinot-map", everything.as_slice())]);
+        let r = render(&outputs(), &fleet, &observed, at(NOW), fake_line).unwrap();
+        let map = &r.outputs[1];
+        assert!(map.data.len() <= MAX_OUTPUT_BYTES);
+        let overflow = map.overflow.as_ref().unwrap();
+        assert_eq!(overflow.left_out, 2000 - map.credentials);
+        assert!(map.credentials > 1000, "{}", map.credentials);
+        // One more would not fit.
+        let one_more = Encoding::Sha256Map.encode(&all, &(0..=map.credentials).collect::<Vec<_>>());
+        assert!(one_more.len() > MAX_OUTPUT_BYTES);
+    }
+
+    /// A line of the length the real hash has: bcrypt `$2y$10$` + 53, sha256-crypt `$5$` + 16-char
+    /// salt + `$` + 43 (default rounds, not written), ssha `{SSHA}` + base64 of 20 + 8 salt bytes.
+    fn line_of_real_length(entry: &Entry, hash: HtpasswdHash) -> String {
+        let len = match hash {
+            HtpasswdHash::Bcrypt => 60,
+            HtpasswdHash::Sha256Crypt => 63,
+            HtpasswdHash::Ssha => 46,
+        };
+        format!("{}:{}", entry.access_key(), "h".repeat(len))
+    }
+
+    #[test]
+    fn a_full_output_holds_the_documented_number_of_typical_credentials() {
+        // Typical: a 16-character access key, `analytics/token-00042`, role `reader`, 3 scopes, an expiry.
+        let fleet = fleet(1000);
+        let base = run(&[]);
+        for (hash, per_credential, capacity) in [
+            (HtpasswdHash::Bcrypt, 78, 13_443),
+            (HtpasswdHash::Sha256Crypt, 81, 12_945),
+            (HtpasswdHash::Ssha, 64, 16_384),
+        ] {
+            let out = validate_outputs(&[Output {
+                secret_name: "h".into(),
+                format: OutputFormat::Htpasswd,
+                key: None,
+                hash: Some(hash),
+            }])
+            .unwrap();
+            let r = render(
+                &out,
+                &fleet,
+                &ObservedOutputs::new(),
+                at(NOW),
+                line_of_real_length,
+            )
+            .unwrap();
+            assert_eq!(r.outputs[0].data.len(), 1000 * per_credential, "{hash:?}");
+            assert_eq!(MAX_OUTPUT_BYTES / per_credential, capacity, "{hash:?}");
+        }
+        let map = run(&fleet).outputs[1].data.len() - base.outputs[1].data.len();
+        // Two keys of 64 hex characters per credential, each with the whole item; the first item
+        // has no comma before it.
+        assert_eq!(map + 1, 1000 * 574);
+        assert_eq!((MAX_OUTPUT_BYTES - base.outputs[1].data.len()) / 574, 1826);
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_credential() {
+        let mut t = issued("a", "AAAAAAAAAAAAAAA1");
+        t.previous = Some((credential("AAAAAAAAAAAAAAA0"), at(60)));
+        let r = run(&t.entries());
+        let shown = format!("{t:?} {:?} {r:?}", t.entries());
+        for credential in [&t.current, &t.previous.as_ref().unwrap().0] {
+            assert!(!shown.contains(&credential.secret_key), "{shown}");
+            assert!(!shown.contains(&credential.basic()), "{shown}");
+            assert!(
+                !shown.contains(&presented_hash(&credential.bearer())),
+                "{shown}"
+            );
+        }
+    }
+}
