@@ -25,7 +25,15 @@ if ! bin=$(find_nginx); then
   start=$(date +%s)
   # Quiet on success; on failure the output is all there is to go by.
   log=$(mktemp)
-  trap 'rm -f "$log"' EXIT
+  # The package's postinst would start the nginx service on port 80; the tests run their own
+  # nginx, so forbid service starts for the length of the install (Debian's policy-rc.d: 101).
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+  fi
+  trap 'rm -f "$log"; [ -z "$policy" ] || $sudo rm -f "$policy"' EXIT
   if ! { $sudo apt-get update -qq &&
          $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; } >"$log" 2>&1; then
     cat "$log" >&2

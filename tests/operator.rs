@@ -273,8 +273,13 @@ async fn foreign_secret_is_left_byte_for_byte_untouched() {
         .iter()
         .find(|c| c.type_ == "Stalled");
     assert_eq!(stalled.map(|c| c.status.as_str()), Some("True"));
+    // The first look cannot know the name is taken (such a Secret is not watched), so its create may be
+    // refused once; from then on the token reads before it plans a create: no further wasted mint.
+    let wasted = op.metric("tokenmint_wasted_mints_total");
+    assert!(wasted <= 1.0, "{wasted} wasted mints");
     barrier(&op, &ns, "taken").await;
-    assert_eq!(op.metric("tokenmint_wasted_mints_total"), 0.0);
+    barrier(&op, &ns, "taken").await;
+    assert_eq!(op.metric("tokenmint_wasted_mints_total"), wasted);
     let after = secret(&ns, "taken").await.unwrap();
     assert_eq!(
         after.metadata.resource_version,
