@@ -5,6 +5,7 @@
 //! [`schedule`]) → write and report ([`controller`], [`metrics`]).
 
 pub mod api;
+pub mod cache;
 pub mod controller;
 pub mod htpasswd;
 pub mod keystore;
