@@ -11,6 +11,7 @@ pub mod htpasswd;
 pub mod keystore;
 pub mod leader;
 pub mod metrics;
+pub mod operator;
 pub mod plan;
 pub mod schedule;
 pub mod seal;
