@@ -11,19 +11,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Error as ControllerError};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{ApiToken, ApiTokenStatus, GROUP, MANAGER, Phase};
+use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
+use crate::cache::{SecretCache, TokenCache};
 use crate::metrics::{Metrics, TokenView};
 use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Wake};
 use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::os_rng;
-use crate::verifier::api::ApiTokenVerifier;
 use crate::verifier::controller::{self as verifiers, Lookup};
 use crate::watched::TokenObject;
 
@@ -79,7 +78,7 @@ pub const REPORT_AFTER_FAILURES: u32 = 3;
 pub struct Context {
     client: Client,
     secrets: Arc<SecretCache>,
-    tokens: Arc<Cache<TokenObject>>,
+    tokens: Arc<TokenCache<TokenObject>>,
     reporter: Reporter,
     metrics: Arc<Metrics>,
     rules: Rules,
@@ -128,7 +127,7 @@ pub async fn run(
     let secret_changed = inputs_changed.clone();
 
     // Both caches drop managedFields: they are the bulk of each object and nothing here reads them.
-    let secret_cache = Arc::new(SecretCache::default());
+    let secret_cache = Arc::new(SecretCache::json());
     let secret_writer = secret_cache.clone();
     let secret_events = watcher(
         secrets,
@@ -147,7 +146,7 @@ pub async fn run(
     })
     .touched_objects();
 
-    let token_cache = Arc::new(Cache::new());
+    let token_cache = Arc::new(TokenCache::reflector());
     let token_writer = token_cache.clone();
     let token_events = watcher(tokens, watcher::Config::default())
         .backoff(WatchBackoff::default())
@@ -166,7 +165,7 @@ pub async fn run(
         controller: MANAGER.to_owned(),
         instance: settings.instance.clone(),
     };
-    let token_store = token_cache.store.clone();
+    let token_store = token_cache.store();
     let series = token_store.clone();
     metrics.set_tokens(Box::new(move || {
         series.state().iter().map(|t| token_view(t)).collect()
@@ -396,167 +395,6 @@ impl Synced {
         if before != Self::TOKENS | Self::SECRETS && before | kind == Self::TOKENS | Self::SECRETS {
             self.metrics.set_ready(true);
             tracing::info!("caches synced");
-        }
-    }
-}
-
-/// A watch cache that the reconciler also moves forward with what its own writes returned.
-///
-/// Between a write and its watch event, a reconcile woken by the other watch (the new Secret's event
-/// before the token's status event, or the reverse) would plan from the older copy and repeat the
-/// write: a second status apply, or a create that fails and a re-read. Putting the API server's answer
-/// into the cache avoids that. It only ever replaces the exact version the write was based on, so
-/// anything the watch delivered meanwhile wins, and the cache still converges on the watch.
-struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
-    store: Store<K>,
-    writer: Mutex<Writer<K>>,
-}
-
-impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
-    fn new() -> Self {
-        let writer = Writer::default();
-        Cache {
-            store: writer.as_reader(),
-            writer: Mutex::new(writer),
-        }
-    }
-
-    /// The watch stream's side: applies one watch event.
-    fn apply(&self, event: &watcher::Event<K>) {
-        self.lock().apply_watcher_event(event);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Writer<K>> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records the outcome of our own write to `key`, if the cache still holds `based_on` (the
-    /// resourceVersion the write started from; `None` for an object that was absent).
-    fn advance(&self, key: &ObjectRef<K>, based_on: Option<&str>, outcome: watcher::Event<K>) {
-        let mut writer = self.lock();
-        let cached = self.store.get(key);
-        let cached_version = cached
-            .as_ref()
-            .map(|o| o.meta().resource_version.as_deref());
-        if cached_version == based_on.map(Some) {
-            writer.apply_watcher_event(&outcome);
-        }
-    }
-}
-
-/// The Secret cache, kept as JSON: as Rust structs (maps and many small strings) one of our Secrets
-/// takes about 3.9 KiB, serialized about 1.3 KiB; at 10,000 tokens that is 38 MiB against 14 MiB.
-/// A reconcile deserializes the one Secret it needs, in microseconds.
-///
-/// Like [`Cache`], the reconciler moves it forward with what its own writes returned.
-#[derive(Default)]
-pub struct SecretCache {
-    state: Mutex<SecretCacheState>,
-}
-
-#[derive(Default)]
-struct SecretCacheState {
-    secrets: HashMap<ObjectRef<Secret>, StoredSecret>,
-    /// A relist in progress, swapped in when complete (as a reflector does).
-    relisting: Option<HashMap<ObjectRef<Secret>, StoredSecret>>,
-}
-
-struct StoredSecret {
-    resource_version: Option<String>,
-    json: Box<[u8]>,
-}
-
-impl SecretCache {
-    fn key(secret: &Secret) -> ObjectRef<Secret> {
-        ObjectRef::new(&secret.name_any()).within(&secret.namespace().unwrap_or_default())
-    }
-
-    /// Only a Secret controlled by an ApiToken or an ApiTokenVerifier keeps its data: any other Secret that carries our label
-    /// (anyone may set it) is kept as metadata, so nobody can grow the operator's memory with large
-    /// Secrets, and a foreign Secret's data is never held.
-    fn stored(secret: &Secret) -> Option<StoredSecret> {
-        let controlled = secret.metadata.owner_references.iter().flatten().any(|o| {
-            o.controller == Some(true)
-                && (o.kind == ApiToken::kind(&()) || o.kind == ApiTokenVerifier::kind(&()))
-                && o.api_version.starts_with(GROUP)
-        });
-        let json = if controlled {
-            serde_json::to_vec(secret)
-        } else {
-            serde_json::to_vec(&Secret {
-                metadata: secret.metadata.clone(),
-                type_: secret.type_.clone(),
-                ..Secret::default()
-            })
-        }
-        .ok()?
-        .into_boxed_slice();
-        Some(StoredSecret {
-            resource_version: secret.metadata.resource_version.clone(),
-            json,
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SecretCacheState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The watch stream's side: applies one watch event.
-    fn apply(&self, event: &watcher::Event<Secret>) {
-        self.lock().apply(event);
-    }
-
-    /// The Secret at `key`, as last seen.
-    pub fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
-        let state = self.lock();
-        let stored = state.secrets.get(key)?;
-        serde_json::from_slice(&stored.json).ok()
-    }
-
-    /// Records the outcome of our own write to `key`, if the cache still holds `based_on` (the
-    /// resourceVersion the write started from; `None` for a Secret that was absent).
-    pub fn advance(
-        &self,
-        key: &ObjectRef<Secret>,
-        based_on: Option<&str>,
-        outcome: watcher::Event<Secret>,
-    ) {
-        let mut state = self.lock();
-        let cached = state
-            .secrets
-            .get(key)
-            .map(|s| s.resource_version.as_deref());
-        if cached == based_on.map(Some) {
-            state.apply(&outcome);
-        }
-    }
-}
-
-impl SecretCacheState {
-    fn apply(&mut self, event: &watcher::Event<Secret>) {
-        match event {
-            watcher::Event::Apply(secret) => match SecretCache::stored(secret) {
-                Some(stored) => {
-                    self.secrets.insert(SecretCache::key(secret), stored);
-                }
-                None => {
-                    self.secrets.remove(&SecretCache::key(secret));
-                }
-            },
-            watcher::Event::Delete(secret) => {
-                self.secrets.remove(&SecretCache::key(secret));
-            }
-            watcher::Event::Init => self.relisting = Some(HashMap::new()),
-            watcher::Event::InitApply(secret) => {
-                if let Some(stored) = SecretCache::stored(secret) {
-                    self.relisting
-                        .get_or_insert_default()
-                        .insert(SecretCache::key(secret), stored);
-                }
-            }
-            watcher::Event::InitDone => {
-                self.secrets = self.relisting.take().unwrap_or_default();
-            }
         }
     }
 }

@@ -5,11 +5,13 @@
 //! [`schedule`]) → write and report ([`controller`], [`metrics`]).
 
 pub mod api;
+pub mod cache;
 pub mod controller;
 pub mod htpasswd;
 pub mod keystore;
 pub mod leader;
 pub mod metrics;
+pub mod operator;
 pub mod plan;
 pub mod schedule;
 pub mod seal;

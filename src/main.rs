@@ -1,18 +1,10 @@
 //! The `tokenmint` binary: `run` the operator, or print the `crd`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::FutureExt as _;
-use tokenmint::controller::{self, Settings};
-use tokenmint::leader::{self, Elector};
-use tokenmint::metrics::{self, Metrics};
-use tokenmint::plan::Rules;
-use tokenmint::telemetry::{self, LogFormat};
-use tokenmint::validate::Policy;
-use tokenmint::{keystore, seal};
+use tokenmint::operator::{self, RunArgs};
+use tokenmint::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +15,32 @@ use tokenmint::{keystore, seal};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), operator::Error> {
+    match Cli::parse().command {
+        Command::Crd { kind } => {
+            match kind.as_deref() {
+                None => print!("{}", tokenmint::all_crds_yaml()),
+                Some("apitoken") => print!("{}", tokenmint::crd_yaml()),
+                Some("apitokenverifier") => print!("{}", tokenmint::verifier_crd_yaml()),
+                Some(other) => {
+                    return Err(format!("no CRD {other:?}: apitoken or apitokenverifier").into());
+                }
+            }
+            Ok(())
+        }
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let budget = args.shutdown_timeout;
+            let signalled = async move {
+                shutdown_signal().await;
+                tokio::spawn(last_resort(budget));
+            };
+            operator::run(args, signalled).await
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -36,212 +54,12 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "TOKENMINT_NAMESPACE")]
-    namespace: Option<String>,
-    /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    metrics_addr: SocketAddr,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
-    /// How many tokens may be reconciled at once.
-    #[arg(long, default_value_t = 32)]
-    concurrency: u16,
-    /// Reconcile only while holding a Lease, so several replicas can run and one works at a time.
-    #[arg(long)]
-    leader_elect: bool,
-    /// Namespace of the leader-election Lease (in a cluster: the operator's own namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    leader_election_namespace: String,
-    /// Name of the leader-election Lease; replicas of one installation share it.
-    #[arg(long, default_value = leader::LEASE_NAME)]
-    leader_election_lease: String,
-    /// Secret holding the key that seals every token Secret (created on first start).
-    #[arg(long, default_value = seal::DEFAULT_KEY_SECRET)]
-    seal_key_secret: String,
-    /// Namespace of the seal key Secret (in a cluster: the operator's own namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    seal_key_namespace: String,
-    /// Let secretTemplate carry Reflector, kubed or mittwald replicator annotations, which copy the
-    /// credential into other namespaces.
-    #[arg(long)]
-    allow_replication_annotations: bool,
-    /// How long a shutdown may wait for in-flight reconciles before the process exits anyway
-    /// (keep it below the pod's termination grace period).
-    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
-    shutdown_timeout: Duration,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    tokenmint::schedule::Period::parse_unbounded(text)
-        .map(|p| Duration::from_secs(p.as_secs()))
-        .map_err(|e| e.to_string())
-}
-
-#[tokio::main]
-async fn main() -> anyhow_free::Result {
-    match Cli::parse().command {
-        Command::Crd { kind } => {
-            match kind.as_deref() {
-                None => print!("{}", tokenmint::all_crds_yaml()),
-                Some("apitoken") => print!("{}", tokenmint::crd_yaml()),
-                Some("apitokenverifier") => print!("{}", tokenmint::verifier_crd_yaml()),
-                Some(other) => {
-                    return Err(format!("no CRD {other:?}: apitoken or apitokenverifier").into());
-                }
-            }
-            Ok(())
-        }
-        Command::Run(args) => run(args).await,
-    }
-}
-
-async fn run(args: RunArgs) -> anyhow_free::Result {
-    telemetry::init(args.log_format);
-    let client = kube::Client::try_default().await?;
-    let metrics = Arc::new(Metrics::new());
-    let stop = Arc::new(tokio::sync::watch::Sender::new(false));
-    let stopped = {
-        let stop = stop.clone();
-        move || {
-            let mut rx = stop.subscribe();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        }
-    };
-    let server = tokio::spawn(metrics::serve(
-        args.metrics_addr,
-        metrics.clone(),
-        stopped(),
-    ));
-    let signalled = stop.clone();
-    let budget = args.shutdown_timeout;
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        signalled.send_replace(true);
-        // Each step below is bounded, but whatever the API server, the watches or a stuck request
-        // are doing, the process is gone shortly after the budget, inside the pod's grace period.
-        tokio::time::sleep(budget + Duration::from_secs(1)).await;
-        tracing::error!(?budget, "shutdown did not finish in time; exiting");
-        std::process::exit(1);
-    });
-
-    // A follower only waits: it is ready (healthy standby) while it can read the Lease, and its
-    // metrics carry no per-token series. Only the leader starts the controller.
-    let leadership = if args.leader_elect {
-        let identity = leader::default_identity();
-        tracing::info!(
-            lease = %args.leader_election_lease,
-            namespace = %args.leader_election_namespace,
-            %identity,
-            "leader election: waiting for the Lease"
-        );
-        let lease = leader::Settings::new(
-            &args.leader_election_lease,
-            &args.leader_election_namespace,
-            identity,
-        );
-        let standby = metrics.clone();
-        let acquired = Elector::new(client.clone(), lease).acquire(move |ok| standby.set_ready(ok));
-        tokio::select! {
-            leadership = acquired => Some(leadership),
-            () = stopped() => {
-                server.await??;
-                return Ok(());
-            }
-        }
-    } else {
-        None
-    };
-    // Ready again once the leader's caches are synced.
-    metrics.set_ready(false);
-
-    let loaded = tokio::select! {
-        loaded = keystore::load_or_create(client.clone(), &args.seal_key_namespace, &args.seal_key_secret) => Some(loaded),
-        () = stopped() => None,
-    };
-    let key = match loaded {
-        Some(Ok(key)) => key,
-        None => {
-            if let Some(leadership) = leadership {
-                let _ = tokio::time::timeout(args.shutdown_timeout, leadership.release()).await;
-            }
-            let _ = tokio::time::timeout(args.shutdown_timeout, server).await;
-            return Ok(());
-        }
-        Some(Err(e)) => {
-            if let Some(leadership) = leadership {
-                leadership.release().await;
-            }
-            stop.send_replace(true);
-            let _ = tokio::time::timeout(args.shutdown_timeout, server).await;
-            return Err(e.into());
-        }
-    };
-    let settings = Settings {
-        namespace: args.namespace,
-        concurrency: args.concurrency,
-        instance: if args.leader_elect {
-            Some(leader::default_identity())
-        } else {
-            std::env::var("POD_NAME").ok()
-        },
-        rules: Rules {
-            key,
-            policy: Policy {
-                allow_replication_annotations: args.allow_replication_annotations,
-            },
-        },
-    };
-    // The controller stops on a signal (finishing in-flight reconciles) or when the Lease is lost.
-    let halted = || {
-        let lost = leadership.as_ref().map(leader::Leadership::lost);
-        let signal = stopped();
-        async move {
-            match lost {
-                Some(lost) => {
-                    futures::future::select(Box::pin(signal), Box::pin(lost))
-                        .await
-                        .factor_first()
-                        .0
-                }
-                None => signal.await,
-            }
-        }
-    };
-    // Whatever the watches and in-flight requests are doing, the process exits in time.
-    let timeout = args.shutdown_timeout;
-    let deadline = halted().then(move |()| tokio::time::sleep(timeout));
-    tokio::select! {
-        () = controller::run(client, settings, metrics, halted()) => {}
-        () = deadline => tracing::warn!(?timeout, "in-flight reconciles did not finish in time; exiting anyway"),
-    }
-
-    let lost = leadership.as_ref().is_some_and(leader::Leadership::is_lost);
-    if let Some(leadership) = leadership {
-        // Hands over at once instead of making the next leader wait out the lease duration.
-        if tokio::time::timeout(timeout, leadership.release())
-            .await
-            .is_err()
-        {
-            tracing::warn!("could not release the Lease in time; the next leader waits it out");
-        }
-    }
-    stop.send_replace(true);
-    match tokio::time::timeout(timeout, server).await {
-        Ok(served) => served??,
-        Err(_) => tracing::warn!("metrics server did not stop in time"),
-    }
-    if lost {
-        // Exit non-zero so the restart is visible; the new process waits for the Lease again.
-        return Err("lost the leader-election Lease".into());
-    }
-    Ok(())
+/// Each shutdown step is bounded, but whatever the API server, the watches or a stuck request are
+/// doing, the process is gone a second after the budget, inside the pod's grace period.
+async fn last_resort(budget: Duration) {
+    tokio::time::sleep(budget + Duration::from_secs(1)).await;
+    tracing::error!(?budget, "shutdown did not finish in time; exiting");
+    std::process::exit(1);
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.
@@ -261,9 +79,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.unwrap_or_default();
-}
-
-/// `main`'s error type: any error, printed once by the runtime.
-mod anyhow_free {
-    pub type Result = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }

@@ -33,7 +33,7 @@ use super::api::{
 use super::render::{self, Entry, ObservedOutputs, TokenCredentials, TokenRef};
 use super::trust::{Candidate, Trust, Verdict};
 use crate::api::{ApiToken, MANAGER};
-use crate::controller::SecretCache;
+use crate::cache::SecretCache;
 use crate::htpasswd;
 use crate::plan::Rules;
 use crate::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
