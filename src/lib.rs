@@ -39,19 +39,27 @@ const API_TOKEN_DESCRIPTION: &str = "An API token managed by tokenmint: one cred
 kept in a Secret of the token's namespace in every form an app needs (username/password, Bearer, Basic), rotated on \
 schedule or on request, and removed when the token is revoked or expires. The ApiToken stays as the record.";
 
-/// The CRD as YAML, exactly as committed under `crds/`.
-pub fn crd_yaml() -> String {
-    let mut crd = api::ApiToken::crd();
-    // kube-derive describes the root as an "Auto-generated derived type"; say what the kind is instead.
+/// Puts `description` where kube-derive writes "Auto-generated derived type": the root of every
+/// version's schema, which `kubectl explain <kind>` shows.
+pub fn describe_kind(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    description: &str,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
             .schema
             .as_mut()
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
-            schema.description = Some(API_TOKEN_DESCRIPTION.to_owned());
+            schema.description = Some(description.to_owned());
         }
     }
+    crd
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    let crd = describe_kind(api::ApiToken::crd(), API_TOKEN_DESCRIPTION);
     // Serializing a CRD built from our own types cannot fail.
     serde_yaml::to_string(&crd).unwrap_or_default()
 }

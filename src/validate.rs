@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::api::{ApiTokenSpec, Scope, SecretTemplate};
 use crate::schedule::Period;
 use crate::token::Format;
+use crate::verifier::names::{check_qualified_name, is_label_value};
 
 /// A spec that passed every check, in domain types.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,7 +141,7 @@ fn check_template(template: &SecretTemplate, policy: Policy) -> Result<(), Inval
     let labels = template.labels.as_ref().map_or(&EMPTY, |l| l);
     for (key, value) in labels {
         let field = || format!("spec.secretTemplate.labels[{key:?}]");
-        check_qualified_name(key).map_err(|reason| invalid(field(), reason))?;
+        check_qualified_name(key).map_err(|reason| invalid(field(), format!("key {reason}")))?;
         if !is_label_value(value) {
             return Err(invalid(
                 field(),
@@ -152,7 +153,7 @@ fn check_template(template: &SecretTemplate, policy: Policy) -> Result<(), Inval
     let mut total = 0;
     for (key, value) in annotations {
         let field = || format!("spec.secretTemplate.annotations[{key:?}]");
-        check_qualified_name(key).map_err(|reason| invalid(field(), reason))?;
+        check_qualified_name(key).map_err(|reason| invalid(field(), format!("key {reason}")))?;
         if !policy.allow_replication_annotations
             && REPLICATOR_PREFIXES.iter().any(|p| key.starts_with(p))
         {
@@ -176,59 +177,13 @@ fn check_template(template: &SecretTemplate, policy: Policy) -> Result<(), Inval
 
 static EMPTY: BTreeMap<String, String> = BTreeMap::new();
 
-/// A Kubernetes qualified name: an optional DNS-subdomain prefix and `/`, then 1-63 characters of
-/// `[A-Za-z0-9._-]` starting and ending with an alphanumeric.
-fn check_qualified_name(key: &str) -> Result<(), &'static str> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    if let Some(prefix) = prefix
-        && !is_dns_subdomain(prefix)
-    {
-        return Err("key prefix must be a DNS subdomain (lower case, at most 253 characters)");
-    }
-    if name.is_empty() || !is_label_value(name) {
-        return Err(
-            "key name must be 1-63 characters of [A-Za-z0-9._-], starting and ending with an alphanumeric",
-        );
-    }
-    Ok(())
-}
-
-/// Empty, or at most 63 characters of `[A-Za-z0-9._-]` starting and ending with an alphanumeric.
-fn is_label_value(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    bytes.len() <= 63
-        && bytes.first().is_none_or(u8::is_ascii_alphanumeric)
-        && bytes.last().is_none_or(u8::is_ascii_alphanumeric)
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// RFC 1123 subdomain: dot-separated labels of `[a-z0-9-]`, each starting and ending alphanumeric.
-fn is_dns_subdomain(text: &str) -> bool {
-    (1..=253).contains(&text.len())
-        && text.split('.').all(|label| {
-            let b = label.as_bytes();
-            (1..=63).contains(&b.len())
-                && b.first()
-                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && b.last()
-                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
 /// A character that could end or forge a line for a consumer reading the value line by line.
 fn breaks_lines(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// `^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`, 1-63 characters.
-fn is_role(role: &str) -> bool {
+/// `^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`, 1-63 characters: an ApiToken's `spec.role`.
+pub fn is_role(role: &str) -> bool {
     let bytes = role.as_bytes();
     let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     (1..=63).contains(&bytes.len())

@@ -255,17 +255,7 @@ spec.trust; its current credential stays in every output while it is Active, and
 
 /// The verifier's CRD, with the kind's description in place of kube-derive's placeholder.
 pub fn crd() -> CustomResourceDefinition {
-    let mut crd = ApiTokenVerifier::crd();
-    for version in &mut crd.spec.versions {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            schema.description = Some(DESCRIPTION.to_owned());
-        }
-    }
-    crd
+    crate::describe_kind(ApiTokenVerifier::crd(), DESCRIPTION)
 }
 
 /// The schema of `namespaceSelector`: Kubernetes' LabelSelector, bounded and with its operator rules

@@ -14,7 +14,7 @@ use super::api::{
     MAX_TRUST_ENTRIES, TrustEntry, VerifierRef,
 };
 use super::{invalid, names};
-use crate::validate::InvalidSpec;
+use crate::validate::{InvalidSpec, is_role};
 
 /// A verifier's `spec.trust`, checked: every selector parsed, every role valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,16 +148,6 @@ fn requirement(r: &LabelSelectorRequirement, field: &str) -> Result<Requirement,
             "must be In, NotIn, Exists or DoesNotExist",
         )),
     }
-}
-
-/// `^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`, 1-63 characters: an ApiToken's `spec.role`.
-fn is_role(role: &str) -> bool {
-    let b = role.as_bytes();
-    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (1..=63).contains(&b.len())
-        && b.first().is_some_and(edge)
-        && b.last().is_some_and(edge)
-        && b.iter().all(|c| edge(c) || matches!(c, b'.' | b'_' | b'-'))
 }
 
 impl Trust {
