@@ -19,10 +19,10 @@ use serde_json::json;
 use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
 use crate::cache::{SecretCache, TokenCache};
 use crate::metrics::{Metrics, TokenView};
-use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Wake};
+use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Servers, Wake};
 use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
-use crate::token::os_rng;
+use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
 use crate::watched::TokenObject;
 
@@ -174,12 +174,14 @@ pub async fn run(
     let dropped = Dropped::new(retry, metrics.clone());
     let (lookup, verifiers_changed, verifier_events, namespace_events) =
         verifiers::watch(&client, settings.namespace.as_deref()).streams();
+    let (published, publications) = futures::channel::mpsc::unbounded();
     let verifier_shared = verifiers::Shared {
         client: client.clone(),
         tokens: token_store.clone(),
         secrets: secret_cache.clone(),
         rules: settings.rules.clone(),
         lookup: lookup.clone(),
+        published,
     };
     let context = Arc::new(Context {
         client: client.clone(),
@@ -214,6 +216,8 @@ pub async fn run(
         // A verifier or a namespace changed: which verifiers accept a token may have too.
         .reconcile_all_on(verifiers_changed)
         .reconcile_on(retries)
+        // A verifier published a staged credential: it may be promoted now.
+        .reconcile_on(publications)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -580,7 +584,13 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Action, Erro
     for attempt in 0..2 {
         let now = now_seconds();
         let observed = secret::observe(token, current.as_ref(), &ctx.rules.key);
-        let plan = plan::plan(token, &observed, &ctx.rules, now, &mut os_rng());
+        let accepting = verifiers::accepting(token, &ctx.lookup, &ctx.secrets);
+        let published = |c: &Credential| accepting.as_ref().is_some_and(|a| a.published(c));
+        let servers = Servers {
+            publish_delay: accepting.as_ref().map(|a| a.publish_delay),
+            published: &published,
+        };
+        let plan = plan::plan(token, &observed, &servers, &ctx.rules, now, &mut os_rng());
         match write_secret(&secrets, &ctx.secrets, &key, &plan.write).await? {
             Written::Done => return finish(token, ctx, &ns, plan).await,
             Written::Stale => {

@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{ApiToken, ApiTokenStatus, Phase, PreviousCredential};
 use crate::schedule::{self, Period};
 use crate::seal::SealKey;
-use crate::secret::{self, Held, Observed, Previous, Redacted, Seal};
-use crate::token::mint_credential;
+use crate::secret::{self, Held, Next, Observed, Previous, Redacted, Seal};
+use crate::token::{Credential, mint_credential};
 use crate::validate::{self, Policy, ValidSpec};
 
 /// What the operator brings to every decision besides the token, its Secret, the time and randomness:
@@ -24,6 +24,31 @@ pub struct Rules {
     pub key: SealKey,
     pub policy: Policy,
 }
+
+/// What the verifiers that accept a token need before a new credential becomes current. A rotation
+/// of such a token stages the new credential in the token's Secret (so verifiers may publish it),
+/// and promotes it to the current keys only once every output holds it and its servers have had
+/// `publish_delay` to see it: a client that switches the moment its Secret changes is let in.
+pub struct Servers<'a> {
+    /// The longest `publishDelay` of the verifiers that accept the token; `None` when none does,
+    /// and a rotation is then immediate.
+    pub publish_delay: Option<SignedDuration>,
+    /// Whether every output of every verifier that accepts the token holds `credential`.
+    pub published: &'a (dyn Fn(&Credential) -> bool + Sync),
+}
+
+impl Servers<'_> {
+    /// No verifier accepts the token.
+    pub const NONE: Servers<'static> = Servers {
+        publish_delay: None,
+        published: &|_| true,
+    };
+}
+
+/// How long a staged credential waits past its promotion instant for a verifier that does not
+/// publish it (one that is down, or whose output is full) before it is promoted anyway: a stuck
+/// server must not hold every token's rotation back for ever.
+pub const PUBLISH_TIMEOUT: SignedDuration = SignedDuration::from_secs(30);
 
 /// How long to wait before looking again at a Secret owned by someone else (such Secrets are not watched).
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(30);
@@ -157,6 +182,7 @@ enum Mint {
 pub fn plan(
     token: &ApiToken,
     observed: &Observed<'_>,
+    servers: &Servers<'_>,
     rules: &Rules,
     now: Timestamp,
     rng: &mut impl rand::RngCore,
@@ -194,6 +220,7 @@ pub fn plan(
         spec: &spec,
         last: &last,
         key,
+        servers,
         now,
     };
     match observed {
@@ -245,48 +272,78 @@ pub fn plan(
             }
             let manual = token.rotate_request().is_some()
                 && token.rotate_request() != held.rotate_request.as_deref();
-            let scheduled = spec
-                .period
-                .filter(|p| schedule::rotation_due(held.issued_at, *p, now));
             // A retire-previous request not yet handled: the previous credential leaked.
             let retire = token.retire_request().is_some()
                 && token.retire_request() != held.retire_request.as_deref();
-            if manual || scheduled.is_some() {
-                let why = match scheduled {
-                    Some(period) if !manual => Mint::Scheduled(period),
-                    _ => Mint::Manual,
-                };
-                // The replaced credential stays valid for the overlap, unless retiring was asked too.
-                let previous = spec.overlap.filter(|_| !retire).map(|overlap| Previous {
-                    credential: held.credential.clone(),
-                    retires_at: now + overlap.as_duration(),
-                });
-                return minting.rotate(secret, held, previous, why, rng);
-            }
-            // The previous credential retires at its instant, or at once on request.
-            let mut held = held.clone();
-            if retire {
-                held.retire_request = token.retire_request().map(str::to_owned);
-            }
-            if retire || held.previous.as_ref().is_some_and(|p| now >= p.retires_at) {
-                held.previous = None;
-            }
-            let held = &held;
-            // Re-seals a Secret sealed under another key (or before the seal) whose bookkeeping status vouches for.
-            let desired = secret::desired(token, &spec, held, key);
-            let write = if secret::in_sync(secret, &desired) {
-                SecretWrite::Nothing
-            } else {
-                update(secret, desired)
+            let why = |due: bool| match spec.period {
+                Some(period) if due && !manual => Mint::Scheduled(period),
+                _ => Mint::Manual,
             };
-            let status = active_status(token, &spec, held, &last, now);
-            let wake = wake_active(&status);
-            Plan {
-                write,
-                status,
-                event: unreported_rotation(&last, held),
-                wake,
-                mints: false,
+            // The replaced credential stays valid for the overlap, unless retiring was asked too.
+            let previous = spec.overlap.filter(|_| !retire).map(|overlap| Previous {
+                credential: held.credential.clone(),
+                retires_at: now + overlap.as_duration(),
+            });
+            let due_at = |at: Timestamp| {
+                spec.period
+                    .is_some_and(|p| schedule::rotation_due(held.issued_at, p, at))
+            };
+            if let Some(next) = &held.next {
+                // A leak (rotate and retire together): the staged credential, never exposed but in
+                // this Secret, replaces the current one now. No verifier accepts the token any more:
+                // a pending request is carried out now, as without verifiers.
+                let at_once = manual && (retire || servers.publish_delay.is_none());
+                let promote = at_once
+                    || (now >= next.promote_at
+                        && (servers.publish_delay.is_none()
+                            || (servers.published)(&next.credential)
+                            || now >= next.promote_at + PUBLISH_TIMEOUT));
+                if promote {
+                    let credential = next.credential.clone();
+                    let why = why(due_at(now));
+                    return minting.rotate(secret, held, credential, previous, why);
+                }
+                let hurried = servers
+                    .publish_delay
+                    .filter(|_| manual)
+                    .map(|d| now + d)
+                    .filter(|at| *at < next.promote_at);
+                if let Some(promote_at) = hurried {
+                    // A manual request while a scheduled rotation is staged: promote sooner.
+                    let mut held = held.clone();
+                    held.next = Some(Next {
+                        credential: next.credential.clone(),
+                        promote_at,
+                    });
+                    return minting.keep(secret, &held, retire);
+                }
+                return minting.keep(secret, held, retire);
+            }
+            match servers.publish_delay {
+                Some(delay) if !(manual && retire) && (manual || due_at(now + delay)) => {
+                    // Stage: the new credential goes into the Secret beside the current one; the
+                    // verifiers publish it, and it is promoted at its instant.
+                    let scheduled = spec
+                        .period
+                        .map(|p| schedule::next_rotation_at(held.issued_at, p));
+                    let promote_at = match scheduled {
+                        Some(at) if !manual => at.max(now + delay),
+                        _ => now + delay,
+                    };
+                    let mut staged = held.clone();
+                    staged.next = Some(Next {
+                        credential: mint_credential(&spec.format, rng),
+                        promote_at,
+                    });
+                    let mut plan = minting.keep(secret, &staged, retire);
+                    plan.mints = true;
+                    plan
+                }
+                _ if manual || due_at(now) => {
+                    let credential = mint_credential(&spec.format, rng);
+                    minting.rotate(secret, held, credential, previous, why(due_at(now)))
+                }
+                _ => minting.keep(secret, held, retire),
             }
         }
     }
@@ -361,6 +418,7 @@ struct Minting<'a> {
     spec: &'a ValidSpec,
     last: &'a ApiTokenStatus,
     key: &'a SealKey,
+    servers: &'a Servers<'a>,
     now: Timestamp,
 }
 
@@ -376,17 +434,21 @@ impl Minting<'_> {
     ) -> Plan {
         // A request present when a credential is minted is handled by it (the credential is new).
         let retire_request = self.token.retire_request().map(str::to_owned);
-        self.mint_with(existing, rotations, None, retire_request, why, rng)
+        let credential = mint_credential(&self.spec.format, rng);
+        let mut plan = self.replace(existing, rotations, credential, None, retire_request, why);
+        plan.mints = true;
+        plan
     }
 
-    /// A scheduled or manual rotation of `held`, keeping `previous` valid for the overlap.
+    /// A scheduled or manual rotation of `held` to `credential` (just minted, or staged before),
+    /// keeping `previous` valid for the overlap.
     fn rotate(
         &self,
         existing: &Secret,
         held: &Held,
+        credential: Credential,
         previous: Option<Previous>,
         why: Mint,
-        rng: &mut impl rand::RngCore,
     ) -> Plan {
         let retire_request = self
             .token
@@ -394,39 +456,72 @@ impl Minting<'_> {
             .map(str::to_owned)
             .or(held.retire_request.clone());
         let rotations = held.rotations + 1;
-        self.mint_with(
+        let staged = held.next.as_ref().map(|n| &n.credential) == Some(&credential);
+        let mut plan = self.replace(
             Some(existing),
             rotations,
+            credential,
             previous,
             retire_request,
             why,
-            rng,
-        )
+        );
+        plan.mints = !staged;
+        plan
     }
 
-    fn mint_with(
+    /// No rotation: `held` stays current. The previous credential retires at its instant, or at
+    /// once when `retire` (an unhandled retire-previous request) says so; a Secret sealed under
+    /// another key whose bookkeeping status vouches for is re-sealed.
+    fn keep(&self, existing: &Secret, held: &Held, retire: bool) -> Plan {
+        let (token, spec, last, now) = (self.token, self.spec, self.last, self.now);
+        let mut held = held.clone();
+        if retire {
+            held.retire_request = token.retire_request().map(str::to_owned);
+        }
+        if retire || held.previous.as_ref().is_some_and(|p| now >= p.retires_at) {
+            held.previous = None;
+        }
+        let desired = secret::desired(token, spec, &held, self.key);
+        let write = if secret::in_sync(existing, &desired) {
+            SecretWrite::Nothing
+        } else {
+            update(existing, desired)
+        };
+        let status = active_status(token, spec, &held, last, now);
+        Plan {
+            write,
+            wake: wake_active(&status, &held, self.servers, now),
+            status,
+            event: unreported_rotation(last, &held),
+            mints: false,
+        }
+    }
+
+    fn replace(
         &self,
         existing: Option<&Secret>,
         rotations: u64,
+        credential: Credential,
         previous: Option<Previous>,
         retire_request: Option<String>,
         why: Mint,
-        rng: &mut impl rand::RngCore,
     ) -> Plan {
         let Minting {
             token,
             spec,
             last,
             key,
+            servers,
             now,
         } = *self;
         let held = Held {
-            credential: mint_credential(&spec.format, rng),
+            credential,
             issued_at: now,
             rotations,
             rotate_request: token.rotate_request().map(str::to_owned),
             retire_request,
             previous,
+            next: None,
         };
         let desired = secret::desired(token, spec, &held, key);
         let write = match existing {
@@ -471,28 +566,44 @@ impl Minting<'_> {
             ),
         };
         let status = active_status(token, spec, &held, last, now);
-        let wake = wake_active(&status);
         Plan {
             write,
+            wake: wake_active(&status, &held, servers, now),
             status,
             event: Some(Transition {
                 warning,
                 reason,
                 note,
             }),
-            wake,
-            mints: true,
+            mints: false,
         }
     }
 }
 
-fn wake_active(status: &ApiTokenStatus) -> Wake {
+/// The next instant something changes for an Active token: its rotation (or the staging before
+/// it), a staged credential's promotion (or its publish timeout), the previous credential's
+/// retirement, expiry.
+fn wake_active(
+    status: &ApiTokenStatus,
+    held: &Held,
+    servers: &Servers<'_>,
+    now: Timestamp,
+) -> Wake {
     let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
     let retires = status.previous.as_ref().map(|p| p.retires_at.0);
+    let staging = match &held.next {
+        Some(next) if now < next.promote_at => Some(next.promote_at),
+        Some(next) => Some(next.promote_at + PUBLISH_TIMEOUT),
+        None => servers
+            .publish_delay
+            .zip(at(&status.next_rotation_at))
+            .map(|(delay, rotation)| rotation - delay),
+    };
     schedule::next_wakeup([
         at(&status.next_rotation_at),
         at(&status.expires_at),
         retires,
+        staging,
     ])
     .map_or(Wake::OnChange, Wake::At)
 }
@@ -510,11 +621,17 @@ fn active_status(
     } else {
         Reason::Rotated
     };
-    let message = format!(
+    let mut message = format!(
         "credential {} is in Secret {}",
         held.fingerprint(),
         token.secret_name()
     );
+    if let Some(next) = &held.next {
+        message.push_str(&format!(
+            "; the next credential is staged for verifiers and becomes current at {} once they publish it",
+            secret::rfc3339(next.promote_at)
+        ));
+    }
     ApiTokenStatus {
         phase: Some(Phase::Active),
         access_key: Some(held.credential.access_key.clone()),
@@ -815,7 +932,14 @@ mod tests {
     }
 
     fn run_with(t: &ApiToken, secret: Option<&Secret>, rules: &Rules, now: Timestamp) -> Plan {
-        plan(t, &observe(t, secret, &rules.key), rules, now, &mut rng())
+        plan(
+            t,
+            &observe(t, secret, &rules.key),
+            &Servers::NONE,
+            rules,
+            now,
+            &mut rng(),
+        )
     }
 
     fn edit(secret: &Secret, key: &str, value: &str) -> Secret {
@@ -1533,6 +1657,159 @@ mod tests {
         );
         assert_eq!(due.status.previous, None);
         assert!(!due.mints);
+    }
+
+    fn run_served(
+        t: &ApiToken,
+        secret: Option<&Secret>,
+        delay: i64,
+        published: bool,
+        now: Timestamp,
+    ) -> Plan {
+        let rules = rules();
+        let held = move |_: &Credential| published;
+        let servers = Servers {
+            publish_delay: Some(SignedDuration::from_secs(delay)),
+            published: &held,
+        };
+        plan(
+            t,
+            &observe(t, secret, &rules.key),
+            &servers,
+            &rules,
+            now,
+            &mut rng(),
+        )
+    }
+
+    fn staged(secret: &Secret) -> Option<Next> {
+        match secret::observe(&overlapping(), Some(secret), &rules().key) {
+            Observed::Owned { held: Ok(h), .. } => h.next,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scheduled_rotation_with_verifiers_is_staged_ahead_and_promoted_on_time() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        // Steady until the staging instant, which is the wake-up.
+        let before = run_served(&t, Some(&secret), 90, false, at(100));
+        assert!(matches!(before.write, SecretWrite::Nothing));
+        assert_eq!(before.wake, Wake::At(at(3600 - 90)));
+        // At 3510 the next credential is minted into the Secret, the current one unchanged.
+        let stage = run_served(&t, Some(&secret), 90, false, at(3510));
+        assert!(stage.mints && stage.event.is_none());
+        assert_eq!(stage.status.rotations, Some(0));
+        assert_eq!(
+            stage.status.fingerprint,
+            t.status.as_ref().unwrap().fingerprint
+        );
+        assert_eq!(stage.wake, Wake::At(at(3600)));
+        let (t, with_next) = applied(&t, stage, "2");
+        assert_eq!(password(&with_next), password(&secret));
+        let next = staged(&with_next).expect("a staged credential");
+        assert_eq!(next.promote_at, at(3600));
+        // Staged again? No: a second look writes nothing, mints nothing.
+        let again = run_served(&t, Some(&with_next), 90, true, at(3520));
+        assert!(matches!(again.write, SecretWrite::Nothing) && !again.mints);
+        // At 3600, published: the staged credential becomes current (no new mint), the old one
+        // previous for the overlap.
+        let promote = run_served(&t, Some(&with_next), 90, true, at(3600));
+        assert!(!promote.mints);
+        assert_eq!(promote.status.rotations, Some(1));
+        assert_eq!(
+            promote.event.as_ref().map(|e| e.reason),
+            Some(Reason::Rotated)
+        );
+        assert_eq!(promote.status.issued_at, Some(Time(at(3600))));
+        let (_, promoted) = applied(&t, promote, "3");
+        assert_eq!(password(&promoted), next.credential.secret_key.as_bytes());
+        let data = promoted.data.as_ref().unwrap();
+        assert_eq!(data["previous-password"].0, password(&secret));
+        assert!(!data.contains_key("next-password") && staged(&promoted).is_none());
+    }
+
+    #[test]
+    fn a_staged_credential_waits_for_publication_then_for_the_timeout() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let manual = annotate(t, "r1");
+        let stage = run_served(&manual, Some(&secret), 5, false, at(10));
+        assert_eq!(stage.wake, Wake::At(at(15)));
+        assert_eq!(stage.status.last_rotate_request, None);
+        let (manual, with_next) = applied(&manual, stage, "2");
+        assert_eq!(staged(&with_next).unwrap().promote_at, at(15));
+        // Due but not published: wait, until the timeout.
+        let waiting = run_served(&manual, Some(&with_next), 5, false, at(16));
+        assert!(matches!(waiting.write, SecretWrite::Nothing));
+        assert_eq!(waiting.wake, Wake::At(at(15) + PUBLISH_TIMEOUT));
+        // Published before the delay has passed: still waits for the instant.
+        let early = run_served(&manual, Some(&with_next), 5, true, at(12));
+        assert!(matches!(early.write, SecretWrite::Nothing));
+        // Published and due: promoted, and the request is handled.
+        let done = run_served(&manual, Some(&with_next), 5, true, at(16));
+        assert_eq!(done.status.rotations, Some(1));
+        assert_eq!(done.status.last_rotate_request.as_deref(), Some("r1"));
+        // Never published: promoted at the timeout all the same.
+        let late = run_served(
+            &manual,
+            Some(&with_next),
+            5,
+            false,
+            at(15) + PUBLISH_TIMEOUT,
+        );
+        assert_eq!(late.status.rotations, Some(1));
+    }
+
+    #[test]
+    fn a_leak_or_a_lost_verifier_promotes_a_staged_credential_at_once() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let (t, with_next) = applied(
+            &t,
+            run_served(&annotate(t.clone(), "r1"), Some(&secret), 60, false, at(10)),
+            "2",
+        );
+        let next = staged(&with_next).unwrap();
+        // Rotate and retire together: the staged credential replaces the current one now, with no
+        // overlap.
+        let leak = retire_annotate(annotate(t.clone(), "r2"), "leak-1");
+        let p = run_served(&leak, Some(&with_next), 60, false, at(11));
+        assert_eq!(p.status.rotations, Some(1));
+        assert_eq!(p.status.previous, None);
+        assert_eq!(
+            p.status.access_key.as_deref(),
+            Some(next.credential.access_key.as_str())
+        );
+        // No verifier accepts the token any more: its rotation is immediate, as without verifiers.
+        let alone = run(&annotate(t, "r1"), Some(&with_next), at(11));
+        assert_eq!(alone.status.rotations, Some(1));
+        assert!(!alone.mints);
+    }
+
+    #[test]
+    fn a_manual_request_hurries_a_scheduled_staging_and_tampering_drops_it() {
+        let (t, secret) = issue(&overlapping(), at(0));
+        let (t, with_next) = applied(
+            &t,
+            run_served(&t.clone(), Some(&secret), 600, false, at(3000)),
+            "2",
+        );
+        assert_eq!(staged(&with_next).unwrap().promote_at, at(3600));
+        let hurry = run_served(
+            &annotate(t.clone(), "r1"),
+            Some(&with_next),
+            60,
+            false,
+            at(3100),
+        );
+        assert!(!hurry.mints);
+        let (_, hurried) = applied(&t, hurry, "3");
+        assert_eq!(staged(&hurried).unwrap().promote_at, at(3160));
+        // A planted next credential breaks the seal: a re-issue with neither previous nor next.
+        let planted = edit(&with_next, "next-password", "planted");
+        let p = run_served(&t, Some(&planted), 600, true, at(3001));
+        assert!(p.mints && p.status.previous.is_none());
+        let (_, reissued) = applied(&t, p, "4");
+        assert!(staged(&reissued).is_none());
     }
 
     #[test]

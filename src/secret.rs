@@ -39,6 +39,10 @@ pub const RETIRE_REQUEST_ANNOTATION: &str = "tokenmint.dev/retire-request";
 pub const PREVIOUS_FINGERPRINT_ANNOTATION: &str = "tokenmint.dev/previous-fingerprint";
 /// Annotation: when the previous credential retires (RFC 3339), during an overlap.
 pub const PREVIOUS_RETIRES_AT_ANNOTATION: &str = "tokenmint.dev/previous-retires-at";
+/// Annotation: fingerprint of the staged next credential, while verifiers publish it.
+pub const NEXT_FINGERPRINT_ANNOTATION: &str = "tokenmint.dev/next-fingerprint";
+/// Annotation: the earliest instant the staged next credential becomes current (RFC 3339).
+pub const NEXT_PROMOTE_AT_ANNOTATION: &str = "tokenmint.dev/next-promote-at";
 /// Kubernetes Secret type for username/password credentials.
 pub const SECRET_TYPE: &str = "kubernetes.io/basic-auth";
 
@@ -58,7 +62,7 @@ pub const CREDENTIAL_KEYS: [&str; 9] = [
 /// The credential keys that hold secret material: all but the access keys, which are public (status
 /// shows them). Revocation empties these; a `kubernetes.io/basic-auth` Secret must keep `username`
 /// or `password`, so the access key stays.
-pub const SECRET_BEARING_KEYS: [&str; 7] = [
+pub const SECRET_BEARING_KEYS: [&str; 9] = [
     "password",
     "token",
     "basic",
@@ -66,7 +70,16 @@ pub const SECRET_BEARING_KEYS: [&str; 7] = [
     "authorization-basic",
     "previous-password",
     "previous-token",
+    "next-password",
+    "next-token",
 ];
+
+/// Data keys of a staged next credential. Sealed only when present, so a Secret sealed before
+/// staging existed keeps a valid seal.
+pub const NEXT_KEYS: [&str; 3] = ["next-username", "next-password", "next-token"];
+
+/// Annotations of a staged next credential, sealed like [`NEXT_KEYS`].
+const NEXT_ANNOTATIONS: [&str; 2] = [NEXT_FINGERPRINT_ANNOTATION, NEXT_PROMOTE_AT_ANNOTATION];
 
 /// Annotations the seal covers besides the credential keys: tokenmint's bookkeeping.
 const SEALED_ANNOTATIONS: [&str; 7] = [
@@ -96,6 +109,17 @@ pub struct Held {
     pub retire_request: Option<String>,
     /// During an overlap: the credential this one replaced, valid until it retires.
     pub previous: Option<Previous>,
+    /// A credential minted for the next rotation, in the Secret so verifiers can publish it before
+    /// it becomes current (stage, publish, promote).
+    pub next: Option<Next>,
+}
+
+/// A staged credential: verifiers accept it from the moment it is staged; the token's current keys
+/// hold it from `promote_at` on, once every verifier that accepts the token has published it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Next {
+    pub credential: Credential,
+    pub promote_at: Timestamp,
 }
 
 /// The credential a rotation replaced, kept valid for the overlap.
@@ -250,7 +274,24 @@ fn sealed_fields(secret: &Secret) -> impl Iterator<Item = Field<'_>> {
         name,
         value: annotation(secret, name).map(str::as_bytes),
     });
+    // Fields added after the seal existed count only when present: older Secrets keep their seal,
+    // and adding or removing such a field still breaks it.
+    let next_data = NEXT_KEYS.into_iter().filter_map(|name| {
+        let value = secret.data.as_ref()?.get(name)?;
+        Some(Field {
+            name,
+            value: Some(value.0.as_slice()),
+        })
+    });
+    let next_annotations = NEXT_ANNOTATIONS.into_iter().filter_map(|name| {
+        Some(Field {
+            name,
+            value: Some(annotation(secret, name)?.as_bytes()),
+        })
+    });
     data.chain(annotations)
+        .chain(next_data)
+        .chain(next_annotations)
 }
 
 fn data_str<'s>(secret: &'s Secret, key: &str) -> Result<&'s str, Tampered> {
@@ -315,45 +356,74 @@ fn read_held(secret: &Secret) -> Result<Held, Tampered> {
         rotate_request: annotation(secret, ROTATE_REQUEST_ANNOTATION).map(str::to_owned),
         retire_request: annotation(secret, RETIRE_REQUEST_ANNOTATION).map(str::to_owned),
         previous: read_previous(secret)?,
+        next: read_next(secret)?,
     })
+}
+
+/// A credential's three keys under `prefix` (`previous-` or `next-`), checked against the
+/// fingerprint annotation `fingerprint_key`; `None` when none of the keys is there.
+fn read_extra(
+    secret: &Secret,
+    prefix: &str,
+    fingerprint_key: &str,
+) -> Result<Option<Credential>, Tampered> {
+    let keys = ["username", "password", "token"].map(|k| format!("{prefix}{k}"));
+    let has = |k: &str| secret.data.as_ref().is_some_and(|d| d.contains_key(k));
+    let present = keys.iter().filter(|k| has(k)).count();
+    if present == 0 && annotation(secret, fingerprint_key).is_none() {
+        return Ok(None);
+    }
+    let what = prefix.trim_end_matches('-');
+    if present != keys.len() {
+        return Err(Tampered(format!("the {what} credential is incomplete")));
+    }
+    let access_key = data_str(secret, &keys[0])?;
+    let secret_key = data_str(secret, &keys[1])?;
+    let bearer = data_str(secret, &keys[2])?;
+    let prefix_of_token = bearer
+        .strip_suffix(&format!("{access_key}-{secret_key}"))
+        .ok_or_else(|| Tampered(format!("key {} no longer matches", keys[2])))?;
+    if annotation(secret, fingerprint_key) != Some(fingerprint_of(bearer).as_str()) {
+        return Err(Tampered(format!(
+            "the {what} credential no longer matches its fingerprint"
+        )));
+    }
+    Ok(Some(Credential {
+        prefix: prefix_of_token.to_owned(),
+        access_key: access_key.to_owned(),
+        secret_key: secret_key.to_owned(),
+    }))
+}
+
+/// The staged next credential, if the Secret holds one.
+fn read_next(secret: &Secret) -> Result<Option<Next>, Tampered> {
+    let Some(credential) = read_extra(secret, "next-", NEXT_FINGERPRINT_ANNOTATION)? else {
+        return Ok(None);
+    };
+    let promote_at = annotation(secret, NEXT_PROMOTE_AT_ANNOTATION)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .ok_or_else(|| Tampered("the next credential is incomplete".to_owned()))?;
+    Ok(Some(Next {
+        credential,
+        promote_at,
+    }))
 }
 
 /// The previous credential of an overlap, if the Secret holds one. Its keys and annotations come
 /// together or not at all.
 fn read_previous(secret: &Secret) -> Result<Option<Previous>, Tampered> {
-    let keys = ["previous-username", "previous-password", "previous-token"];
-    let has = |k: &str| secret.data.as_ref().is_some_and(|d| d.contains_key(k));
-    let present = keys.iter().filter(|k| has(k)).count();
-    let annotated = annotation(secret, PREVIOUS_FINGERPRINT_ANNOTATION).is_some()
-        || annotation(secret, PREVIOUS_RETIRES_AT_ANNOTATION).is_some();
-    if present == 0 && !annotated {
-        return Ok(None);
-    }
-    let incomplete = || Tampered("the previous credential is incomplete".to_owned());
-    if present != keys.len() {
-        return Err(incomplete());
-    }
-    let access_key = data_str(secret, "previous-username")?;
-    let secret_key = data_str(secret, "previous-password")?;
-    let bearer = data_str(secret, "previous-token")?;
-    let prefix = bearer
-        .strip_suffix(&format!("{access_key}-{secret_key}"))
-        .ok_or_else(|| Tampered("key previous-token no longer matches".to_owned()))?;
-    if annotation(secret, PREVIOUS_FINGERPRINT_ANNOTATION) != Some(fingerprint_of(bearer).as_str())
-    {
-        return Err(Tampered(
-            "the previous credential no longer matches its fingerprint".to_owned(),
-        ));
-    }
-    let retires_at = annotation(secret, PREVIOUS_RETIRES_AT_ANNOTATION)
+    let retires = annotation(secret, PREVIOUS_RETIRES_AT_ANNOTATION);
+    let Some(credential) = read_extra(secret, "previous-", PREVIOUS_FINGERPRINT_ANNOTATION)? else {
+        return match retires {
+            None => Ok(None),
+            Some(_) => Err(Tampered("the previous credential is incomplete".to_owned())),
+        };
+    };
+    let retires_at = retires
         .and_then(|t| t.parse::<Timestamp>().ok())
-        .ok_or_else(incomplete)?;
+        .ok_or_else(|| Tampered("the previous credential is incomplete".to_owned()))?;
     Ok(Some(Previous {
-        credential: Credential {
-            prefix: prefix.to_owned(),
-            access_key: access_key.to_owned(),
-            secret_key: secret_key.to_owned(),
-        },
+        credential,
         retires_at,
     }))
 }
@@ -387,6 +457,11 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held, key: &SealKey) -
         put("previous-password", previous.credential.secret_key.clone());
         put("previous-token", previous.credential.bearer());
     }
+    if let Some(next) = &held.next {
+        put("next-username", next.credential.access_key.clone());
+        put("next-password", next.credential.secret_key.clone());
+        put("next-token", next.credential.bearer());
+    }
     put("role", spec.role.clone());
     put("scopes", spec.scopes.join("\n"));
 
@@ -419,6 +494,16 @@ pub fn desired(token: &ApiToken, spec: &ValidSpec, held: &Held, key: &SealKey) -
         annotations.insert(
             PREVIOUS_RETIRES_AT_ANNOTATION.to_owned(),
             rfc3339(previous.retires_at),
+        );
+    }
+    if let Some(next) = &held.next {
+        annotations.insert(
+            NEXT_FINGERPRINT_ANNOTATION.to_owned(),
+            next.credential.fingerprint(),
+        );
+        annotations.insert(
+            NEXT_PROMOTE_AT_ANNOTATION.to_owned(),
+            rfc3339(next.promote_at),
         );
     }
     if !template_keys.is_empty() {
@@ -540,9 +625,11 @@ pub fn in_sync(observed: &Secret, desired: &Secret) -> bool {
         // Our keys that must go (a retired previous credential) are not "extra keys of others".
         && CREDENTIAL_KEYS
             .iter()
+            .chain(&NEXT_KEYS)
             .all(|k| has_data(observed, k) == has_data(desired, k))
         && SEALED_ANNOTATIONS
             .iter()
+            .chain(&NEXT_ANNOTATIONS)
             .all(|k| annotation(observed, k).is_some() == annotation(desired, k).is_some())
 }
 

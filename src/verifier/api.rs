@@ -105,7 +105,20 @@ pub struct ApiTokenVerifierSpec {
     #[schemars(length(min = 1, max = 8))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["secretName"]))]
     pub outputs: Vec<Output>,
+
+    /// How long this verifier's servers take to see a change to its outputs, e.g. `90s` (the
+    /// default: a kubelet refreshes a mounted Secret within about a minute) or `0s` for a server
+    /// that reads the Secret through the API (ingress-nginx, Traefik, tokenmint authz). A rotation
+    /// of a token this verifier accepts stages the new credential, publishes it here, and hands it
+    /// to the token's clients only this long after staging, so no client is refused when it
+    /// switches. A scheduled rotation is staged this much ahead, and stays on time. At most 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64), pattern(PUBLISH_DELAY_PATTERN))]
+    pub publish_delay: Option<String>,
 }
+
+/// `publishDelay`: the duration syntax of `rotation.period`.
+const PUBLISH_DELAY_PATTERN: &str = r"^([0-9]+[wdhms])+$";
 
 /// One set of tokens the verifier accepts: tokens in the selected namespaces, with one of the listed roles.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

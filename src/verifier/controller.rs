@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -30,13 +30,14 @@ use super::api::{
     ApiTokenVerifier, ApiTokenVerifierStatus, AudienceReason, AudienceStatus, HtpasswdHash,
     OUTPUT_SECRET_TYPE, VERIFIER_LABEL, VerifierRef,
 };
-use super::render::{self, Entry, ObservedOutputs, TokenCredentials, TokenRef};
+use super::render::{self, Entry, ObservedOutputs, Rendering, TokenCredentials, TokenRef};
 use super::trust::{Candidate, Trust, Verdict};
 use crate::api::{ApiToken, MANAGER};
 use crate::cache::SecretCache;
 use crate::htpasswd;
 use crate::plan::Rules;
 use crate::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
+use crate::token::Credential;
 use crate::watched::TokenObject;
 
 /// What can go wrong in one verifier reconcile. Messages name objects, never credentials.
@@ -58,6 +59,9 @@ pub struct Shared {
     pub secrets: Arc<SecretCache>,
     pub rules: Rules,
     pub lookup: Lookup,
+    /// Tokens whose staged credential an output just took: the token controller looks at them
+    /// again, to promote it.
+    pub published: futures::channel::mpsc::UnboundedSender<ObjectRef<TokenObject>>,
 }
 
 /// The verifier and namespace stores, also read by the token controller for `status.audiences`.
@@ -298,7 +302,7 @@ async fn render_outputs(
         namespace: ns.clone(),
         name: verifier.name_any(),
     };
-    let mut accepted = Vec::new();
+    let mut accepted: Vec<TokenCredentials> = Vec::new();
     let mut rejected = 0u32;
     for object in shared.tokens.state() {
         let Some(token) = object.token() else {
@@ -408,6 +412,7 @@ async fn render_outputs(
     };
 
     let mut overflow = None;
+    let mut wrote = false;
     for (output, out) in valid.outputs.iter().zip(&rendered.outputs) {
         if foreign.contains(&output.secret_name) {
             continue;
@@ -426,6 +431,13 @@ async fn render_outputs(
                 key: &output.key,
             };
             write_output(shared, verifier, existing, output_ref, &out.data).await?;
+            wrote = true;
+        }
+    }
+    if wrote {
+        for staged in accepted.iter().filter(|t| t.next.is_some()) {
+            let token = ObjectRef::new(&staged.token.name).within(&staged.token.namespace);
+            let _ = shared.published.unbounded_send(token);
         }
     }
 
@@ -505,7 +517,62 @@ fn credentials_of(shared: &Shared, token: &ApiToken, now: Timestamp) -> Option<T
         expires_at: token.spec.expires_at.as_ref().map(|t| t.0),
         current: held.credential,
         previous: held.previous.map(|p| (p.credential, p.retires_at)),
+        next: held.next.map(|n| n.credential),
     })
+}
+
+/// What the verifiers that accept `token` need before a staged credential of it is promoted:
+/// their longest publish delay, and their outputs as the cache holds them.
+pub struct Accepting {
+    pub publish_delay: SignedDuration,
+    outputs: Vec<(Rendering, Option<Secret>, String)>,
+}
+
+impl Accepting {
+    /// Whether every output holds `credential`.
+    pub fn published(&self, credential: &Credential) -> bool {
+        self.outputs.iter().all(|(rendering, secret, key)| {
+            secret
+                .as_ref()
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get(key))
+                .is_some_and(|data| render::holds(*rendering, &data.0, credential))
+        })
+    }
+}
+
+/// The verifiers that accept `token` (it names them and they trust it), or `None` when none does.
+pub fn accepting(token: &ApiToken, lookup: &Lookup, secrets: &SecretCache) -> Option<Accepting> {
+    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
+    let mut found: Option<Accepting> = None;
+    for audience in token.spec.audiences.iter().flatten() {
+        let Ok(target) = audience.resolve(namespace) else {
+            continue;
+        };
+        let key = ObjectRef::new(&target.name).within(&target.namespace);
+        let Some(verifier) = lookup.verifiers.get(&key) else {
+            continue;
+        };
+        let Ok(valid) = super::validate(&verifier) else {
+            continue;
+        };
+        if verdict(&valid.trust, token, lookup) != Verdict::Accepted {
+            continue;
+        }
+        let accepting = found.get_or_insert(Accepting {
+            publish_delay: SignedDuration::ZERO,
+            outputs: Vec::new(),
+        });
+        accepting.publish_delay = accepting.publish_delay.max(valid.publish_delay);
+        for output in valid.outputs {
+            let secret =
+                secrets.get(&ObjectRef::new(&output.secret_name).within(&target.namespace));
+            accepting
+                .outputs
+                .push((output.rendering, secret, output.key));
+        }
+    }
+    found
 }
 
 fn controlled_by(secret: &Secret, uid: &str) -> bool {

@@ -20,6 +20,9 @@ use api::{ApiTokenVerifier, ApiTokenVerifierSpec, VerifierRef};
 use render::ValidOutput;
 use trust::Trust;
 
+use jiff::SignedDuration;
+
+use crate::schedule::Period;
 use crate::validate::InvalidSpec;
 
 /// A field the operator rejects, with why.
@@ -36,7 +39,14 @@ pub struct ValidVerifier {
     pub trust: Trust,
     /// In spec order, defaults applied.
     pub outputs: Vec<ValidOutput>,
+    /// `spec.publishDelay`, default applied.
+    pub publish_delay: SignedDuration,
 }
+
+/// `spec.publishDelay` when absent: a kubelet refreshes a mounted Secret within about a minute.
+pub const DEFAULT_PUBLISH_DELAY: SignedDuration = SignedDuration::from_secs(90);
+/// The longest `spec.publishDelay`.
+pub const MAX_PUBLISH_DELAY: SignedDuration = SignedDuration::from_secs(3600);
 
 impl ValidVerifier {
     /// The output writing the Secret `secret_name`, if any (to tell an output from a token's Secret).
@@ -68,7 +78,24 @@ pub fn validate_spec(
 ) -> Result<ValidVerifier, InvalidSpec> {
     let outputs = render::validate_outputs(&spec.outputs)?;
     let trust = Trust::parse(verifier, spec.trust.as_deref())?;
-    Ok(ValidVerifier { trust, outputs })
+    let publish_delay = match spec.publish_delay.as_deref() {
+        None => DEFAULT_PUBLISH_DELAY,
+        Some(text) => Period::parse_unbounded(text)
+            .map(Period::as_duration)
+            .ok()
+            .filter(|d| *d <= MAX_PUBLISH_DELAY)
+            .ok_or_else(|| {
+                invalid(
+                    "spec.publishDelay",
+                    "a duration such as 90s or 0s (units w d h m s), at most 1h",
+                )
+            })?,
+    };
+    Ok(ValidVerifier {
+        trust,
+        outputs,
+        publish_delay,
+    })
 }
 
 #[cfg(test)]
@@ -83,6 +110,7 @@ mod tests {
             ApiTokenVerifierSpec {
                 trust: None,
                 outputs,
+                publish_delay: None,
             },
         );
         v.metadata.namespace = Some("data".into());
@@ -110,6 +138,7 @@ mod tests {
         assert_eq!(out.key, "htpasswd");
         assert_eq!(out.rendering, Rendering::Htpasswd(HtpasswdHash::Bcrypt));
         assert!(valid.output_named("other").is_none());
+        assert_eq!(valid.publish_delay, DEFAULT_PUBLISH_DELAY);
     }
 
     #[test]
@@ -149,6 +178,15 @@ mod tests {
             "spec.outputs[1].key"
         );
         assert_eq!(with(|o| o.key = Some("a/b".into())), "spec.outputs[1].key");
+        let delay = |d: &str| {
+            let mut v = verifier("pinot", vec![output("a", OutputFormat::Htpasswd)]);
+            v.spec.publish_delay = Some(d.into());
+            validate(&v).map(|v| v.publish_delay.as_secs())
+        };
+        assert_eq!(delay("0s"), Ok(0));
+        assert_eq!(delay("1m30s"), Ok(90));
+        assert_eq!(delay("2h").unwrap_err().field, "spec.publishDelay");
+        assert_eq!(delay("soon").unwrap_err().field, "spec.publishDelay");
         let none = validate(&verifier("pinot", vec![])).unwrap_err();
         assert_eq!(none.field, "spec.outputs");
         let nine = (0..9)

@@ -147,11 +147,15 @@ pub struct TokenCredentials {
     pub current: Credential,
     /// During a rotation overlap: the previous credential and when it retires.
     pub previous: Option<(Credential, Timestamp)>,
+    /// A credential staged for the next rotation: servers accept it before the token's clients
+    /// are handed it, so none of them is refused when they switch.
+    pub next: Option<Credential>,
 }
 
 impl TokenCredentials {
-    /// One entry per credential: the current one valid until `expiresAt` (or open-ended), the previous
-    /// one until it retires, or until `expiresAt` if that comes first (expiry removes both).
+    /// One entry per credential: the current one (and a staged next one) valid until `expiresAt` (or
+    /// open-ended), the previous one until it retires, or until `expiresAt` if that comes first
+    /// (expiry removes them all).
     pub fn entries(&self) -> Vec<Entry> {
         let entry = |credential: &Credential, not_after, previous| Entry {
             token: self.token.clone(),
@@ -165,6 +169,9 @@ impl TokenCredentials {
         if let Some((credential, retires_at)) = &self.previous {
             let not_after = self.expires_at.map_or(*retires_at, |e| e.min(*retires_at));
             entries.push(entry(credential, Some(not_after), true));
+        }
+        if let Some(next) = &self.next {
+            entries.push(entry(next, self.expires_at, false));
         }
         entries
     }
@@ -547,6 +554,25 @@ struct MapItem<'a> {
     token: String,
 }
 
+/// Whether the rendering `data` of an output lets `credential` in: its htpasswd line, or its Bearer
+/// token's key in the sha256-map. The token controller asks this of every output before it hands
+/// its clients a staged credential.
+pub fn holds(rendering: Rendering, data: &[u8], credential: &Credential) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    match rendering {
+        Rendering::Htpasswd(_) => {
+            let user = format!("{}:", credential.access_key);
+            text.lines().any(|line| line.starts_with(&user))
+        }
+        Rendering::Sha256Map => {
+            let key = format!("\"{}\":", presented_hash(&credential.bearer()));
+            text.contains(&key)
+        }
+    }
+}
+
 /// Hex SHA-256 of a presented credential: the exact string after `Bearer ` or `Basic `.
 pub fn presented_hash(presented: &str) -> String {
     Sha256::digest(presented.as_bytes())
@@ -622,7 +648,52 @@ mod tests {
             expires_at: None,
             current: credential(access_key),
             previous: None,
+            next: None,
         }
+    }
+
+    #[test]
+    fn a_staged_credential_is_let_in_by_every_format_and_holds_says_so() {
+        let staged = TokenCredentials {
+            next: Some(credential("NEXTnextNEXT0001")),
+            ..issued("superset", "AbCdEfGh12345678")
+        };
+        let entries = staged.entries();
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().all(|e| !e.previous && e.not_after.is_none()));
+        let r = render(
+            &outputs(),
+            &entries,
+            &ObservedOutputs::new(),
+            at(NOW),
+            fake_line,
+        )
+        .unwrap();
+        for (output, out) in outputs().iter().zip(&r.outputs) {
+            let next = credential("NEXTnextNEXT0001");
+            assert!(
+                holds(output.rendering, &out.data, &next),
+                "{}",
+                output.secret_name
+            );
+            assert!(holds(
+                output.rendering,
+                &out.data,
+                &credential("AbCdEfGh12345678")
+            ));
+            assert!(!holds(
+                output.rendering,
+                &out.data,
+                &credential("OTHERotherOTH001")
+            ));
+        }
+        // A credential that differs only in its secret key is not held by the map (the key is the
+        // hash of the whole Bearer token); htpasswd keys lines by access key, and the access key
+        // of every new credential is new.
+        let mut forged = credential("NEXTnextNEXT0001");
+        forged.secret_key.push('x');
+        assert!(!holds(Rendering::Sha256Map, &r.outputs[1].data, &forged));
+        assert!(!holds(Rendering::Sha256Map, b"\xff\xfe", &forged));
     }
 
     fn outputs() -> Vec<ValidOutput> {

@@ -689,7 +689,14 @@ async fn minimal_issue(client: &Client, recorder: &Recorder, token: ApiToken) ->
         policy: tokenmint::validate::Policy::default(),
     };
     let observed = secret::observe(&token, None, &rules.key);
-    let plan = plan::plan(&token, &observed, &rules, now, &mut os_rng());
+    let plan = plan::plan(
+        &token,
+        &observed,
+        &plan::Servers::NONE,
+        &rules,
+        now,
+        &mut os_rng(),
+    );
     let SecretWrite::Create(secret) = plan.write else {
         return Err(format!("planner did not create a Secret for {}", token.name_any()).into());
     };
