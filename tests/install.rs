@@ -1169,6 +1169,24 @@ async fn chart_rbac_is_enough_to_issue_rotate_and_revoke() {
     let rotated = wait_token(&ns, "rbac", "rotated once", |t| rotations(t) == Some(1)).await;
     assert_ne!(fingerprint(&rotated), fingerprint(&issued));
 
+    // A verifier: the chart's rights read it, write its output Secret and its status.
+    common::tokens::create_verifier(
+        &ns,
+        "web",
+        json!({"publishDelay": "0s", "outputs": [{"secretName": "web-map", "format": "sha256-map"}]}),
+    )
+    .await;
+    let checked = common::tokens::spec_of(json!({"role": "reader", "audiences": ["web"]}));
+    common::tokens::create(&ns, "checked", checked).await;
+    let key = wait_token(&ns, "checked", "Active", |t| {
+        phase(t) == Some(Phase::Active)
+    })
+    .await
+    .status
+    .and_then(|s| s.access_key)
+    .unwrap();
+    common::tokens::wait_published(&ns, "web", "web-map", &key).await;
+
     let patch = json!({ "spec": { "revoked": true } });
     ns.api::<ApiToken>()
         .patch("rbac", &PatchParams::default(), &Patch::Merge(&patch))
@@ -1359,6 +1377,23 @@ async fn watch_namespace_rbac_works_there_and_nowhere_else() {
         phase(t) == Some(Phase::Active)
     })
     .await;
+    // A verifier in the watched namespace works without reading any Namespace.
+    common::tokens::create_verifier(
+        &apps,
+        "web",
+        json!({"outputs": [{"secretName": "web-map", "format": "sha256-map"}]}),
+    )
+    .await;
+    let checked = common::tokens::spec_of(json!({"role": "reader", "audiences": ["web"]}));
+    common::tokens::create(&apps, "checked", checked).await;
+    let key = wait_token(&apps, "checked", "Active", |t| {
+        phase(t) == Some(Phase::Active)
+    })
+    .await
+    .status
+    .and_then(|s| s.access_key)
+    .unwrap();
+    common::tokens::wait_published(&apps, "web", "web-map", &key).await;
     let held = release
         .api::<Lease>()
         .get(installed.lease_name())

@@ -714,9 +714,26 @@ async fn examples_apply_cleanly_and_reach_their_phases() {
         ("rotating", Phase::Active),
         ("contractor", Phase::Active),
         ("retired", Phase::Revoked),
+        ("web-client", Phase::Active),
     ] {
         wait_phase(&ns, name, phase, |_| true).await;
     }
+    // The example pair: the verifier accepts the token and renders both outputs.
+    let client = wait_phase(&ns, "web-client", Phase::Active, |t| {
+        status_of(t).audiences.first().is_some_and(|a| a.accepted)
+    })
+    .await;
+    let user = status_of(&client).access_key.clone().unwrap();
+    wait_for("the example verifier's outputs", WAIT, || async {
+        let htpasswd = data(&secret(&ns, "web-htpasswd").await?)
+            .get("auth")?
+            .clone();
+        let map = data(&secret(&ns, "web-tokens").await?)
+            .get("tokens.json")?
+            .clone();
+        (htpasswd.starts_with(&format!("{user}:$5$")) && map.contains(&user)).then_some(())
+    })
+    .await;
     let pinot = data(&secret(&ns, "pinot-ingest").await.unwrap());
     assert!(pinot["token"].starts_with("st-") && pinot["token"].len() == 3 + 16 + 1 + 32);
     assert!(secret(&ns, "superset-reader-token").await.is_some());

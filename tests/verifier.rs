@@ -56,20 +56,6 @@ impl Drop for Mirror {
     }
 }
 
-async fn create_verifier(ns: &TestNs, name: &str, spec: serde_json::Value) -> ApiTokenVerifier {
-    let verifier: ApiTokenVerifier = serde_json::from_value(json!({
-        "apiVersion": "tokenmint.dev/v1alpha1",
-        "kind": "ApiTokenVerifier",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap();
-    ns.api::<ApiTokenVerifier>()
-        .create(&PostParams::default(), &verifier)
-        .await
-        .unwrap_or_else(|e| panic!("creating ApiTokenVerifier {name}: {e}"))
-}
-
 /// An operator for `ns`, nginx, the mirror of the output `web-htpasswd` into nginx's file, and the
 /// verifier `web` that renders it.
 async fn serve(ns: &TestNs) -> (Operator, Nginx, Mirror) {
