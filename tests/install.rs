@@ -1071,6 +1071,21 @@ async fn create_token(ns: &TestNs, name: &str) {
         .unwrap();
 }
 
+/// A verifier with a sha256-map output and a token for it in `ns`: waits until the output holds the
+/// token's credential and the verifier is Ready.
+async fn verify_one(ns: &TestNs) {
+    let spec = json!({"outputs": [{"secretName": "web-map", "format": "sha256-map"}]});
+    common::tokens::create_verifier(ns, "web", spec).await;
+    let checked = common::tokens::spec_of(json!({"role": "reader", "audiences": ["web"]}));
+    common::tokens::create(ns, "checked", checked).await;
+    let key = wait_token(ns, "checked", "Active", |t| phase(t) == Some(Phase::Active))
+        .await
+        .status
+        .and_then(|s| s.access_key)
+        .unwrap();
+    common::tokens::wait_published(ns, "web", "web-map", &key).await;
+}
+
 async fn wait_token(
     ns: &TestNs,
     name: &str,
@@ -1170,22 +1185,7 @@ async fn chart_rbac_is_enough_to_issue_rotate_and_revoke() {
     assert_ne!(fingerprint(&rotated), fingerprint(&issued));
 
     // A verifier: the chart's rights read it, write its output Secret and its status.
-    common::tokens::create_verifier(
-        &ns,
-        "web",
-        json!({"publishDelay": "0s", "outputs": [{"secretName": "web-map", "format": "sha256-map"}]}),
-    )
-    .await;
-    let checked = common::tokens::spec_of(json!({"role": "reader", "audiences": ["web"]}));
-    common::tokens::create(&ns, "checked", checked).await;
-    let key = wait_token(&ns, "checked", "Active", |t| {
-        phase(t) == Some(Phase::Active)
-    })
-    .await
-    .status
-    .and_then(|s| s.access_key)
-    .unwrap();
-    common::tokens::wait_published(&ns, "web", "web-map", &key).await;
+    verify_one(&ns).await;
 
     let patch = json!({ "spec": { "revoked": true } });
     ns.api::<ApiToken>()
@@ -1378,22 +1378,7 @@ async fn watch_namespace_rbac_works_there_and_nowhere_else() {
     })
     .await;
     // A verifier in the watched namespace works without reading any Namespace.
-    common::tokens::create_verifier(
-        &apps,
-        "web",
-        json!({"outputs": [{"secretName": "web-map", "format": "sha256-map"}]}),
-    )
-    .await;
-    let checked = common::tokens::spec_of(json!({"role": "reader", "audiences": ["web"]}));
-    common::tokens::create(&apps, "checked", checked).await;
-    let key = wait_token(&apps, "checked", "Active", |t| {
-        phase(t) == Some(Phase::Active)
-    })
-    .await
-    .status
-    .and_then(|s| s.access_key)
-    .unwrap();
-    common::tokens::wait_published(&apps, "web", "web-map", &key).await;
+    verify_one(&apps).await;
     let held = release
         .api::<Lease>()
         .get(installed.lease_name())
