@@ -20,8 +20,9 @@ pub struct RotateArgs {
     /// leaked): sets tokenmint.dev/retire-previous with the same request.
     #[arg(long)]
     pub retire_previous: bool,
-    /// How long --wait waits, e.g. 60s, 2m.
-    #[arg(long, default_value = "60s", value_parser = crate::parse_timeout)]
+    /// How long --wait waits, e.g. 60s, 5m. A token a verifier accepts becomes current only after
+    /// the verifier's publishDelay (90s unless set), hence the default.
+    #[arg(long, default_value = "3m", value_parser = crate::parse_timeout)]
     pub timeout: Duration,
 }
 
