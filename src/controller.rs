@@ -89,9 +89,24 @@ pub struct Context {
     secrets_listed: tokio::sync::watch::Receiver<bool>,
     /// Verifiers and namespaces, for `status.audiences`.
     lookup: Lookup,
+    /// When this process first saw every output of a staged credential hold it, by fingerprint: the
+    /// publish delay counts from then. Lost on restart, which only delays a promotion.
+    published: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl Context {
+    /// Since when every output has held the staged `credential`, first seen at `now` if not before.
+    fn published_since(&self, credential: &Credential, now: Timestamp) -> Timestamp {
+        let mut seen = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Promoted or abandoned staged credentials are forgotten within the longest wait.
+        let horizon = crate::verifier::MAX_PUBLISH_DELAY + plan::PUBLISH_TIMEOUT * 2;
+        seen.retain(|_, since| now.duration_since(*since) < horizon);
+        *seen.entry(credential.fingerprint()).or_insert(now)
+    }
+
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<TokenObject>, u32>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -193,6 +208,7 @@ pub async fn run(
         failures: Mutex::default(),
         secrets_listed,
         lookup,
+        published: Mutex::default(),
     });
     let shutdown = futures::FutureExt::shared(shutdown);
     let verifier_controller = verifiers::run(
@@ -585,7 +601,10 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Action, Erro
         let now = now_seconds();
         let observed = secret::observe(token, current.as_ref(), &ctx.rules.key);
         let accepting = verifiers::accepting(token, &ctx.lookup, &ctx.secrets);
-        let published = |c: &Credential| accepting.as_ref().is_some_and(|a| a.published(c));
+        let published = |c: &Credential| {
+            let held = accepting.as_ref().is_some_and(|a| a.published(c));
+            held.then(|| ctx.published_since(c, now))
+        };
         let servers = Servers {
             publish_delay: accepting.as_ref().map(|a| a.publish_delay),
             published: &published,

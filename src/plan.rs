@@ -28,22 +28,39 @@ pub struct Rules {
 /// What the verifiers that accept a token need before a new credential becomes current. A rotation
 /// of such a token stages the new credential in the token's Secret (so verifiers may publish it),
 /// and promotes it to the current keys only once every output holds it and its servers have had
-/// `publish_delay` to see it: a client that switches the moment its Secret changes is let in.
+/// `publish_delay` since then to see it: a client that switches the moment its Secret changes is
+/// let in.
 pub struct Servers<'a> {
     /// The longest `publishDelay` of the verifiers that accept the token; `None` when none does,
     /// and a rotation is then immediate.
     pub publish_delay: Option<SignedDuration>,
-    /// Whether every output of every verifier that accepts the token holds `credential`.
-    pub published: &'a (dyn Fn(&Credential) -> bool + Sync),
+    /// Since when every output of every verifier that accepts the token holds `credential` (as
+    /// first seen); `None` while one does not.
+    pub published: &'a (dyn Fn(&Credential) -> Option<Timestamp> + Sync),
 }
 
 impl Servers<'_> {
     /// No verifier accepts the token.
     pub const NONE: Servers<'static> = Servers {
         publish_delay: None,
-        published: &|_| true,
+        published: &|_| None,
     };
+
+    /// When the staged `next` may become current, if its servers have it: `publish_delay` after
+    /// it was published, and never before its own instant.
+    fn ready_at(&self, next: &Next) -> Option<Timestamp> {
+        match self.publish_delay {
+            None => Some(next.promote_at),
+            Some(delay) => {
+                (self.published)(&next.credential).map(|since| next.promote_at.max(since + delay))
+            }
+        }
+    }
 }
+
+/// How far ahead of the publish delay a scheduled rotation is staged: the time verifiers get to
+/// publish it, so that it is still promoted on time.
+pub const STAGE_LEAD: SignedDuration = SignedDuration::from_secs(10);
 
 /// How long a staged credential waits past its promotion instant for a verifier that does not
 /// publish it (one that is down, or whose output is full) before it is promoted anyway: a stuck
@@ -294,10 +311,8 @@ pub fn plan(
                 // a pending request is carried out now, as without verifiers.
                 let at_once = manual && (retire || servers.publish_delay.is_none());
                 let promote = at_once
-                    || (now >= next.promote_at
-                        && (servers.publish_delay.is_none()
-                            || (servers.published)(&next.credential)
-                            || now >= next.promote_at + PUBLISH_TIMEOUT));
+                    || servers.ready_at(next).is_some_and(|at| now >= at)
+                    || now >= next.promote_at + PUBLISH_TIMEOUT;
                 if promote {
                     let credential = next.credential.clone();
                     let why = why(due_at(now));
@@ -320,7 +335,9 @@ pub fn plan(
                 return minting.keep(secret, held, retire);
             }
             match servers.publish_delay {
-                Some(delay) if !(manual && retire) && (manual || due_at(now + delay)) => {
+                Some(delay)
+                    if !(manual && retire) && (manual || due_at(now + delay + STAGE_LEAD)) =>
+                {
                     // Stage: the new credential goes into the Secret beside the current one; the
                     // verifiers publish it, and it is promoted at its instant.
                     let scheduled = spec
@@ -490,7 +507,7 @@ impl Minting<'_> {
         let status = active_status(token, spec, &held, last, now);
         Plan {
             write,
-            wake: wake_active(&status, &held, self.servers, now),
+            wake: wake_active(&status, &held, self.servers),
             status,
             event: unreported_rotation(last, &held),
             mints: false,
@@ -568,7 +585,7 @@ impl Minting<'_> {
         let status = active_status(token, spec, &held, last, now);
         Plan {
             write,
-            wake: wake_active(&status, &held, servers, now),
+            wake: wake_active(&status, &held, servers),
             status,
             event: Some(Transition {
                 warning,
@@ -583,21 +600,20 @@ impl Minting<'_> {
 /// The next instant something changes for an Active token: its rotation (or the staging before
 /// it), a staged credential's promotion (or its publish timeout), the previous credential's
 /// retirement, expiry.
-fn wake_active(
-    status: &ApiTokenStatus,
-    held: &Held,
-    servers: &Servers<'_>,
-    now: Timestamp,
-) -> Wake {
+fn wake_active(status: &ApiTokenStatus, held: &Held, servers: &Servers<'_>) -> Wake {
     let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
     let retires = status.previous.as_ref().map(|p| p.retires_at.0);
     let staging = match &held.next {
-        Some(next) if now < next.promote_at => Some(next.promote_at),
-        Some(next) => Some(next.promote_at + PUBLISH_TIMEOUT),
+        // Its promotion once published; else the timeout (a publication wakes the token earlier).
+        Some(next) => Some(
+            servers
+                .ready_at(next)
+                .unwrap_or(next.promote_at + PUBLISH_TIMEOUT),
+        ),
         None => servers
             .publish_delay
             .zip(at(&status.next_rotation_at))
-            .map(|(delay, rotation)| rotation - delay),
+            .map(|(delay, rotation)| rotation - delay - STAGE_LEAD),
     };
     schedule::next_wakeup([
         at(&status.next_rotation_at),
@@ -1659,15 +1675,17 @@ mod tests {
         assert!(!due.mints);
     }
 
+    /// Plans with verifiers whose publish delay is `delay` seconds and whose outputs have held any
+    /// staged credential since `published` (seconds), if set.
     fn run_served(
         t: &ApiToken,
         secret: Option<&Secret>,
         delay: i64,
-        published: bool,
+        published: Option<i64>,
         now: Timestamp,
     ) -> Plan {
         let rules = rules();
-        let held = move |_: &Credential| published;
+        let held = move |_: &Credential| published.map(at);
         let servers = Servers {
             publish_delay: Some(SignedDuration::from_secs(delay)),
             published: &held,
@@ -1692,12 +1710,12 @@ mod tests {
     #[test]
     fn a_scheduled_rotation_with_verifiers_is_staged_ahead_and_promoted_on_time() {
         let (t, secret) = issue(&overlapping(), at(0));
-        // Steady until the staging instant, which is the wake-up.
-        let before = run_served(&t, Some(&secret), 90, false, at(100));
+        // Steady until the staging instant (delay and lead ahead), which is the wake-up.
+        let before = run_served(&t, Some(&secret), 90, None, at(100));
         assert!(matches!(before.write, SecretWrite::Nothing));
-        assert_eq!(before.wake, Wake::At(at(3600 - 90)));
-        // At 3510 the next credential is minted into the Secret, the current one unchanged.
-        let stage = run_served(&t, Some(&secret), 90, false, at(3510));
+        assert_eq!(before.wake, Wake::At(at(3600 - 90) - STAGE_LEAD));
+        // Then the next credential is minted into the Secret, the current one unchanged.
+        let stage = run_served(&t, Some(&secret), 90, None, at(3500));
         assert!(stage.mints && stage.event.is_none());
         assert_eq!(stage.status.rotations, Some(0));
         assert_eq!(
@@ -1709,12 +1727,13 @@ mod tests {
         assert_eq!(password(&with_next), password(&secret));
         let next = staged(&with_next).expect("a staged credential");
         assert_eq!(next.promote_at, at(3600));
-        // Staged again? No: a second look writes nothing, mints nothing.
-        let again = run_served(&t, Some(&with_next), 90, true, at(3520));
+        // Published at 3501: a second look writes nothing, mints nothing, and wakes at the instant.
+        let again = run_served(&t, Some(&with_next), 90, Some(3501), at(3502));
         assert!(matches!(again.write, SecretWrite::Nothing) && !again.mints);
-        // At 3600, published: the staged credential becomes current (no new mint), the old one
-        // previous for the overlap.
-        let promote = run_served(&t, Some(&with_next), 90, true, at(3600));
+        assert_eq!(again.wake, Wake::At(at(3600)));
+        // At 3600 the staged credential becomes current (no new mint), the old one previous for
+        // the overlap.
+        let promote = run_served(&t, Some(&with_next), 90, Some(3501), at(3600));
         assert!(!promote.mints);
         assert_eq!(promote.status.rotations, Some(1));
         assert_eq!(
@@ -1730,33 +1749,27 @@ mod tests {
     }
 
     #[test]
-    fn a_staged_credential_waits_for_publication_then_for_the_timeout() {
+    fn a_staged_credential_waits_the_delay_after_publication_or_the_timeout() {
         let (t, secret) = issue(&overlapping(), at(0));
         let manual = annotate(t, "r1");
-        let stage = run_served(&manual, Some(&secret), 5, false, at(10));
-        assert_eq!(stage.wake, Wake::At(at(15)));
+        let stage = run_served(&manual, Some(&secret), 5, None, at(10));
         assert_eq!(stage.status.last_rotate_request, None);
         let (manual, with_next) = applied(&manual, stage, "2");
         assert_eq!(staged(&with_next).unwrap().promote_at, at(15));
         // Due but not published: wait, until the timeout.
-        let waiting = run_served(&manual, Some(&with_next), 5, false, at(16));
+        let waiting = run_served(&manual, Some(&with_next), 5, None, at(16));
         assert!(matches!(waiting.write, SecretWrite::Nothing));
         assert_eq!(waiting.wake, Wake::At(at(15) + PUBLISH_TIMEOUT));
-        // Published before the delay has passed: still waits for the instant.
-        let early = run_served(&manual, Some(&with_next), 5, true, at(12));
+        // Published late, at 14: the servers get their delay from then, not from staging.
+        let early = run_served(&manual, Some(&with_next), 5, Some(14), at(16));
         assert!(matches!(early.write, SecretWrite::Nothing));
-        // Published and due: promoted, and the request is handled.
-        let done = run_served(&manual, Some(&with_next), 5, true, at(16));
+        assert_eq!(early.wake, Wake::At(at(19)));
+        // Published at 11, and due: promoted, and the request is handled.
+        let done = run_served(&manual, Some(&with_next), 5, Some(11), at(16));
         assert_eq!(done.status.rotations, Some(1));
         assert_eq!(done.status.last_rotate_request.as_deref(), Some("r1"));
         // Never published: promoted at the timeout all the same.
-        let late = run_served(
-            &manual,
-            Some(&with_next),
-            5,
-            false,
-            at(15) + PUBLISH_TIMEOUT,
-        );
+        let late = run_served(&manual, Some(&with_next), 5, None, at(15) + PUBLISH_TIMEOUT);
         assert_eq!(late.status.rotations, Some(1));
     }
 
@@ -1765,14 +1778,14 @@ mod tests {
         let (t, secret) = issue(&overlapping(), at(0));
         let (t, with_next) = applied(
             &t,
-            run_served(&annotate(t.clone(), "r1"), Some(&secret), 60, false, at(10)),
+            run_served(&annotate(t.clone(), "r1"), Some(&secret), 60, None, at(10)),
             "2",
         );
         let next = staged(&with_next).unwrap();
         // Rotate and retire together: the staged credential replaces the current one now, with no
         // overlap.
         let leak = retire_annotate(annotate(t.clone(), "r2"), "leak-1");
-        let p = run_served(&leak, Some(&with_next), 60, false, at(11));
+        let p = run_served(&leak, Some(&with_next), 60, None, at(11));
         assert_eq!(p.status.rotations, Some(1));
         assert_eq!(p.status.previous, None);
         assert_eq!(
@@ -1790,7 +1803,7 @@ mod tests {
         let (t, secret) = issue(&overlapping(), at(0));
         let (t, with_next) = applied(
             &t,
-            run_served(&t.clone(), Some(&secret), 600, false, at(3000)),
+            run_served(&t.clone(), Some(&secret), 600, None, at(2990)),
             "2",
         );
         assert_eq!(staged(&with_next).unwrap().promote_at, at(3600));
@@ -1798,7 +1811,7 @@ mod tests {
             &annotate(t.clone(), "r1"),
             Some(&with_next),
             60,
-            false,
+            None,
             at(3100),
         );
         assert!(!hurry.mints);
@@ -1806,7 +1819,7 @@ mod tests {
         assert_eq!(staged(&hurried).unwrap().promote_at, at(3160));
         // A planted next credential breaks the seal: a re-issue with neither previous nor next.
         let planted = edit(&with_next, "next-password", "planted");
-        let p = run_served(&t, Some(&planted), 600, true, at(3001));
+        let p = run_served(&t, Some(&planted), 600, Some(2991), at(3001));
         assert!(p.mints && p.status.previous.is_none());
         let (_, reissued) = applied(&t, p, "4");
         assert!(staged(&reissued).is_none());
