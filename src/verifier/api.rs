@@ -110,8 +110,9 @@ pub struct ApiTokenVerifierSpec {
     /// default: a kubelet refreshes a mounted Secret within about a minute) or `0s` for a server
     /// that reads the Secret through the API (ingress-nginx, Traefik, tokenmint authz). A rotation
     /// of a token this verifier accepts stages the new credential, publishes it here, and hands it
-    /// to the token's clients only this long after staging, so no client is refused when it
-    /// switches. A scheduled rotation is staged this much ahead, and stays on time. At most 1h.
+    /// to the token's clients only this long after that, so no client is refused when it
+    /// switches (counted from when every output holds it). A scheduled rotation is staged this much
+    /// (and 10s more) ahead, and stays on time. At most 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 64), pattern(PUBLISH_DELAY_PATTERN))]
     pub publish_delay: Option<String>,
