@@ -27,8 +27,10 @@ const SSHA_SALT_BYTES: usize = 8;
 /// Length of a SHA-1 digest, the part of an SSHA value before its salt.
 const SHA1_LEN: usize = 20;
 
-/// How an htpasswd line hashes the secret key. Which servers read which is in `docs/htpasswd.md`.
-/// The default is bcrypt, the one every reader accepts; nginx and ingress-nginx do far better with ssha.
+// How an htpasswd line hashes the secret key (`spec.outputs[].hash` of an ApiTokenVerifier). Which
+// servers read which is in `docs/htpasswd.md`. The default is bcrypt, the one every reader accepts;
+// nginx and ingress-nginx do far better with ssha. Not a doc comment: kube hoists an optional enum's
+// own description over the field's, and `kubectl explain` should show the field's.
 #[derive(
     Clone,
     Copy,
@@ -36,6 +38,8 @@ const SHA1_LEN: usize = 20;
     Default,
     PartialEq,
     Eq,
+    PartialOrd,
+    Ord,
     Hash,
     serde::Serialize,
     serde::Deserialize,

@@ -187,22 +187,8 @@ pub enum OutputFormat {
     Sha256Map,
 }
 
-// The hash of an htpasswd line. Not a doc comment: kube hoists an optional enum's own description
-// over the field's, and `kubectl explain` should show the field's (which lists the choices).
-#[derive(
-    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
-pub enum HtpasswdHash {
-    /// `$2y$` bcrypt.
-    #[serde(rename = "bcrypt")]
-    Bcrypt,
-    /// `$5$` SHA-256 crypt.
-    #[serde(rename = "sha256-crypt")]
-    Sha256Crypt,
-    /// `{SSHA}` salted SHA-1.
-    #[serde(rename = "ssha")]
-    Ssha,
-}
+/// The hash of an htpasswd line: one type with the hashing code.
+pub use crate::htpasswd::Hash as HtpasswdHash;
 
 impl OutputFormat {
     /// The format as written in the spec.
@@ -218,17 +204,6 @@ impl OutputFormat {
         match self {
             OutputFormat::Htpasswd => DEFAULT_HTPASSWD_KEY,
             OutputFormat::Sha256Map => DEFAULT_SHA256_MAP_KEY,
-        }
-    }
-}
-
-impl HtpasswdHash {
-    /// The hash as written in the spec.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HtpasswdHash::Bcrypt => "bcrypt",
-            HtpasswdHash::Sha256Crypt => "sha256-crypt",
-            HtpasswdHash::Ssha => "ssha",
         }
     }
 }
@@ -537,7 +512,7 @@ spec:
             HtpasswdHash::Ssha,
         ];
         let written: Value = serde_json::to_value(hashes).unwrap();
-        assert_eq!(written, json!(hashes.map(HtpasswdHash::as_str)));
+        assert_eq!(written, json!(hashes.map(HtpasswdHash::name)));
     }
 
     fn schema() -> Value {

@@ -247,14 +247,6 @@ fn salt_seed(rules: &Rules, entry: &Entry) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-fn hash_of(hash: HtpasswdHash) -> htpasswd::Hash {
-    match hash {
-        HtpasswdHash::Bcrypt => htpasswd::Hash::Bcrypt,
-        HtpasswdHash::Sha256Crypt => htpasswd::Hash::Sha256Crypt,
-        HtpasswdHash::Ssha => htpasswd::Hash::Ssha,
-    }
-}
-
 /// What one reconcile found, for status.
 struct Outcome {
     tokens: Option<u32>,
@@ -390,7 +382,7 @@ async fn render_outputs(
                 htpasswd::line(
                     entry.access_key(),
                     entry.secret_key(),
-                    hash_of(hash),
+                    hash,
                     &salt_seed(&shared.rules, entry),
                 )
             })

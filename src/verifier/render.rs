@@ -720,7 +720,7 @@ mod tests {
         format!(
             "{}:{{{}}}{}",
             entry.access_key(),
-            hash.as_str(),
+            hash.name(),
             &digest[..20]
         )
     }
