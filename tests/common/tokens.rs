@@ -35,23 +35,34 @@ pub async fn token(ns: &TestNs, name: &str) -> ApiToken {
     ns.api::<ApiToken>().get(name).await.unwrap()
 }
 
-/// Waits until the token's status reaches `phase` and `pred` holds.
+/// Waits until the token's status reaches `phase` and `pred` holds, on a watch of that one token
+/// (`kube::runtime::wait::await_condition`), so it returns on the event rather than on a poll.
 pub async fn wait_phase(
     ns: &TestNs,
     name: &str,
     phase: Phase,
     pred: impl Fn(&ApiToken) -> bool,
 ) -> ApiToken {
-    wait_for(
-        &format!("ApiToken {name} to be {phase:?}"),
+    let reached = |t: Option<&ApiToken>| {
+        t.is_some_and(|t| t.status.as_ref().and_then(|s| s.phase) == Some(phase) && pred(t))
+    };
+    let waited = tokio::time::timeout(
         WAIT,
-        || async {
-            let t = ns.api::<ApiToken>().get(name).await.ok()?;
-            let status = t.status.as_ref()?;
-            (status.phase == Some(phase) && pred(&t)).then_some(t)
-        },
+        kube::runtime::wait::await_condition(ns.api::<ApiToken>(), name, reached),
     )
-    .await
+    .await;
+    match waited {
+        Ok(Ok(Some(t))) => t,
+        Ok(Ok(None)) => panic!("ApiToken {name} was deleted while waiting for {phase:?}"),
+        Ok(Err(e)) => panic!("watching ApiToken {name}: {e}"),
+        Err(_) => {
+            let last = ns.api::<ApiToken>().get_opt(name).await.ok().flatten();
+            panic!(
+                "timed out after {WAIT:?} waiting for ApiToken {name} to be {phase:?}; status: {:?}",
+                last.and_then(|t| t.status)
+            )
+        }
+    }
 }
 
 pub async fn active(ns: &TestNs, name: &str) -> ApiToken {
