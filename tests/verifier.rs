@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::nginx::{Nginx, basic};
 use common::tokens::*;
+use common::verifiers::create_verifier;
 use common::{Operator, TestNs, apply_yaml, wait_for};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -54,20 +55,6 @@ impl Drop for Mirror {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-async fn create_verifier(ns: &TestNs, name: &str, spec: serde_json::Value) -> ApiTokenVerifier {
-    let verifier: ApiTokenVerifier = serde_json::from_value(json!({
-        "apiVersion": "tokenmint.dev/v1alpha1",
-        "kind": "ApiTokenVerifier",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap();
-    ns.api::<ApiTokenVerifier>()
-        .create(&PostParams::default(), &verifier)
-        .await
-        .unwrap_or_else(|e| panic!("creating ApiTokenVerifier {name}: {e}"))
 }
 
 /// The user and password of `token`'s current credential, from its Secret.
