@@ -43,7 +43,7 @@ pub struct AuthzArgs {
     pub key: String,
     /// Read a mounted copy of the map (e.g. `/etc/tokenmint/tokens.json`) instead, and reload it when
     /// it changes.
-    #[arg(long, value_name = "PATH", required_unless_present = "output")]
+    #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Address for /verify, /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
