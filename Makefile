@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 export KUBECONFIG
 
-.PHONY: cluster-up cluster-down crds demo test lint bench
+.PHONY: cluster-up cluster-down crds demo test lint bench bench-authz
 
 cluster-up:
 	@hack/cluster-up.sh
@@ -38,3 +38,7 @@ lint:
 bench: cluster-up
 	cargo build --release --bins
 	target/release/tokenmint-bench $(BENCH_ARGS)
+
+# tokenmint authz behind nginx: RSS, requests/s against the no-auth ceiling, revocation -> refusal.
+bench-authz: cluster-up
+	TOKENMINT_NGINX="$$(hack/install-nginx.sh)" cargo test --release --test authz_bench -- --ignored --nocapture

@@ -2,9 +2,11 @@
 //!
 //! The reconcile is a pipeline with pure steps in the middle:
 //! read ([`controller`]) → validate ([`validate`]) → decide ([`plan`], using [`secret`], [`token`],
-//! [`schedule`]) → write and report ([`controller`], [`metrics`]).
+//! [`schedule`]) → write and report ([`controller`], [`metrics`]). [`verifier`] renders what servers
+//! check credentials with; [`authz`] is such a check for gateways.
 
 pub mod api;
+pub mod authz;
 pub mod cache;
 pub mod controller;
 pub mod htpasswd;

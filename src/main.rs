@@ -1,8 +1,9 @@
-//! The `tokenmint` binary: `run` the operator, or print the `crd`.
+//! The `tokenmint` binary: `run` the operator, serve the `authz` check, or print the `crd`.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tokenmint::authz::{self, AuthzArgs};
 use tokenmint::operator::{self, RunArgs};
 use tokenmint::telemetry;
 
@@ -40,6 +41,10 @@ async fn main() -> Result<(), operator::Error> {
             };
             operator::run(args, signalled).await
         }
+        Command::Authz(args) => {
+            telemetry::init(args.log_format);
+            authz::run(args, shutdown_signal()).await
+        }
     }
 }
 
@@ -47,6 +52,9 @@ async fn main() -> Result<(), operator::Error> {
 enum Command {
     /// Run the operator.
     Run(RunArgs),
+    /// Serve /verify for gateways (nginx auth_request, Traefik forwardAuth, Envoy ext_authz) from an
+    /// ApiTokenVerifier's sha256-map output.
+    Authz(AuthzArgs),
     /// Print the CustomResourceDefinitions as YAML (both, or the one named).
     Crd {
         /// `apitoken` or `apitokenverifier`; both when absent.

@@ -59,7 +59,8 @@ pub struct RunArgs {
     pub shutdown_timeout: Duration,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+/// A duration flag in the period syntax (`10s`, `1m30s`).
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     crate::schedule::Period::parse_unbounded(text)
         .map(|p| Duration::from_secs(p.as_secs()))
         .map_err(|e| e.to_string())

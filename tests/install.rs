@@ -321,6 +321,12 @@ fn chart_lints_with_default_and_optional_values() {
         "allowReplicationAnnotations=true",
         "--set",
         "rbac.aggregate=false",
+        "--set",
+        "authz.enabled=true",
+        "--set",
+        "authz.verifier.name=pinot",
+        "--set",
+        "authz.output=pinot-tokens",
     ]);
 }
 
@@ -693,6 +699,15 @@ fn chart_refuses_values_it_cannot_honour() {
             &["prometheusRule.expiringSoonDays=0"][..],
             "expiringSoonDays",
         ),
+        (
+            &["authz.enabled=true", "authz.output=x"][..],
+            "authz.verifier.name is required",
+        ),
+        (
+            &["authz.enabled=true", "authz.verifier.name=v"][..],
+            "authz.output is required",
+        ),
+        (&["authz.maxStale=1 minute"][..], "/authz/maxStale"),
     ] {
         let mut args = vec!["template", "x", chart.as_str()];
         for set in sets {
@@ -703,6 +718,162 @@ fn chart_refuses_values_it_cannot_honour() {
         assert!(!out.status.success(), "{sets:?} was accepted");
         assert!(stderr.contains(expected), "{sets:?}: {stderr}");
     }
+}
+
+/// `--set`s enabling authz for verifier `namespace/api` and its output `api-tokens`.
+fn authz_values(namespace: &str) -> [String; 4] {
+    [
+        "authz.enabled=true".into(),
+        format!("authz.verifier.namespace={namespace}"),
+        "authz.verifier.name=api".into(),
+        "authz.output=api-tokens".into(),
+    ]
+}
+
+#[test]
+fn authz_is_off_by_default_and_on_may_only_get_and_watch_its_output_secret() {
+    let defaults = render("tokenmint", "tokenmint-system", &[]);
+    assert!(
+        defaults
+            .iter()
+            .all(|d| !d["metadata"]["name"].as_str().unwrap().ends_with("-authz")),
+        "authz objects without authz.enabled"
+    );
+    let sets = authz_values("data");
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let docs = render("tokenmint", "tokenmint-system", &sets);
+    let name = "tokenmint-authz";
+    let role = named(&docs, "Role", name);
+    assert_eq!(role["metadata"]["namespace"], "data");
+    assert_eq!(
+        rules(role),
+        BTreeSet::from([row("", "secrets", &["api-tokens"], &["get", "watch"])])
+    );
+    let binding = named(&docs, "RoleBinding", name);
+    assert_eq!(binding["metadata"]["namespace"], "data");
+    assert_eq!(binding["subjects"][0]["name"], name);
+    assert_eq!(binding["subjects"][0]["namespace"], "tokenmint-system");
+    // Nothing else is bound to authz's ServiceAccount.
+    assert_eq!(
+        bound_to_operator(&docs, name),
+        bindings(&[("Role", name, "data")])
+    );
+    let deployment = named(&docs, "Deployment", name);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], name);
+    let container = &pod["containers"][0];
+    assert_eq!(container["command"][1], "authz");
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--verifier=data/api"), "{args:?}");
+    assert!(args.contains(&"--output=api-tokens"), "{args:?}");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The operator's Service, PDB and ServiceMonitor do not select authz's pods, nor its theirs.
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let operator = &named(&docs, "Deployment", "tokenmint")["spec"]["selector"]["matchLabels"];
+    assert_ne!(selector, operator);
+    assert_eq!(named(&docs, "Service", name)["spec"]["selector"], *selector);
+}
+
+#[tokio::test]
+async fn authz_under_the_chart_role_serves_its_output_and_can_read_nothing_else() {
+    use common::authz::Authz;
+    let ns = TestNs::new("install-authz").await;
+    let sets = authz_values(&ns.name);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let docs = render("tokenmint", &ns.name, &sets);
+    let authz_docs: Vec<&Value> = of_kind(&docs, &["ServiceAccount", "Role", "RoleBinding"])
+        .into_iter()
+        .filter(|d| d["metadata"]["name"] == "tokenmint-authz")
+        .collect();
+    assert_eq!(authz_docs.len(), 3);
+    apply_docs(&authz_docs);
+    let token = ns.service_account_token("tokenmint-authz").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("authz.kubeconfig");
+    common::kubeconfig_for_token(&token, &kubeconfig);
+
+    let _op = common::Operator::start(&ns).await;
+    common::verifiers::create_map_verifier(&ns, "api", "api-tokens").await;
+    common::tokens::create(
+        &ns,
+        "app",
+        common::tokens::spec_of(json!({"role": "reader", "audiences": ["api"]})),
+    )
+    .await;
+    common::tokens::active(&ns, "app").await;
+    let bearer = format!(
+        "Bearer {}",
+        common::tokens::data(&common::tokens::secret(&ns, "app").await.unwrap())["token"]
+    );
+    let verifier = format!("{}/api", ns.name);
+    let authz = Authz::start(
+        &["--verifier", &verifier, "--output", "api-tokens"],
+        &kubeconfig,
+    )
+    .await;
+    authz.wait_readyz(200, "authz ready under its Role").await;
+    wait_for("the credential let in", WAIT, || async {
+        (authz.verify("", Some(&bearer)).status == 200).then_some(())
+    })
+    .await;
+    // The watch works under get+watch: a revocation arrives.
+    common::tokens::set_spec(&ns, "app", json!({"revoked": true}))
+        .await
+        .unwrap();
+    wait_for("the revoked credential refused", WAIT, || async {
+        (authz.verify("", Some(&bearer)).status == 401).then_some(())
+    })
+    .await;
+    // Through the watch, not through a get retried after a refused watch.
+    let log = authz.log();
+    assert!(!log.contains("failed") && !log.contains("broke"), "{log}");
+
+    // With the same identity: no other Secret, no list, nothing but that one Secret.
+    let as_authz = common::client_for_token(&token).await;
+    let secrets: Api<Secret> = Api::namespaced(as_authz.clone(), &ns.name);
+    assert_eq!(status_code(secrets.get("api-tokens").await), 200);
+    assert_eq!(
+        status_code(secrets.get("app").await),
+        403,
+        "the token's Secret"
+    );
+    assert_eq!(
+        status_code(secrets.get("tokenmint-seal-key").await),
+        403,
+        "another Secret"
+    );
+    assert_eq!(
+        status_code(secrets.list(&ListParams::default()).await),
+        403,
+        "list"
+    );
+    assert_eq!(
+        status_code(
+            secrets
+                .list(&ListParams::default().fields("metadata.name=api-tokens"))
+                .await
+        ),
+        403,
+        "list, even of that one name"
+    );
+    let tokens: Api<ApiToken> = Api::namespaced(as_authz.clone(), &ns.name);
+    assert_eq!(
+        status_code(tokens.list(&ListParams::default()).await),
+        403,
+        "ApiTokens"
+    );
+    let elsewhere: Api<Secret> = Api::namespaced(as_authz, "default");
+    assert_eq!(
+        status_code(elsewhere.get("api-tokens").await),
+        403,
+        "another namespace"
+    );
+    ns.cleanup().await;
 }
 
 #[tokio::test]
@@ -1075,7 +1246,7 @@ async fn create_token(ns: &TestNs, name: &str) {
 /// token's credential and the verifier is Ready.
 async fn verify_one(ns: &TestNs) {
     let spec = json!({"outputs": [{"secretName": "web-map", "format": "sha256-map"}]});
-    common::tokens::create_verifier(ns, "web", spec).await;
+    common::verifiers::create_verifier(ns, "web", spec).await;
     let checked = common::tokens::spec_of(json!({"role": "reader", "audiences": ["web"]}));
     common::tokens::create(ns, "checked", checked).await;
     let key = wait_token(ns, "checked", "Active", |t| phase(t) == Some(Phase::Active))
@@ -1083,7 +1254,7 @@ async fn verify_one(ns: &TestNs) {
         .status
         .and_then(|s| s.access_key)
         .unwrap();
-    common::tokens::wait_published(ns, "web", "web-map", &key).await;
+    common::verifiers::wait_published(ns, "web", "web-map", &key).await;
 }
 
 async fn wait_token(

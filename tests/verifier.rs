@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::nginx::{Nginx, basic};
 use common::tokens::*;
+use common::verifiers::create_verifier;
 use common::{Operator, TestNs, apply_yaml, wait_for};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};

@@ -3,8 +3,10 @@
 //! a few kubectl helpers. Tests fail, never skip, when the cluster is unreachable.
 #![allow(dead_code)]
 
+pub mod authz;
 pub mod nginx;
 pub mod tokens;
+pub mod verifiers;
 
 use std::{
     fs::OpenOptions,
@@ -377,6 +379,35 @@ pub struct Operator {
     _dir: tempfile::TempDir,
 }
 
+/// Starts `command` with stdout and stderr appended to `log_path`, stdin closed.
+pub fn spawn_logged(command: &mut Command, log_path: &Path) -> Child {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"))
+}
+
+/// Waits up to 15 s until `addr` accepts connections; an error if `child` exits first or it never does.
+pub async fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
+    for _ in 0..150 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("exited during startup ({status})"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("not listening on {addr} after 15s"))
+}
+
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -407,12 +438,8 @@ impl Operator {
 
     /// Launches the process and waits until its metrics endpoint accepts connections.
     async fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenmint"));
+        command
             .args(["run", "--namespace", &self.namespace])
             .args([
                 "--metrics-addr",
@@ -423,27 +450,13 @@ impl Operator {
             .args(&self.extra_args)
             .env("KUBECONFIG", kubeconfig_path())
             // The seal key lives in the test's namespace, so tests that lose or replace it stay apart.
-            .env("POD_NAMESPACE", &self.namespace)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting the tokenmint binary");
-        self.child = Some(child);
-        let addr = self.metrics_addr;
-        for _ in 0..150 {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("operator exited during startup ({status}):\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            .env("POD_NAMESPACE", &self.namespace);
+        let child = self
+            .child
+            .insert(spawn_logged(&mut command, &self.log_path));
+        if let Err(why) = wait_listening(child, self.metrics_addr).await {
+            panic!("operator {why}:\n{}", self.log());
         }
-        panic!(
-            "operator metrics endpoint {addr} not up after 15s:\n{}",
-            self.log()
-        );
     }
 
     pub fn log(&self) -> String {
@@ -473,11 +486,7 @@ impl Operator {
 
     /// The value of the sample `series` (name and labels exactly as exported) on /metrics; 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0.0)
+        sample(&self.metrics(), series)
     }
 
     /// Successful reconciles so far.
@@ -550,6 +559,16 @@ impl Drop for Operator {
             );
         }
     }
+}
+
+/// The value of the sample `series` (name and labels exactly as exported) in the Prometheus text
+/// `metrics`; 0 if absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Minimal blocking HTTP/1.0 GET (the metrics endpoint needs nothing more); returns status and body.

@@ -1,6 +1,6 @@
-//! nginx as a child process for the htpasswd tests: its own prefix, config, logs and temp paths in a
-//! temp dir, one location behind `auth_basic_user_file`, and a minimal HTTP/1.1 client. Tests fail,
-//! never skip, when nginx is missing.
+//! nginx as a child process for the htpasswd and authz tests: its own prefix, config, logs and temp
+//! paths in a temp dir, one location behind `auth_basic_user_file` plus whatever a [`Site`] adds, and a
+//! minimal HTTP/1.1 client. Tests fail, never skip, when nginx is missing.
 
 use std::{
     fs,
@@ -53,6 +53,14 @@ pub fn basic(user: &str, password: &str) -> String {
     format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
 }
 
+/// What a test adds to the config: `http` is placed in the `http` block (upstreams, other servers),
+/// `locations` in the server's block.
+#[derive(Clone, Debug, Default)]
+pub struct Site {
+    pub http: String,
+    pub locations: String,
+}
+
 /// One nginx process (`master_process off`, one worker) on a free loopback port. Drop stops it and,
 /// if the test is failing, prints its error log.
 pub struct Nginx {
@@ -64,6 +72,11 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx with an empty htpasswd file and waits until it accepts connections.
     pub fn start() -> Nginx {
+        Self::start_with(&Site::default())
+    }
+
+    /// Starts nginx serving `site` as well.
+    pub fn start_with(site: &Site) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         fs::create_dir_all(root.join("www")).unwrap();
@@ -76,7 +89,7 @@ impl Nginx {
             dir,
         };
         nginx.write_htpasswd("");
-        fs::write(nginx.path("nginx.conf"), config(&root, addr)).unwrap();
+        fs::write(nginx.path("nginx.conf"), config(&root, addr, site)).unwrap();
 
         let log = fs::File::create(nginx.path("stderr.log")).unwrap();
         let child = Command::new(nginx_bin())
@@ -135,6 +148,10 @@ impl Nginx {
         Connection::open(self.addr)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Status of one GET of `path` on a fresh connection.
     pub fn status(&self, path: &str, authorization: Option<&str>) -> u16 {
         self.connect().get(path, authorization)
@@ -164,15 +181,16 @@ impl Drop for Nginx {
 }
 
 /// Everything under `root`: no path of the package's own (/etc/nginx, /var/lib/nginx, /run) is used.
-fn config(root: &Path, addr: SocketAddr) -> String {
+fn config(root: &Path, addr: SocketAddr, site: &Site) -> String {
     let root = root.display();
+    let Site { http, locations } = site;
     format!(
         "daemon off;
 master_process off;
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log notice;
-events {{ worker_connections 64; }}
+events {{ worker_connections 1024; }}
 http {{
     access_log off;
     default_type text/plain;
@@ -183,6 +201,7 @@ http {{
     scgi_temp_path {root}/tmp/scgi;
     # One connection carries a whole measurement (the default closes it after 1000 requests).
     keepalive_requests 1000000;
+{http}
     server {{
         listen {addr};
         root {root}/www;
@@ -192,6 +211,7 @@ http {{
             auth_basic_user_file {root}/htpasswd;
             alias {root}/www/;
         }}
+{locations}
     }}
 }}
 "
@@ -204,13 +224,46 @@ pub struct Connection {
     stream: Option<BufReader<TcpStream>>,
 }
 
+/// A whole response.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// In the order received; names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    /// Every value of header `name` (lower case).
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The first value of header `name`, if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.all(name).first().copied()
+    }
+}
+
 impl Connection {
-    fn open(addr: SocketAddr) -> Connection {
+    pub fn open(addr: SocketAddr) -> Connection {
         Connection { addr, stream: None }
     }
 
     /// GETs `path` with an optional `Authorization` header, reads the whole response, returns its status.
     pub fn get(&mut self, path: &str, authorization: Option<&str>) -> u16 {
+        let auth =
+            authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
+        self.request(path, auth.as_bytes()).status
+    }
+
+    /// GETs `path` with `headers` (raw header lines, each ending in CRLF, sent as given) and reads
+    /// the whole response.
+    pub fn request(&mut self, path: &str, headers: &[u8]) -> Reply {
         let addr = self.addr;
         let stream = self.stream.get_or_insert_with(|| {
             let stream = TcpStream::connect(addr)
@@ -221,10 +274,10 @@ impl Connection {
             stream.set_nodelay(true).unwrap();
             BufReader::new(stream)
         });
-        let auth =
-            authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
-        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n");
-        stream.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n").into_bytes();
+        request.extend_from_slice(headers);
+        request.extend_from_slice(b"\r\n");
+        stream.get_mut().write_all(&request).unwrap();
 
         let mut status_line = String::new();
         stream.read_line(&mut status_line).unwrap();
@@ -233,7 +286,7 @@ impl Connection {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"));
-        let (mut length, mut close) = (None, false);
+        let (mut length, mut close, mut headers) = (None, false, Vec::new());
         loop {
             let mut header = String::new();
             stream.read_line(&mut header).unwrap();
@@ -242,11 +295,13 @@ impl Connection {
                 break;
             }
             let (name, value) = header.split_once(':').unwrap_or((header, ""));
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse::<usize>().ok(),
-                "connection" => close = value.trim().eq_ignore_ascii_case("close"),
+            let (name, value) = (name.to_ascii_lowercase(), value.trim().to_owned());
+            match name.as_str() {
+                "content-length" => length = value.parse::<usize>().ok(),
+                "connection" => close = value.eq_ignore_ascii_case("close"),
                 _ => {}
             }
+            headers.push((name, value));
         }
         let length =
             length.unwrap_or_else(|| panic!("response without Content-Length: {status_line:?}"));
@@ -255,6 +310,10 @@ impl Connection {
         if close {
             self.stream = None;
         }
-        status
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
     }
 }

@@ -9,7 +9,6 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokenmint::api::{ApiToken, ApiTokenSpec, Phase};
-use tokenmint::verifier::api::ApiTokenVerifier;
 
 use super::{TestNs, wait_for};
 
@@ -162,35 +161,4 @@ pub async fn barrier(op: &super::Operator, ns: &TestNs, name: &str) {
     )
     .await;
     op.wait_reconciles_above(before).await;
-}
-
-/// Creates the ApiTokenVerifier `name` with `spec` in `ns`.
-pub async fn create_verifier(ns: &TestNs, name: &str, spec: serde_json::Value) -> ApiTokenVerifier {
-    let verifier: ApiTokenVerifier = serde_json::from_value(json!({
-        "apiVersion": "tokenmint.dev/v1alpha1",
-        "kind": "ApiTokenVerifier",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap();
-    ns.api::<ApiTokenVerifier>()
-        .create(&PostParams::default(), &verifier)
-        .await
-        .unwrap_or_else(|e| panic!("creating ApiTokenVerifier {name}: {e}"))
-}
-
-/// Waits until the verifier `name` holds `access_key` in its sha256-map output `output` and reports
-/// `Ready=True`: the operator could read the token's Secret, write the output and its status.
-pub async fn wait_published(ns: &TestNs, name: &str, output: &str, access_key: &str) {
-    wait_for("the verifier's output and Ready", WAIT, || async {
-        let map = data(&secret(ns, output).await?).get("tokens.json")?.clone();
-        let v = ns.api::<ApiTokenVerifier>().get(name).await.ok()?;
-        let ready = v
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (map.contains(access_key) && ready.status == "True").then_some(())
-    })
-    .await
 }

@@ -1,0 +1,252 @@
+//! `tokenmint authz`: a forward-auth check for nginx `auth_request`, Traefik `forwardAuth` and Envoy
+//! `ext_authz` (HTTP), serving from one ApiTokenVerifier `sha256-map` output.
+//!
+//! Pure in the middle: [`map`] reads the output, [`check`] decides one request at a given instant.
+//! Around it, [`source`] keeps the output current (a watch on that one Secret, or a mounted file) and
+//! [`server`] answers `/verify`, `/healthz`, `/readyz` and `/metrics`. Fails closed: until a valid
+//! copy is loaded, and whenever the output is deleted, malformed or (through the API) out of reach for
+//! longer than `--max-stale`, every check is refused.
+
+pub mod check;
+pub mod map;
+pub mod server;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use map::Credentials;
+
+use crate::operator::Error;
+use crate::telemetry::LogFormat;
+use crate::verifier::api::VerifierRef;
+
+/// Flags of `tokenmint authz`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuthzArgs {
+    /// The ApiTokenVerifier whose output to serve, as NAMESPACE/NAME; the output Secret must be
+    /// controlled by it.
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_verifier, required_unless_present = "file")]
+    pub verifier: Option<VerifierRef>,
+    /// The verifier's sha256-map output Secret (in the verifier's namespace), watched through the API.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        requires = "verifier",
+        conflicts_with = "file"
+    )]
+    pub output: Option<String>,
+    /// Data key of the map in the Secret (the output's `key`).
+    #[arg(long, default_value = crate::verifier::api::DEFAULT_SHA256_MAP_KEY)]
+    pub key: String,
+    /// Read a mounted copy of the map (e.g. `/etc/tokenmint/tokens.json`) instead, and reload it when
+    /// it changes.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Address for /verify, /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// How long the API server may be out of reach before every check is refused (a revocation
+    /// would not arrive). Not in --file mode.
+    #[arg(long, default_value = "60s", value_parser = crate::operator::parse_seconds)]
+    pub max_stale: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_verifier(text: &str) -> Result<VerifierRef, String> {
+    let (namespace, name) = text
+        .split_once('/')
+        .ok_or_else(|| "NAMESPACE/NAME, e.g. data/pinot".to_owned())?;
+    if namespace.is_empty() || name.is_empty() {
+        return Err("NAMESPACE/NAME, e.g. data/pinot".into());
+    }
+    Ok(VerifierRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+/// What authz serves from now.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Nothing read yet.
+    Waiting,
+    /// The Secret or file does not exist.
+    Absent,
+    /// It exists but cannot be used; why, never its content.
+    Invalid(String),
+    Loaded(Arc<Credentials>),
+}
+
+/// Why checks are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("the output has not been read yet")]
+    Waiting,
+    #[error("the output does not exist")]
+    Absent,
+    #[error("the output cannot be used: {0}")]
+    Invalid(String),
+    #[error("the API server has been out of reach for {0:?}; a revocation would not arrive")]
+    Stale(Duration),
+}
+
+/// The output as last read, and whether its source is still reachable; shared by the source and
+/// the server.
+#[derive(Debug)]
+pub struct Shared {
+    state: RwLock<State>,
+    max_stale: Option<Duration>,
+    pub metrics: server::AuthzMetrics,
+}
+
+#[derive(Debug)]
+struct State {
+    output: Output,
+    unreachable_since: Option<Instant>,
+}
+
+impl Shared {
+    /// `max_stale`: how long the source may be out of reach before checks are refused (`None`: no
+    /// limit, for a file).
+    pub fn new(max_stale: Option<Duration>) -> Shared {
+        Shared {
+            state: RwLock::new(State {
+                output: Output::Waiting,
+                unreachable_since: None,
+            }),
+            max_stale,
+            metrics: server::AuthzMetrics::new(),
+        }
+    }
+
+    /// Replaces what is served, and counts the load.
+    pub fn set(&self, output: Output) {
+        let (result, credentials) = match &output {
+            Output::Waiting => ("waiting", 0),
+            Output::Absent => ("absent", 0),
+            Output::Invalid(_) => ("invalid", 0),
+            Output::Loaded(c) => ("loaded", c.credentials()),
+        };
+        match &output {
+            Output::Loaded(c) => tracing::info!(
+                credentials = c.credentials(),
+                skipped = c.skipped(),
+                "output loaded"
+            ),
+            Output::Invalid(why) => {
+                tracing::warn!(reason = %why, "output cannot be used; refusing every check")
+            }
+            Output::Absent => tracing::warn!("output does not exist; refusing every check"),
+            Output::Waiting => {}
+        }
+        self.metrics.loaded(result, credentials);
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.output = output;
+        state.unreachable_since = None;
+    }
+
+    /// The source answered (a watch is open): what was read is current.
+    pub fn reachable(&self) {
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .unreachable_since = None;
+    }
+
+    /// The source did not answer; from `--max-stale` after the first such moment, checks are refused.
+    pub fn unreachable(&self) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.unreachable_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The credentials to check against, or why there are none.
+    pub fn serving(&self) -> Result<Arc<Credentials>, NotReady> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if let (Some(since), Some(max)) = (state.unreachable_since, self.max_stale) {
+            let for_ = since.elapsed();
+            if for_ > max {
+                return Err(NotReady::Stale(for_));
+            }
+        }
+        match &state.output {
+            Output::Waiting => Err(NotReady::Waiting),
+            Output::Absent => Err(NotReady::Absent),
+            Output::Invalid(why) => Err(NotReady::Invalid(why.clone())),
+            Output::Loaded(credentials) => Ok(credentials.clone()),
+        }
+    }
+}
+
+/// Runs authz until `shutdown` resolves.
+pub async fn run(
+    args: AuthzArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let source = match (&args.file, &args.output, &args.verifier) {
+        (Some(path), _, _) => source::Source::File(path.clone()),
+        (None, Some(output), Some(verifier)) => source::Source::Secret {
+            client: kube::Client::try_default().await?,
+            verifier: verifier.clone(),
+            name: output.clone(),
+        },
+        _ => return Err("give --verifier NS/NAME with --output SECRET, or --file PATH".into()),
+    };
+    let max_stale = matches!(source, source::Source::Secret { .. }).then_some(args.max_stale);
+    let shared = Arc::new(Shared::new(max_stale));
+    tracing::info!(source = %source, key = %args.key, listen = %args.listen, "tokenmint authz starting");
+    let follow = tokio::spawn(source.follow(args.key.clone(), shared.clone()));
+    let served = server::serve(args.listen, shared, shutdown).await;
+    follow.abort();
+    Ok(served?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded() -> Output {
+        Output::Loaded(Arc::new(
+            map::parse(b"{\"tokens\":{},\"version\":1}").unwrap(),
+        ))
+    }
+
+    #[test]
+    fn nothing_is_served_until_a_valid_copy_is_loaded_nor_after_it_goes() {
+        let shared = Shared::new(None);
+        assert_eq!(shared.serving().unwrap_err(), NotReady::Waiting);
+        shared.set(Output::Absent);
+        assert_eq!(shared.serving().unwrap_err(), NotReady::Absent);
+        shared.set(loaded());
+        assert!(shared.serving().is_ok());
+        shared.set(Output::Invalid("bad".into()));
+        assert_eq!(
+            shared.serving().unwrap_err(),
+            NotReady::Invalid("bad".into())
+        );
+        shared.set(loaded());
+        shared.set(Output::Absent);
+        assert_eq!(shared.serving().unwrap_err(), NotReady::Absent);
+    }
+
+    #[test]
+    fn an_unreachable_api_server_refuses_checks_after_max_stale() {
+        let shared = Shared::new(Some(Duration::from_millis(20)));
+        shared.set(loaded());
+        shared.unreachable();
+        assert!(shared.serving().is_ok(), "within max-stale");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(matches!(shared.serving(), Err(NotReady::Stale(_))));
+        shared.reachable();
+        assert!(shared.serving().is_ok());
+        let unlimited = Shared::new(None);
+        unlimited.set(loaded());
+        unlimited.unreachable();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(unlimited.serving().is_ok(), "a file has no max-stale");
+    }
+}

@@ -1,0 +1,251 @@
+//! What `tokenmint authz` costs and how fast it refuses, printed as Markdown (docs/benchmarks.md,
+//! "tokenmint authz"). A measurement, not a check: ignored by default; run it in release mode, alone:
+//!
+//!     cargo test --release --test authz_bench -- --ignored --nocapture
+//!
+//! (`make bench-authz`). Needs nginx and, for the revocation part, the local control plane.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::authz::{APP, Authz, OPEN, site};
+use common::nginx::{Connection, Nginx};
+use common::tokens::*;
+use common::verifiers::create_map_verifier;
+use common::{Operator, TestNs, free_addr};
+use serde_json::json;
+use tokenmint::verifier::render::presented_hash;
+
+/// Connections kept busy by the load generator, for every load measurement.
+const CONNECTIONS: usize = 16;
+const LOAD_FOR: Duration = Duration::from_secs(3);
+const REVOCATIONS: usize = 200;
+
+/// A map in the verifier's layout with `n` typical credentials (a 16-character access key, three
+/// scopes, an expiry), and the `Authorization` header lines of the first `sample` of them.
+fn synthetic_map(n: usize, sample: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut out = String::with_capacity(n * 600);
+    out.push_str("{\"tokens\":{");
+    let mut headers = Vec::new();
+    for i in 0..n {
+        let access_key = format!("K{i:015}");
+        let bearer = format!("tm-{access_key}-S{i:031}");
+        let basic = BASE64.encode(format!("{access_key}:S{i:031}"));
+        let item = format!(
+            "{{\"accessKey\":\"{access_key}\",\"notAfter\":\"2030-01-01T00:00:00Z\",\"previous\":false,\
+             \"role\":\"reader\",\"scopes\":[\"DATASOURCES:READ:events:tenant_id = {i}\",\
+             \"PIPES:READ:top_pages\",\"DATASOURCES:APPEND:events\"],\"token\":\"bench/token-{i:06}\"}}"
+        );
+        for key in [presented_hash(&bearer), presented_hash(&basic)] {
+            if out.len() > 11 {
+                out.push(',');
+            }
+            write!(out, "\"{key}\":{item}").unwrap();
+        }
+        if i < sample {
+            headers.push(format!("Authorization: Bearer {bearer}\r\n").into_bytes());
+        }
+    }
+    out.push_str("},\"version\":1}\n");
+    (out.into_bytes(), headers)
+}
+
+struct Load {
+    requests: usize,
+    failed: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `CONNECTIONS` keep-alive connections sending GET `path` for `LOAD_FOR`, cycling through `headers`.
+fn load(addr: SocketAddr, path: &str, headers: &[Vec<u8>]) -> Load {
+    let started = Instant::now();
+    let deadline = started + LOAD_FOR;
+    let mut latencies: Vec<Duration> = Vec::new();
+    let mut failed = 0;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CONNECTIONS)
+            .map(|k| {
+                scope.spawn(move || {
+                    let mut connection = Connection::open(addr);
+                    let (mut seen, mut bad) = (Vec::new(), 0);
+                    let mut i = k * 7919;
+                    while Instant::now() < deadline {
+                        let header = &headers[i % headers.len()];
+                        i += 1;
+                        let t = Instant::now();
+                        if connection.request(path, header).status != 200 {
+                            bad += 1;
+                        }
+                        seen.push(t.elapsed());
+                    }
+                    (seen, bad)
+                })
+            })
+            .collect();
+        for worker in workers {
+            let (seen, bad) = worker.join().unwrap();
+            latencies.extend(seen);
+            failed += bad;
+        }
+    });
+    let took = started.elapsed();
+    latencies.sort();
+    Load {
+        requests: latencies.len(),
+        failed,
+        per_second: latencies.len() as f64 / took.as_secs_f64(),
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn row(what: &str, l: &Load) -> String {
+    format!(
+        "| {what} | {} | {:.0} | {} | {} | {} |",
+        l.requests,
+        l.per_second,
+        ms(l.p50),
+        ms(l.p99),
+        l.failed
+    )
+}
+
+async fn authz_on_file(dir: &Path, map: &[u8]) -> Authz {
+    let path = dir.join("tokens.json");
+    std::fs::write(&path, map).unwrap();
+    let authz = Authz::start(
+        &["--file", path.to_str().unwrap()],
+        Path::new("/nonexistent"),
+    )
+    .await;
+    common::wait_for(
+        "the synthetic map loaded",
+        Duration::from_secs(120),
+        || async { (authz.readyz() == 200).then_some(()) },
+    )
+    .await;
+    authz
+}
+
+#[tokio::test]
+#[ignore = "a measurement: run alone, in release mode"]
+async fn authz_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    println!("\n### tokenmint authz ({CONNECTIONS} connections, {LOAD_FOR:?} per row)\n");
+
+    // Memory: an empty map, 10,000 and 100,000 credentials (each: a Bearer and a Basic key).
+    println!("| credentials in the map | map bytes | authz RSS after loading |");
+    println!("|---|---|---|");
+    for n in [0, 10_000, 100_000] {
+        let (map, headers) = synthetic_map(n, 1000);
+        let authz = authz_on_file(dir.path(), &map).await;
+        if let Some(h) = headers.first() {
+            assert_eq!(
+                Connection::open(authz.addr()).request("/verify", h).status,
+                200
+            );
+        }
+        println!(
+            "| {n} | {:.1} MB | {:.1} MiB |",
+            map.len() as f64 / 1e6,
+            authz.rss_kib() as f64 / 1024.0
+        );
+    }
+
+    // Throughput: authz alone at 10,000 credentials, then nginx with and without it, same run.
+    let (map, headers) = synthetic_map(10_000, 10_000);
+    let authz = authz_on_file(dir.path(), &map).await;
+    let nginx = Nginx::start_with(&site(authz.addr(), free_addr()));
+    let none: Vec<Vec<u8>> = vec![Vec::new()];
+    println!("\n| path | requests | requests/s | p50 | p99 | not 200 |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "{}",
+        row(
+            "authz `/verify` alone, 10,000 credentials",
+            &load(authz.addr(), "/verify", &headers)
+        )
+    );
+    let open = load(nginx.addr(), OPEN, &none);
+    let checked = load(nginx.addr(), APP, &headers);
+    println!("{}", row("nginx → upstream, no auth (ceiling)", &open));
+    println!(
+        "{}",
+        row("nginx + auth_request → authz → upstream", &checked)
+    );
+    println!(
+        "\nnginx with authz: {:.2} of the ceiling's requests/s",
+        checked.per_second / open.per_second
+    );
+    drop(nginx);
+    drop(authz);
+
+    // Revocation → first refused request at nginx, one token at a time, through the API.
+    let ns = TestNs::new("bench-authz").await;
+    let _op = Operator::start(&ns).await;
+    create_map_verifier(&ns, "api", "api-tokens").await;
+    let authz = Authz::for_output(&ns.name, "api", "api-tokens").await;
+    let nginx = Nginx::start_with(&site(authz.addr(), free_addr()));
+    for i in 0..REVOCATIONS {
+        create(
+            &ns,
+            &format!("t{i:03}"),
+            spec_of(json!({"role": "reader", "audiences": ["api"]})),
+        )
+        .await;
+    }
+    let mut bearers = Vec::new();
+    for i in 0..REVOCATIONS {
+        let name = format!("t{i:03}");
+        active(&ns, &name).await;
+        let token = data(&secret(&ns, &name).await.unwrap())["token"].clone();
+        bearers.push((name, format!("Bearer {token}")));
+    }
+    let mut connection = nginx.connect();
+    for (_, bearer) in &bearers {
+        let until = Instant::now() + WAIT;
+        while connection.get(APP, Some(bearer)) != 200 {
+            assert!(Instant::now() < until, "a token never let in");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut took = Vec::new();
+    for (name, bearer) in &bearers {
+        let asked = Instant::now();
+        set_spec(&ns, name, json!({"revoked": true})).await.unwrap();
+        while connection.get(APP, Some(bearer)) != 401 {
+            assert!(asked.elapsed() < WAIT, "a revoked token never refused");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        took.push(asked.elapsed());
+    }
+    took.sort();
+    println!(
+        "\nrevocation (patch `revoked: true`) → first refused request at nginx, {REVOCATIONS} tokens \
+         one at a time: p50 {}, p99 {}, max {}",
+        ms(percentile(&took, 50.0)),
+        ms(percentile(&took, 99.0)),
+        ms(*took.last().unwrap())
+    );
+    ns.cleanup().await;
+}
