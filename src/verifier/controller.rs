@@ -522,27 +522,35 @@ fn credentials_of(shared: &Shared, token: &ApiToken, now: Timestamp) -> Option<T
 }
 
 /// What the verifiers that accept `token` need before a staged credential of it is promoted:
-/// their longest publish delay, and their outputs as the cache holds them.
-pub struct Accepting {
+/// their longest publish delay, and where their outputs are in the cache.
+pub struct Accepting<'a> {
     pub publish_delay: SignedDuration,
-    outputs: Vec<(Rendering, Option<Secret>, String)>,
+    secrets: &'a SecretCache,
+    /// Each output: its rendering, its Secret and its data key.
+    outputs: Vec<(Rendering, ObjectRef<Secret>, String)>,
 }
 
-impl Accepting {
-    /// Whether every output holds `credential`.
+impl Accepting<'_> {
+    /// Whether every output holds `credential`. The outputs are read from the cache only here:
+    /// they are the largest Secrets the operator holds (up to 1 MiB each, decoded under the cache's
+    /// lock), and only a staged credential at its promotion instant needs them, not every reconcile.
     pub fn published(&self, credential: &Credential) -> bool {
         self.outputs.iter().all(|(rendering, secret, key)| {
-            secret
-                .as_ref()
-                .and_then(|s| s.data.as_ref())
-                .and_then(|d| d.get(key))
+            self.secrets
+                .get(secret)
+                .and_then(|s| s.data)
+                .and_then(|mut d| d.remove(key))
                 .is_some_and(|data| render::holds(*rendering, &data.0, credential))
         })
     }
 }
 
 /// The verifiers that accept `token` (it names them and they trust it), or `None` when none does.
-pub fn accepting(token: &ApiToken, lookup: &Lookup, secrets: &SecretCache) -> Option<Accepting> {
+pub fn accepting<'a>(
+    token: &ApiToken,
+    lookup: &Lookup,
+    secrets: &'a SecretCache,
+) -> Option<Accepting<'a>> {
     let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
     let mut found: Option<Accepting> = None;
     for audience in token.spec.audiences.iter().flatten() {
@@ -561,12 +569,12 @@ pub fn accepting(token: &ApiToken, lookup: &Lookup, secrets: &SecretCache) -> Op
         }
         let accepting = found.get_or_insert(Accepting {
             publish_delay: SignedDuration::ZERO,
+            secrets,
             outputs: Vec::new(),
         });
         accepting.publish_delay = accepting.publish_delay.max(valid.publish_delay);
         for output in valid.outputs {
-            let secret =
-                secrets.get(&ObjectRef::new(&output.secret_name).within(&target.namespace));
+            let secret = ObjectRef::new(&output.secret_name).within(&target.namespace);
             accepting
                 .outputs
                 .push((output.rendering, secret, output.key));
