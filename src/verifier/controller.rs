@@ -73,7 +73,9 @@ pub struct Lookup {
 }
 
 /// How long changes are gathered before a verifier renders again: a storm of rotations is written
-/// as a few writes per output, not one per token.
+/// as a few writes per output, not one per token. A window opened by the first change, not a
+/// debounce: a steady stream of changes (a bulk issue, a storm, a busy cluster) must not postpone
+/// a revocation for as long as it lasts.
 pub const COALESCE: Duration = Duration::from_millis(100);
 
 /// The verifier and namespace watches, started before either controller runs.
@@ -156,13 +158,10 @@ pub async fn run(
         shared,
         lines: Mutex::default(),
     });
+    let changes = coalesce(futures::stream::select(inputs, namespaces), COALESCE);
     Controller::for_stream(verifiers, store)
-        .reconcile_all_on(futures::stream::select(inputs, namespaces))
-        .with_config(
-            ControllerConfig::default()
-                .debounce(COALESCE)
-                .concurrency(4),
-        )
+        .reconcile_all_on(changes)
+        .with_config(ControllerConfig::default().concurrency(4))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -172,6 +171,28 @@ pub async fn run(
             futures::future::ready(())
         })
         .await;
+}
+
+/// One signal per `window` in which `changes` fired: the first change opens the window, every
+/// change until it closes is absorbed, and one signal goes out when it closes. (kube-runtime's
+/// debounce restarts its wait on each change, so changes less than its period apart would hold
+/// every render back until they pause.)
+fn coalesce(
+    changes: impl futures::Stream<Item = ()> + Send + 'static,
+    window: Duration,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(changes.boxed(), move |mut changes| async move {
+        changes.next().await?;
+        let closes = tokio::time::sleep(window);
+        tokio::pin!(closes);
+        loop {
+            tokio::select! {
+                () = &mut closes => break,
+                more = changes.next() => if more.is_none() { break },
+            }
+        }
+        Some(((), changes))
+    })
 }
 
 impl Watches {
@@ -733,4 +754,35 @@ async fn write_status(
 fn error_policy(verifier: Arc<ApiTokenVerifier>, error: &Error, _: Arc<Context>) -> Action {
     tracing::warn!(namespace = verifier.namespace().as_deref(), name = %verifier.name_any(), %error, "verifier reconcile failed");
     Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_steady_stream_of_changes_still_lets_renders_through() {
+        // A change every 10 ms, ten times faster than the window, for as long as the test runs:
+        // a debounce would never fire; the window fires about every 100 ms.
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let feeder = tokio::spawn(async move {
+            while tx.unbounded_send(()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let signals = coalesce(rx, COALESCE).take(3).count();
+        let count = tokio::time::timeout(Duration::from_secs(20), signals).await;
+        feeder.abort();
+        assert_eq!(count, Ok(3), "renders held back while changes kept coming");
+    }
+
+    #[tokio::test]
+    async fn changes_within_one_window_make_one_signal() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        for _ in 0..100 {
+            tx.unbounded_send(()).unwrap();
+        }
+        drop(tx);
+        assert_eq!(coalesce(rx, COALESCE).count().await, 1);
+    }
 }
