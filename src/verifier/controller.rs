@@ -73,7 +73,9 @@ pub struct Lookup {
 }
 
 /// How long changes are gathered before a verifier renders again: a storm of rotations is written
-/// as a few writes per output, not one per token.
+/// as a few writes per output, not one per token. A window opened by the first change, not a
+/// debounce: a steady stream of changes (a bulk issue, a storm, a busy cluster) must not postpone
+/// a revocation for as long as it lasts.
 pub const COALESCE: Duration = Duration::from_millis(100);
 
 /// The verifier and namespace watches, started before either controller runs.
@@ -156,13 +158,10 @@ pub async fn run(
         shared,
         lines: Mutex::default(),
     });
+    let changes = coalesce(futures::stream::select(inputs, namespaces), COALESCE);
     Controller::for_stream(verifiers, store)
-        .reconcile_all_on(futures::stream::select(inputs, namespaces))
-        .with_config(
-            ControllerConfig::default()
-                .debounce(COALESCE)
-                .concurrency(4),
-        )
+        .reconcile_all_on(changes)
+        .with_config(ControllerConfig::default().concurrency(4))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -172,6 +171,28 @@ pub async fn run(
             futures::future::ready(())
         })
         .await;
+}
+
+/// One signal per `window` in which `changes` fired: the first change opens the window, every
+/// change until it closes is absorbed, and one signal goes out when it closes. (kube-runtime's
+/// debounce restarts its wait on each change, so changes less than its period apart would hold
+/// every render back until they pause.)
+fn coalesce(
+    changes: impl futures::Stream<Item = ()> + Send + 'static,
+    window: Duration,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(changes.boxed(), move |mut changes| async move {
+        changes.next().await?;
+        let closes = tokio::time::sleep(window);
+        tokio::pin!(closes);
+        loop {
+            tokio::select! {
+                () = &mut closes => break,
+                more = changes.next() => if more.is_none() { break },
+            }
+        }
+        Some(((), changes))
+    })
 }
 
 impl Watches {
@@ -514,27 +535,35 @@ fn credentials_of(shared: &Shared, token: &ApiToken, now: Timestamp) -> Option<T
 }
 
 /// What the verifiers that accept `token` need before a staged credential of it is promoted:
-/// their longest publish delay, and their outputs as the cache holds them.
-pub struct Accepting {
+/// their longest publish delay, and where their outputs are in the cache.
+pub struct Accepting<'a> {
     pub publish_delay: SignedDuration,
-    outputs: Vec<(Rendering, Option<Secret>, String)>,
+    secrets: &'a SecretCache,
+    /// Each output: its rendering, its Secret and its data key.
+    outputs: Vec<(Rendering, ObjectRef<Secret>, String)>,
 }
 
-impl Accepting {
-    /// Whether every output holds `credential`.
+impl Accepting<'_> {
+    /// Whether every output holds `credential`. The outputs are read from the cache only here:
+    /// they are the largest Secrets the operator holds (up to 1 MiB each, decoded under the cache's
+    /// lock), and only a staged credential at its promotion instant needs them, not every reconcile.
     pub fn published(&self, credential: &Credential) -> bool {
         self.outputs.iter().all(|(rendering, secret, key)| {
-            secret
-                .as_ref()
-                .and_then(|s| s.data.as_ref())
-                .and_then(|d| d.get(key))
+            self.secrets
+                .get(secret)
+                .and_then(|s| s.data)
+                .and_then(|mut d| d.remove(key))
                 .is_some_and(|data| render::holds(*rendering, &data.0, credential))
         })
     }
 }
 
 /// The verifiers that accept `token` (it names them and they trust it), or `None` when none does.
-pub fn accepting(token: &ApiToken, lookup: &Lookup, secrets: &SecretCache) -> Option<Accepting> {
+pub fn accepting<'a>(
+    token: &ApiToken,
+    lookup: &Lookup,
+    secrets: &'a SecretCache,
+) -> Option<Accepting<'a>> {
     let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
     let mut found: Option<Accepting> = None;
     for audience in token.spec.audiences.iter().flatten() {
@@ -553,12 +582,12 @@ pub fn accepting(token: &ApiToken, lookup: &Lookup, secrets: &SecretCache) -> Op
         }
         let accepting = found.get_or_insert(Accepting {
             publish_delay: SignedDuration::ZERO,
+            secrets,
             outputs: Vec::new(),
         });
         accepting.publish_delay = accepting.publish_delay.max(valid.publish_delay);
         for output in valid.outputs {
-            let secret =
-                secrets.get(&ObjectRef::new(&output.secret_name).within(&target.namespace));
+            let secret = ObjectRef::new(&output.secret_name).within(&target.namespace);
             accepting
                 .outputs
                 .push((output.rendering, secret, output.key));
@@ -717,4 +746,35 @@ async fn write_status(
 fn error_policy(verifier: Arc<ApiTokenVerifier>, error: &Error, _: Arc<Context>) -> Action {
     tracing::warn!(namespace = verifier.namespace().as_deref(), name = %verifier.name_any(), %error, "verifier reconcile failed");
     Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_steady_stream_of_changes_still_lets_renders_through() {
+        // A change every 10 ms, ten times faster than the window, for as long as the test runs:
+        // a debounce would never fire; the window fires about every 100 ms.
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let feeder = tokio::spawn(async move {
+            while tx.unbounded_send(()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let signals = coalesce(rx, COALESCE).take(3).count();
+        let count = tokio::time::timeout(Duration::from_secs(20), signals).await;
+        feeder.abort();
+        assert_eq!(count, Ok(3), "renders held back while changes kept coming");
+    }
+
+    #[tokio::test]
+    async fn changes_within_one_window_make_one_signal() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        for _ in 0..100 {
+            tx.unbounded_send(()).unwrap();
+        }
+        drop(tx);
+        assert_eq!(coalesce(rx, COALESCE).count().await, 1);
+    }
 }

@@ -183,7 +183,7 @@ impl Cluster {
             .map_err(|_| "API server did not answer within 10s (run `make cluster-up`)")?
             .map_err(|e| format!("API server unreachable (run `make cluster-up`): {e}"))?;
 
-        install_crd(&admin).await?;
+        install_crds(&admin).await?;
         let token = operator_identity(&admin).await?;
         install_flow_schemas(&admin).await?;
 
@@ -358,8 +358,16 @@ impl Cluster {
     }
 }
 
-async fn install_crd(admin: &Client) -> BenchResult<()> {
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&tokenmint::crd_yaml())?;
+/// Installs both CRDs (ApiToken, ApiTokenVerifier) and waits until each is established.
+async fn install_crds(admin: &Client) -> BenchResult<()> {
+    for yaml in [tokenmint::crd_yaml(), tokenmint::verifier_crd_yaml()] {
+        install_crd(admin, &yaml).await?;
+    }
+    Ok(())
+}
+
+async fn install_crd(admin: &Client, yaml: &str) -> BenchResult<()> {
+    let crd: CustomResourceDefinition = serde_yaml::from_str(yaml)?;
     let name = crd.metadata.name.clone().unwrap_or_default();
     let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
     api.patch(

@@ -60,6 +60,24 @@ struct Cli {
     /// Skip the second storm variant (all rotations overdue when the operator starts).
     #[arg(long)]
     skip_overdue: bool,
+    /// Skip the bulk issue (and so restart and ceiling) at every size.
+    #[arg(long)]
+    skip_bulk: bool,
+    /// ApiTokenVerifiers accepting every token in the verifier storm.
+    #[arg(long, default_value_t = 3)]
+    storm_verifiers: usize,
+    /// Skip every verifier phase.
+    #[arg(long)]
+    skip_verifiers: bool,
+    /// Skip the bulk issue into one verifier (run after each size's bulk issue).
+    #[arg(long)]
+    skip_verifier_bulk: bool,
+    /// Skip the change → output latency through one verifier.
+    #[arg(long)]
+    skip_verifier_latency: bool,
+    /// Skip the rotation storm with --storm-verifiers verifiers.
+    #[arg(long)]
+    skip_verifier_storm: bool,
     /// The operator binary.
     #[arg(long, default_value = "target/release/tokenmint")]
     operator_bin: PathBuf,
@@ -111,9 +129,11 @@ async fn run(cli: Cli) -> BenchResult<()> {
         keep: cli.keep,
     };
 
-    for &n in &cli.sizes {
+    let verifiers = !cli.skip_verifiers;
+    let sizes = if cli.skip_bulk { &[][..] } else { &cli.sizes };
+    for &n in sizes {
         eprintln!("bench: bulk issue of {n} tokens");
-        let (bulk, restart) = bench.bulk(n, !cli.skip_restart).await?;
+        let (bulk, restart) = bench.bulk(n, !cli.skip_restart, false).await?;
         eprintln!("bench: {}", report::bulk_line(&bulk));
         if let Some(restart) = &restart {
             eprintln!("bench: {}", report::restart_line(n, restart));
@@ -127,14 +147,37 @@ async fn run(cli: Cli) -> BenchResult<()> {
             Some(ceiling)
         };
         report.sizes.push((bulk, restart, ceiling));
+        if verifiers && !cli.skip_verifier_bulk {
+            eprintln!("bench: bulk issue of {n} tokens into one verifier");
+            let (bulk, _) = bench.bulk(n, false, true).await?;
+            eprintln!("bench: {}", report::bulk_line(&bulk));
+            report.verifier_sizes.push(bulk);
+        }
     }
     if !cli.skip_latency {
         eprintln!("bench: latency over {} tokens", cli.latency_samples);
         report.latency = Some(bench.latency(cli.latency_samples).await?);
     }
+    if verifiers && !cli.skip_verifier_latency {
+        eprintln!(
+            "bench: change → verifier output latency over {} tokens",
+            cli.latency_samples
+        );
+        report.verifier_latency = Some(bench.verifier_latency(cli.latency_samples).await?);
+    }
     if !cli.skip_storm {
         eprintln!("bench: rotation storm of {} tokens", cli.storm_size);
-        report.storm = Some(bench.storm(cli.storm_size, !cli.skip_overdue).await?);
+        report.storm = Some(bench.storm(cli.storm_size, !cli.skip_overdue, 0).await?);
+    }
+    if verifiers && !cli.skip_verifier_storm {
+        eprintln!(
+            "bench: rotation storm of {} tokens with {} verifiers",
+            cli.storm_size, cli.storm_verifiers
+        );
+        let storm = bench
+            .storm(cli.storm_size, false, cli.storm_verifiers)
+            .await?;
+        report.verifier_storm = Some(storm);
     }
     if !cli.keep {
         bench.cluster.uninstall().await?;

@@ -1,4 +1,5 @@
-//! The measurements: bulk issue (+ restart), the API server ceiling, latency, rotation storm.
+//! The measurements: bulk issue (+ restart), the API server ceiling, latency, rotation storm; each
+//! of bulk, latency and storm also with ApiTokenVerifiers rendering every credential.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -9,10 +10,13 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokenmint::api::{ApiToken, ApiTokenSpec, MANAGER, Rotation, Scope};
+use tokenmint::api::{ApiToken, ApiTokenSpec, MANAGER, ROTATE_ANNOTATION, Rotation, Scope};
 use tokenmint::plan::{self, SecretWrite};
 use tokenmint::secret::{self, ISSUED_AT_ANNOTATION, managed_selector};
 use tokenmint::token::os_rng;
+use tokenmint::verifier::api::{
+    ApiTokenVerifier, ApiTokenVerifierSpec, AudienceRef, HtpasswdHash, Output, OutputFormat,
+};
 
 use crate::BenchResult;
 use crate::cluster::{BENCH_MANAGER, Cluster, Requests};
@@ -51,6 +55,23 @@ pub struct Bulk {
     pub wasted_mints: u64,
     /// Secrets the operator had to read because its cache could not be trusted for a write.
     pub secret_reads: u64,
+    /// Into a verifier: first create sent → every credential in its htpasswd output.
+    pub in_outputs_in: Option<Duration>,
+    /// Into a verifier: its outputs once quiet (writes counted from the first create).
+    pub outputs: Vec<OutputSize>,
+    /// Into a verifier: its `Ready` condition once quiet (`status reason: message`).
+    pub verifier_ready: Option<String>,
+}
+
+/// One verifier output at the end of a phase.
+#[derive(Clone, Debug)]
+pub struct OutputSize {
+    pub name: String,
+    pub bytes: usize,
+    /// Distinct access keys it lets in.
+    pub credentials: usize,
+    /// Writes during the phase (resourceVersions seen on a watch).
+    pub writes: u64,
 }
 
 impl Bulk {
@@ -99,10 +120,29 @@ pub struct Latency {
     pub create_rtt: Vec<Duration>,
 }
 
+/// Change → verifier output, one token at a time, through one verifier with an htpasswd (ssha)
+/// and a sha256-map output that publishes at once (`publishDelay: 0s`).
+#[derive(Clone, Debug)]
+pub struct VerifierLatency {
+    /// Before the create is sent → the credential in both outputs.
+    pub issue: Vec<Duration>,
+    /// Before the rotate annotation is sent → the new (staged) credential in both outputs.
+    pub rotation: Vec<Duration>,
+    /// Before the rotate annotation is sent → the new credential current in the token's Secret
+    /// (staged, published, then promoted).
+    pub rotation_secret: Vec<Duration>,
+    /// Before `spec.revoked: true` is sent → the credential gone from both outputs.
+    pub revocation: Vec<Duration>,
+}
+
 /// Many rotations due at one instant.
 #[derive(Clone, Debug)]
 pub struct Storm {
     pub n: usize,
+    /// ApiTokenVerifiers accepting every token (0: the plain storm).
+    pub verifiers: usize,
+    /// Their outputs; writes counted from just before the due instant until quiet.
+    pub outputs: Vec<OutputSize>,
     /// Due instant → each new credential seen in its Secret, sorted.
     pub secret_late: Vec<Duration>,
     /// Due instant → each status showing the rotation, sorted.
@@ -115,6 +155,14 @@ pub struct Storm {
     pub overdue_restart: Option<OverdueRestart>,
 }
 
+impl Storm {
+    /// Rotations per second: N over due → last new credential in its Secret.
+    pub fn rotations_per_second(&self) -> f64 {
+        let last = self.secret_late.last().copied().unwrap_or_default();
+        self.n as f64 / last.as_secs_f64().max(0.001)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct OverdueRestart {
     pub ready_in: Duration,
@@ -125,7 +173,7 @@ pub struct OverdueRestart {
     pub requests: Requests,
 }
 
-fn token_manifest(name: &str, period: &str) -> ApiToken {
+fn token_manifest(name: &str, period: &str, audiences: &[String]) -> ApiToken {
     ApiToken::new(
         name,
         ApiTokenSpec {
@@ -140,7 +188,8 @@ fn token_manifest(name: &str, period: &str) -> ApiToken {
                 period: period.into(),
                 overlap: None,
             }),
-            audiences: None,
+            audiences: (!audiences.is_empty())
+                .then(|| audiences.iter().map(|a| AudienceRef(a.clone())).collect()),
             expires_at: None,
             revoked: None,
             secret_name: None,
@@ -152,6 +201,92 @@ fn token_manifest(name: &str, period: &str) -> ApiToken {
 
 fn token_name(i: usize) -> String {
     format!("tok-{i:05}")
+}
+
+/// Names of `n` verifiers.
+fn verifier_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("verifier-{i}")).collect()
+}
+
+/// The output Secrets of [`verifier_manifest`]: htpasswd first.
+fn output_names(verifiers: &[String]) -> Vec<String> {
+    verifiers
+        .iter()
+        .flat_map(|v| [format!("{v}-htpasswd"), format!("{v}-map")])
+        .collect()
+}
+
+/// A verifier trusting its own namespace, with one htpasswd output (ssha, the hash recommended
+/// for nginx) and one sha256-map output. `publishDelay: 0s`: a rotation is promoted as soon as the
+/// outputs hold it, so the bench measures the operator, not a kubelet's refresh period.
+fn verifier_manifest(name: &str) -> ApiTokenVerifier {
+    let output = |secret_name: String, format, hash| Output {
+        secret_name,
+        format,
+        key: None,
+        hash,
+    };
+    ApiTokenVerifier::new(
+        name,
+        ApiTokenVerifierSpec {
+            trust: None,
+            outputs: vec![
+                output(
+                    format!("{name}-htpasswd"),
+                    OutputFormat::Htpasswd,
+                    Some(HtpasswdHash::Ssha),
+                ),
+                output(format!("{name}-map"), OutputFormat::Sha256Map, None),
+            ],
+            publish_delay: Some("0s".into()),
+        },
+    )
+}
+
+async fn create_verifiers(admin: &Client, ns: &str, names: &[String]) -> BenchResult<()> {
+    let api: Api<ApiTokenVerifier> = Api::namespaced(admin.clone(), ns);
+    let params = PostParams {
+        field_manager: Some(BENCH_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    for name in names {
+        api.create(&params, &verifier_manifest(name)).await?;
+    }
+    Ok(())
+}
+
+/// The `Ready` condition of verifier `name`, as `status reason: message`.
+async fn verifier_ready(admin: &Client, ns: &str, name: &str) -> BenchResult<String> {
+    let verifier = Api::<ApiTokenVerifier>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await?;
+    let conditions = verifier.status.map(|s| s.conditions).unwrap_or_default();
+    Ok(conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map_or("no Ready condition".to_owned(), |c| {
+            format!("{} {}: {}", c.status, c.reason, c.message)
+        }))
+}
+
+/// Each output as `outputs` sees it now; writes counted since `versions_before`.
+fn output_sizes(
+    outputs: &Tracker,
+    names: &[String],
+    versions_before: &HashMap<String, u64>,
+) -> Vec<OutputSize> {
+    outputs.with(|s| {
+        names
+            .iter()
+            .map(|name| OutputSize {
+                name: name.clone(),
+                bytes: s.bytes.get(name).copied().unwrap_or(0),
+                credentials: s.holding(name),
+                writes: s.versions.get(name).copied().unwrap_or(0)
+                    - versions_before.get(name).copied().unwrap_or(0),
+            })
+            .collect()
+    })
 }
 
 /// Creates one ApiToken, retrying transient failures; returns the stored object.
@@ -177,11 +312,13 @@ async fn create_token(api: &Api<ApiToken>, token: &ApiToken) -> BenchResult<ApiT
     }
 }
 
-/// Creates tokens `0..n` with `concurrency` requests in flight, handing each stored token to `sink`.
+/// Creates tokens `0..n` naming `audiences` with `concurrency` requests in flight, handing each stored
+/// token to `sink`.
 async fn create_tokens(
     api: &Api<ApiToken>,
     n: usize,
     period: &str,
+    audiences: &[String],
     concurrency: usize,
     sink: Option<futures::channel::mpsc::UnboundedSender<ApiToken>>,
 ) -> BenchResult<Duration> {
@@ -190,7 +327,8 @@ async fn create_tokens(
         .map(|i| {
             let sink = sink.clone();
             async move {
-                let created = create_token(api, &token_manifest(&token_name(i), period)).await?;
+                let token = token_manifest(&token_name(i), period, audiences);
+                let created = create_token(api, &token).await?;
                 if let Some(sink) = sink {
                     let _ = sink.unbounded_send(created);
                 }
@@ -243,11 +381,18 @@ impl Bench {
         Ok(())
     }
 
-    /// N tokens created at once into an empty namespace watched by a fresh operator; then,
-    /// if `restart`, the operator restarted over the N ready tokens.
-    pub async fn bulk(&self, n: usize, restart: bool) -> BenchResult<(Bulk, Option<Restart>)> {
-        let ns = self.cluster.namespace(&format!("bulk{n}")).await?;
-        let result = self.bulk_in(&ns, n, restart).await;
+    /// N tokens created at once into an empty namespace watched by a fresh operator (with
+    /// `verifier`, all naming one verifier of that namespace); then, if `restart`, the operator
+    /// restarted over the N ready tokens.
+    pub async fn bulk(
+        &self,
+        n: usize,
+        restart: bool,
+        verifier: bool,
+    ) -> BenchResult<(Bulk, Option<Restart>)> {
+        let phase = if verifier { "vbulk" } else { "bulk" };
+        let ns = self.cluster.namespace(&format!("{phase}{n}")).await?;
+        let result = self.bulk_in(&ns, n, restart, verifier).await;
         self.cleanup(&ns).await?;
         result
     }
@@ -257,9 +402,15 @@ impl Bench {
         ns: &str,
         n: usize,
         restart: bool,
+        verifier: bool,
     ) -> BenchResult<(Bulk, Option<Restart>)> {
         let tokens: Api<ApiToken> = Api::namespaced(self.cluster.admin.clone(), ns);
         let mut tracker = Tracker::tokens(tokens.clone()).await?;
+        let verifiers = verifier_names(usize::from(verifier));
+        let outputs = output_names(&verifiers);
+        create_verifiers(&self.cluster.admin, ns, &verifiers).await?;
+        let mut output_tracker =
+            Tracker::outputs(Api::namespaced(self.cluster.admin.clone(), ns)).await?;
         let (operator, _) = ready_operator(self, ns).await?;
         let before = self
             .cluster
@@ -269,8 +420,10 @@ impl Bench {
         let cp_before = self.cluster.control_plane_cpu();
         let bench_before = bench_cpu();
 
+        let versions_before = output_tracker.with(|s| s.versions.clone());
         let started = Instant::now();
-        let created_in = create_tokens(&tokens, n, "30d", self.concurrency, None).await?;
+        let created_in =
+            create_tokens(&tokens, n, "30d", &verifiers, self.concurrency, None).await?;
         tracker
             .wait(&format!("{n} tokens Active"), timeout_for(n), |s| {
                 s.active_at.len() >= n
@@ -280,6 +433,28 @@ impl Bench {
             .with(|s| s.active_at.values().max().copied())
             .unwrap_or(started + created_in)
             - started;
+        // The htpasswd output (ssha, 64 bytes a line) holds 16,384 credentials; the sha256-map
+        // (574 bytes a credential) fills at 1,826, so only the htpasswd output is waited for.
+        let in_outputs_in = match outputs.first() {
+            Some(htpasswd) => {
+                output_tracker
+                    .wait(
+                        &format!("{n} credentials in {htpasswd}"),
+                        timeout_for(n),
+                        |s| s.holding(htpasswd) >= n,
+                    )
+                    .await?;
+                let last = output_tracker.with(|s| {
+                    s.appeared_at
+                        .iter()
+                        .filter(|((output, _), _)| output == htpasswd)
+                        .map(|(_, at)| *at)
+                        .max()
+                });
+                last.map(|at| at - started)
+            }
+            None => None,
+        };
         let cp_after = self.cluster.control_plane_cpu();
         let bench_after = bench_cpu();
         let after = self
@@ -288,7 +463,14 @@ impl Bench {
             .await?;
         let usage = operator.usage()?;
         let counters = operator.metrics().await?;
+        let verifier_ready = match verifiers.first() {
+            Some(name) => Some(verifier_ready(&self.cluster.admin, ns, name).await?),
+            None => None,
+        };
         let bulk = Bulk {
+            in_outputs_in,
+            outputs: output_sizes(&output_tracker, &outputs, &versions_before),
+            verifier_ready,
             wasted_mints: metric_sum(&counters, "tokenmint_wasted_mints_total") as u64,
             secret_reads: metric_sum(&counters, "tokenmint_secret_reads_total") as u64,
             n,
@@ -400,7 +582,7 @@ impl Bench {
 
         let started = Instant::now();
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        let create = create_tokens(&tokens, n, "30d", self.concurrency, Some(tx));
+        let create = create_tokens(&tokens, n, "30d", &[], self.concurrency, Some(tx));
         let write = rx
             .map(|token| minimal_issue(&client, &recorder, token))
             .buffer_unordered(self.ceiling_concurrency)
@@ -451,7 +633,7 @@ impl Bench {
         for i in 0..samples {
             let name = token_name(i);
             let started = Instant::now();
-            create_token(&tokens, &token_manifest(&name, "30d")).await?;
+            create_token(&tokens, &token_manifest(&name, "30d", &[])).await?;
             result.create_rtt.push(started.elapsed());
             tracker
                 .wait(&format!("{name} Active"), Duration::from_secs(30), |s| {
@@ -467,26 +649,119 @@ impl Bench {
         Ok(result)
     }
 
-    /// `n` tokens whose credentials all fall due at one instant, with the operator running; then
-    /// (if `overdue`) the same tokens all overdue when the operator starts.
-    pub async fn storm(&self, n: usize, overdue: bool) -> BenchResult<Storm> {
-        let ns = self.cluster.namespace(&format!("storm{n}")).await?;
-        let result = self.storm_in(&ns, n, overdue).await;
+    /// Through one verifier on an idle operator, `samples` tokens one by one: create, rotate
+    /// (`tokenmint.dev/rotate`), revoke; each change → seen on a watch of both outputs.
+    pub async fn verifier_latency(&self, samples: usize) -> BenchResult<VerifierLatency> {
+        let ns = self.cluster.namespace("vlatency").await?;
+        let result = self.verifier_latency_in(&ns, samples).await;
         self.cleanup(&ns).await?;
         result
     }
 
-    async fn storm_in(&self, ns: &str, n: usize, overdue: bool) -> BenchResult<Storm> {
+    async fn verifier_latency_in(&self, ns: &str, samples: usize) -> BenchResult<VerifierLatency> {
+        const WAIT: Duration = Duration::from_secs(30);
+        let admin = &self.cluster.admin;
+        let tokens: Api<ApiToken> = Api::namespaced(admin.clone(), ns);
+        let verifiers = verifier_names(1);
+        let outputs = output_names(&verifiers);
+        create_verifiers(admin, ns, &verifiers).await?;
+        let mut token_tracker = Tracker::tokens(tokens.clone()).await?;
+        let mut secret_tracker = Tracker::secrets(Api::namespaced(admin.clone(), ns)).await?;
+        let mut output_tracker = Tracker::outputs(Api::namespaced(admin.clone(), ns)).await?;
+        let (operator, _) = ready_operator(self, ns).await?;
+        let params = PatchParams {
+            field_manager: Some(BENCH_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let mut result = VerifierLatency {
+            issue: Vec::with_capacity(samples),
+            rotation: Vec::with_capacity(samples),
+            rotation_secret: Vec::with_capacity(samples),
+            revocation: Vec::with_capacity(samples),
+        };
+        // Let the trailing reconciles (status and Secret watch events) finish: idle operator.
+        let idle = || tokio::time::sleep(Duration::from_millis(100));
+        for i in 0..samples {
+            let name = token_name(i);
+            let started = Instant::now();
+            create_token(&tokens, &token_manifest(&name, "30d", &verifiers)).await?;
+            token_tracker
+                .wait(&format!("{name} Active"), WAIT, |s| {
+                    s.active_at.contains_key(&name) && s.access_keys.contains_key(&name)
+                })
+                .await?;
+            let issued = token_tracker.with(|s| s.access_keys[&name].clone());
+            let at = wait_in_outputs(&mut output_tracker, &outputs, &issued, true).await?;
+            result.issue.push(at - started);
+            idle().await;
+
+            let started = Instant::now();
+            let rotate = json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "bench"}}});
+            tokens.patch(&name, &params, &Patch::Merge(&rotate)).await?;
+            secret_tracker
+                .wait(&format!("{name} rotated in its Secret"), WAIT, |s| {
+                    s.rotations.get(&name).is_some_and(|r| *r >= 1)
+                })
+                .await?;
+            let (promoted, rotated) = secret_tracker.with(|s| {
+                (
+                    s.rotations_at[&(name.clone(), 1)].0,
+                    s.access_keys[&name].clone(),
+                )
+            });
+            result.rotation_secret.push(promoted - started);
+            let at = wait_in_outputs(&mut output_tracker, &outputs, &rotated, true).await?;
+            result.rotation.push(at - started);
+            idle().await;
+
+            let started = Instant::now();
+            let revoke = json!({"spec": {"revoked": true}});
+            tokens.patch(&name, &params, &Patch::Merge(&revoke)).await?;
+            let at = wait_in_outputs(&mut output_tracker, &outputs, &rotated, false).await?;
+            result.revocation.push(at - started);
+            idle().await;
+        }
+        operator.stop().await?;
+        Ok(result)
+    }
+
+    /// `n` tokens whose credentials all fall due at one instant, with the operator running; then
+    /// (if `overdue`) the same tokens all overdue when the operator starts. With `verifiers`, every
+    /// token names that many verifiers of its namespace, and their outputs' writes are counted.
+    pub async fn storm(&self, n: usize, overdue: bool, verifiers: usize) -> BenchResult<Storm> {
+        let phase = if verifiers > 0 { "vstorm" } else { "storm" };
+        let ns = self.cluster.namespace(&format!("{phase}{n}")).await?;
+        let result = self.storm_in(&ns, n, overdue, verifiers).await;
+        self.cleanup(&ns).await?;
+        result
+    }
+
+    async fn storm_in(
+        &self,
+        ns: &str,
+        n: usize,
+        overdue: bool,
+        verifiers: usize,
+    ) -> BenchResult<Storm> {
         const PERIOD_SECS: i64 = 120;
         let tokens: Api<ApiToken> = Api::namespaced(self.cluster.admin.clone(), ns);
         let secrets: Api<Secret> = Api::namespaced(self.cluster.admin.clone(), ns);
         let mut token_tracker = Tracker::tokens(tokens.clone()).await?;
         let mut secret_tracker = Tracker::secrets(secrets.clone()).await?;
+        let verifier_names = verifier_names(verifiers);
+        let outputs = output_names(&verifier_names);
+        create_verifiers(&self.cluster.admin, ns, &verifier_names).await?;
+        let mut output_tracker = Tracker::outputs(secrets.clone()).await?;
         let (operator, _) = ready_operator(self, ns).await?;
-        create_tokens(&tokens, n, "2m", self.concurrency, None).await?;
+        create_tokens(&tokens, n, "2m", &verifier_names, self.concurrency, None).await?;
         token_tracker
             .wait("storm tokens Active", timeout_for(n), |s| {
                 s.active_at.len() >= n
+            })
+            .await?;
+        output_tracker
+            .wait("storm credentials in every output", timeout_for(n), |s| {
+                outputs.iter().all(|o| s.holding(o) >= n)
             })
             .await?;
         self.cluster
@@ -521,6 +796,7 @@ impl Bench {
         }
         let cp_before = self.cluster.control_plane_cpu();
         let operator_before = operator.usage()?.cpu_seconds;
+        let versions_before = output_tracker.with(|s| s.versions.clone());
 
         let timeout = Duration::from_secs(PERIOD_SECS as u64 - 10) + setup;
         secret_tracker
@@ -548,6 +824,7 @@ impl Bench {
             .cluster
             .wait_quiet(Duration::from_secs(2), Duration::from_secs(60))
             .await?;
+        let outputs = output_sizes(&output_tracker, &outputs, &versions_before);
         operator.stop().await?;
 
         let overdue_restart = if overdue {
@@ -560,6 +837,8 @@ impl Bench {
         };
         Ok(Storm {
             n,
+            verifiers,
+            outputs,
             secret_late,
             status_late,
             requests: after.since(&before),
@@ -622,6 +901,32 @@ impl Bench {
             requests: after.since(&before),
         })
     }
+}
+
+/// Waits until every one of `outputs` holds (`present`) or has let go of `access_key`; returns
+/// when the last of them was seen so.
+async fn wait_in_outputs(
+    tracker: &mut Tracker,
+    outputs: &[String],
+    access_key: &str,
+    present: bool,
+) -> BenchResult<Instant> {
+    let seen = |s: &crate::track::Seen| {
+        if present {
+            s.in_all(outputs, access_key)
+        } else {
+            s.gone_from_all(outputs, access_key)
+        }
+    };
+    let what = if present { "in" } else { "gone from" };
+    tracker
+        .wait(
+            &format!("a credential {what} the outputs"),
+            Duration::from_secs(30),
+            |s| seen(s).is_some(),
+        )
+        .await?;
+    Ok(tracker.with(seen).unwrap_or_else(Instant::now))
 }
 
 /// Rewrites each Secret's `issued-at` annotation (the credential state the operator keeps) and

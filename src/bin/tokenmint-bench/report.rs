@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::BenchResult;
 use crate::Cli;
 use crate::cluster::{Bucket, Cluster, Requests};
-use crate::phases::{Bulk, Ceiling, Latency, Restart, Storm};
+use crate::phases::{Bulk, Ceiling, Latency, OutputSize, Restart, Storm, VerifierLatency};
 
 /// Everything measured in one run.
 pub struct Report {
@@ -22,6 +22,10 @@ pub struct Report {
     pub sizes: Vec<(Bulk, Option<Restart>, Option<Ceiling>)>,
     pub latency: Option<Latency>,
     pub storm: Option<Storm>,
+    /// Bulk issues into one verifier, by size.
+    pub verifier_sizes: Vec<Bulk>,
+    pub verifier_latency: Option<VerifierLatency>,
+    pub verifier_storm: Option<Storm>,
 }
 
 impl Report {
@@ -47,6 +51,9 @@ impl Report {
             sizes: Vec::new(),
             latency: None,
             storm: None,
+            verifier_sizes: Vec::new(),
+            verifier_latency: None,
+            verifier_storm: None,
         })
     }
 
@@ -179,6 +186,71 @@ fn cpu(map: &std::collections::BTreeMap<&'static str, f64>, key: &str) -> String
     map.get(key).map_or("-".to_owned(), |v| format!("{v:.1}"))
 }
 
+fn sorted(samples: &[Duration]) -> Vec<Duration> {
+    let mut samples = samples.to_vec();
+    samples.sort();
+    samples
+}
+
+/// `| what | p50 | p90 | p99 | max |` in milliseconds, one row per series.
+fn percentile_rows(f: &mut fmt::Formatter<'_>, rows: &[(&str, &[Duration])]) -> fmt::Result {
+    writeln!(f, "| | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")?;
+    writeln!(f, "|---|---:|---:|---:|---:|")?;
+    for (what, v) in rows {
+        let v = sorted(v);
+        writeln!(
+            f,
+            "| {what} | {} | {} | {} | {} |",
+            ms(percentile(&v, 50.0)),
+            ms(percentile(&v, 90.0)),
+            ms(percentile(&v, 99.0)),
+            ms(percentile(&v, 100.0))
+        )?;
+    }
+    writeln!(f)
+}
+
+/// `| output | writes | bytes | credentials |`.
+fn output_rows(f: &mut fmt::Formatter<'_>, outputs: &[OutputSize]) -> fmt::Result {
+    writeln!(f, "| output | writes | bytes | credentials |")?;
+    writeln!(f, "|---|---:|---:|---:|")?;
+    for o in outputs {
+        writeln!(
+            f,
+            "| {} | {} | {} | {} |",
+            o.name, o.writes, o.bytes, o.credentials
+        )?;
+    }
+    writeln!(f)
+}
+
+/// When each new credential was seen, relative to the due second, and the operator's requests.
+fn storm_rows(f: &mut fmt::Formatter<'_>, s: &Storm) -> fmt::Result {
+    writeln!(f, "| seen | p50 after due (s) | p99 (s) | last (s) |")?;
+    writeln!(f, "|---|---:|---:|---:|")?;
+    for (what, v) in [
+        ("new credential in its Secret", &s.secret_late),
+        ("status shows the rotation", &s.status_late),
+    ] {
+        writeln!(
+            f,
+            "| {what} | {} | {} | {} |",
+            secs(percentile(v, 50.0)),
+            secs(percentile(v, 99.0)),
+            secs(percentile(v, 100.0))
+        )?;
+    }
+    writeln!(
+        f,
+        "\nOperator requests during the storm: {} per rotation ({}). CPU from just before the due second to the last rotation: apiserver {} s, etcd {} s, operator {:.2} s.\n",
+        per_token(&s.requests, s.n),
+        breakdown(&s.requests, s.n),
+        cpu(&s.control_plane_cpu, "kube-apiserver"),
+        cpu(&s.control_plane_cpu, "etcd"),
+        s.operator_cpu
+    )
+}
+
 impl Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "## tokenmint-bench results\n")?;
@@ -288,31 +360,18 @@ impl Display for Report {
         }
 
         if let Some(l) = &self.latency {
-            let mut samples = l.samples.clone();
-            samples.sort();
-            let mut rtt = l.create_rtt.clone();
-            rtt.sort();
             writeln!(
                 f,
                 "### Latency: one create → Active seen on a watch ({} tokens, idle operator)\n",
-                samples.len()
+                l.samples.len()
             )?;
-            writeln!(f, "| | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")?;
-            writeln!(f, "|---|---:|---:|---:|---:|")?;
-            for (what, v) in [
-                ("create → Active", &samples),
-                ("create request alone", &rtt),
-            ] {
-                writeln!(
-                    f,
-                    "| {what} | {} | {} | {} | {} |",
-                    ms(percentile(v, 50.0)),
-                    ms(percentile(v, 90.0)),
-                    ms(percentile(v, 99.0)),
-                    ms(percentile(v, 100.0))
-                )?;
-            }
-            writeln!(f)?;
+            percentile_rows(
+                f,
+                &[
+                    ("create → Active", &l.samples),
+                    ("create request alone", &l.create_rtt),
+                ],
+            )?;
         }
 
         if let Some(s) = &self.storm {
@@ -321,29 +380,7 @@ impl Display for Report {
                 "### Rotation storm: {} credentials due at the same second\n",
                 s.n
             )?;
-            writeln!(f, "| seen | p50 after due (s) | p99 (s) | last (s) |")?;
-            writeln!(f, "|---|---:|---:|---:|")?;
-            for (what, v) in [
-                ("new credential in its Secret", &s.secret_late),
-                ("status shows the rotation", &s.status_late),
-            ] {
-                writeln!(
-                    f,
-                    "| {what} | {} | {} | {} |",
-                    secs(percentile(v, 50.0)),
-                    secs(percentile(v, 99.0)),
-                    secs(percentile(v, 100.0))
-                )?;
-            }
-            writeln!(
-                f,
-                "\nOperator requests during the storm: {} per rotation ({}). CPU from just before the due second to the last rotation: apiserver {} s, etcd {} s, operator {:.2} s.\n",
-                per_token(&s.requests, s.n),
-                breakdown(&s.requests, s.n),
-                cpu(&s.control_plane_cpu, "kube-apiserver"),
-                cpu(&s.control_plane_cpu, "etcd"),
-                s.operator_cpu
-            )?;
+            storm_rows(f, s)?;
             if let Some(o) = &s.overdue_restart {
                 writeln!(
                     f,
@@ -357,6 +394,8 @@ impl Display for Report {
                 )?;
             }
         }
+
+        self.verifier_sections(f)?;
 
         writeln!(f, "### Targets\n")?;
         writeln!(f, "| target | measured | met |")?;
@@ -426,6 +465,143 @@ impl Display for Report {
                 ),
                 last <= Duration::from_secs(5),
             )?;
+        }
+        if let Some(l) = &self.verifier_latency {
+            let p99 = [&l.issue, &l.rotation, &l.revocation].map(|v| percentile(&sorted(v), 99.0));
+            row(
+                "verifier: p99 change → output < 1 s (issue, rotation, revocation)",
+                format!("{} / {} / {} ms", ms(p99[0]), ms(p99[1]), ms(p99[2])),
+                p99.iter().all(|p| *p < Duration::from_secs(1)),
+            )?;
+        }
+        if let Some(s) = &self.verifier_storm {
+            let most = s.outputs.iter().map(|o| o.writes).max().unwrap_or(0);
+            row(
+                &format!(
+                    "verifier storm: tens of writes per output, not thousands ({} rotations)",
+                    s.n
+                ),
+                format!("at most {most} writes per output"),
+                most < 100,
+            )?;
+        }
+        for b in &self.verifier_sizes {
+            if let Some(ratio) = self.without_verifier_ratio(b) {
+                row(
+                    &format!("bulk N={} into one verifier ≥ 0.9 × without", b.n),
+                    format!("{ratio:.2}"),
+                    ratio >= 0.9,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// Tokens/s of a bulk issue into a verifier over the same size's bulk without one.
+    fn without_verifier_ratio(&self, into_verifier: &Bulk) -> Option<f64> {
+        let (without, _, _) = self.sizes.iter().find(|(b, _, _)| b.n == into_verifier.n)?;
+        Some(into_verifier.tokens_per_second() / without.tokens_per_second())
+    }
+
+    fn verifier_sections(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(l) = &self.verifier_latency {
+            writeln!(
+                f,
+                "### Verifier: change → output seen on a watch ({} tokens, one verifier with an htpasswd (ssha) and a sha256-map output, publishDelay 0s, idle operator)\n",
+                l.issue.len()
+            )?;
+            percentile_rows(
+                f,
+                &[
+                    ("issue: create → credential in both outputs", &l.issue),
+                    (
+                        "rotation: rotate annotation → new credential in both outputs",
+                        &l.rotation,
+                    ),
+                    (
+                        "rotation: rotate annotation → new credential current in its Secret",
+                        &l.rotation_secret,
+                    ),
+                    (
+                        "revocation: revoked → credential gone from both outputs",
+                        &l.revocation,
+                    ),
+                ],
+            )?;
+        }
+
+        if !self.verifier_sizes.is_empty() {
+            writeln!(
+                f,
+                "### Bulk issue into one verifier (htpasswd ssha + sha256-map outputs)\n"
+            )?;
+            writeln!(
+                f,
+                "| N | all Active (s) | tokens/s | without verifier tokens/s | ratio | all in htpasswd output (s) | requests/token | peak RSS (MiB) | operator CPU (s) | apiserver CPU (s) |"
+            )?;
+            writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+            for b in &self.verifier_sizes {
+                let without = self
+                    .sizes
+                    .iter()
+                    .find(|(w, _, _)| w.n == b.n)
+                    .map_or("-".to_owned(), |(w, _, _)| {
+                        format!("{:.0}", w.tokens_per_second())
+                    });
+                let ratio = self
+                    .without_verifier_ratio(b)
+                    .map_or("-".to_owned(), |r| format!("{r:.2}"));
+                writeln!(
+                    f,
+                    "| {} | {} | {:.0} | {without} | {ratio} | {} | {} | {} | {:.2} | {} |",
+                    b.n,
+                    secs(b.active_in),
+                    b.tokens_per_second(),
+                    b.in_outputs_in.map_or("-".to_owned(), secs),
+                    per_token(&b.requests, b.n),
+                    mib(b.usage.peak_rss_kib),
+                    b.usage.cpu_seconds,
+                    cpu(&b.control_plane_cpu, "kube-apiserver"),
+                )?;
+            }
+            writeln!(f)?;
+            for b in &self.verifier_sizes {
+                writeln!(
+                    f,
+                    "N={}: requests per token {}; verifier Ready: {}\n",
+                    b.n,
+                    breakdown(&b.requests, b.n),
+                    b.verifier_ready.as_deref().unwrap_or("-")
+                )?;
+                output_rows(f, &b.outputs)?;
+            }
+        }
+
+        if let Some(s) = &self.verifier_storm {
+            writeln!(
+                f,
+                "### Rotation storm with {} verifiers: {} credentials due at the same second, each in every verifier's outputs (publishDelay 0s)\n",
+                s.verifiers, s.n
+            )?;
+            storm_rows(f, s)?;
+            let without = self.storm.as_ref().map(Storm::rotations_per_second);
+            writeln!(
+                f,
+                "Rotations/s (N over due → last new credential in its Secret): {:.0} with verifiers, {} without, ratio {}.\n",
+                s.rotations_per_second(),
+                without.map_or("-".to_owned(), |w| format!("{w:.0}")),
+                without.map_or("-".to_owned(), |w| format!(
+                    "{:.2}",
+                    s.rotations_per_second() / w
+                ))
+            )?;
+            writeln!(
+                f,
+                "Output writes from just before the due second until the operator was quiet:\n"
+            )?;
+            output_rows(f, &s.outputs)?;
         }
         Ok(())
     }

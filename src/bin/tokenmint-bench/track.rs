@@ -1,9 +1,10 @@
-//! Watch-based observers: when did each token become Active, when did each credential rotate.
+//! Watch-based observers: when did each token become Active, when did each credential rotate, and
+//! when did each credential enter or leave each verifier output.
 //!
 //! Every time is taken when the watch event reaches the bench, so it includes the API server's
 //! watch delivery, as a user waiting on `kubectl wait` would see it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,16 +16,59 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokenmint::api::{ApiToken, Phase};
 use tokenmint::secret::{ROTATIONS_ANNOTATION, managed_selector};
+use tokenmint::verifier::api::VERIFIER_LABEL;
 use tokio::sync::watch;
 
 use crate::BenchResult;
 
 /// What one object says right now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Reading {
     active: bool,
     rotations: u64,
     next_rotation: Option<i64>,
+    /// The current credential's access key (a token's status, a token Secret's `username`).
+    access_key: Option<String>,
+    /// What a verifier output lets in (outputs only).
+    output: Option<OutputReading>,
+}
+
+/// A verifier output as one watch event shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct OutputReading {
+    resource_version: String,
+    /// Access keys with a credential in it: htpasswd users, sha256-map `accessKey`s.
+    access_keys: HashSet<String>,
+    /// Bytes of its data.
+    bytes: usize,
+}
+
+/// Parses an output Secret: htpasswd lines, or a sha256-map (`{"tokens": {hash: {accessKey, ..}}}`).
+fn read_output(secret: &Secret) -> OutputReading {
+    let mut reading = OutputReading {
+        resource_version: secret.resource_version().unwrap_or_default(),
+        ..OutputReading::default()
+    };
+    for data in secret.data.iter().flat_map(|d| d.values()) {
+        reading.bytes += data.0.len();
+        let text = String::from_utf8_lossy(&data.0);
+        if text.starts_with('{') {
+            let map: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let items = map["tokens"]
+                .as_object()
+                .into_iter()
+                .flat_map(|t| t.values());
+            reading
+                .access_keys
+                .extend(items.filter_map(|item| item["accessKey"].as_str().map(str::to_owned)));
+        } else {
+            let users = text.lines().filter_map(|line| line.split_once(':'));
+            reading
+                .access_keys
+                .extend(users.map(|(user, _)| user.to_owned()));
+        }
+    }
+    reading
 }
 
 /// Per object, the first time each reading was seen.
@@ -38,12 +82,82 @@ pub struct Seen {
     pub next_rotation: HashMap<String, i64>,
     /// Latest rotation count.
     pub rotations: HashMap<String, u64>,
+    /// Latest access key of each token or token Secret.
+    pub access_keys: HashMap<String, String>,
+    /// Outputs: the access keys each holds now.
+    pub held: HashMap<String, HashSet<String>>,
+    /// Outputs: first time (output, access key) was seen in it, and first time it was seen gone.
+    pub appeared_at: HashMap<(String, String), Instant>,
+    pub vanished_at: HashMap<(String, String), Instant>,
+    /// Outputs: distinct resourceVersions seen (one per write while the watch runs).
+    pub versions: HashMap<String, u64>,
+    last_version: HashMap<String, String>,
+    /// Outputs: bytes of data now.
+    pub bytes: HashMap<String, usize>,
 }
 
 impl Seen {
     /// How many objects have reached at least `rotations`.
     pub fn rotated(&self, rotations: u64) -> usize {
         self.rotations.values().filter(|r| **r >= rotations).count()
+    }
+
+    /// When the last of `outputs` came to hold `access_key`, if all hold it now.
+    pub fn in_all(&self, outputs: &[String], access_key: &str) -> Option<Instant> {
+        self.last_of(outputs, access_key, true)
+    }
+
+    /// When the last of `outputs` let go of `access_key`, if none holds it now.
+    pub fn gone_from_all(&self, outputs: &[String], access_key: &str) -> Option<Instant> {
+        self.last_of(outputs, access_key, false)
+    }
+
+    fn last_of(&self, outputs: &[String], access_key: &str, present: bool) -> Option<Instant> {
+        let times = if present {
+            &self.appeared_at
+        } else {
+            &self.vanished_at
+        };
+        outputs
+            .iter()
+            .map(|output| {
+                let holds = self
+                    .held
+                    .get(output)
+                    .is_some_and(|k| k.contains(access_key));
+                (holds == present)
+                    .then(|| times.get(&(output.clone(), access_key.to_owned())).copied())
+                    .flatten()
+            })
+            .collect::<Option<Vec<Instant>>>()?
+            .into_iter()
+            .max()
+    }
+
+    /// How many access keys the output holds now.
+    pub fn holding(&self, output: &str) -> usize {
+        self.held.get(output).map_or(0, HashSet::len)
+    }
+
+    fn record_output(&mut self, name: &str, reading: OutputReading, now: Instant) {
+        if self.last_version.get(name) != Some(&reading.resource_version) {
+            *self.versions.entry(name.to_owned()).or_default() += 1;
+            self.last_version
+                .insert(name.to_owned(), reading.resource_version);
+        }
+        let before = self.held.remove(name).unwrap_or_default();
+        for key in reading.access_keys.difference(&before) {
+            self.appeared_at
+                .entry((name.to_owned(), key.clone()))
+                .or_insert(now);
+        }
+        for key in before.difference(&reading.access_keys) {
+            self.vanished_at
+                .entry((name.to_owned(), key.clone()))
+                .or_insert(now);
+        }
+        self.held.insert(name.to_owned(), reading.access_keys);
+        self.bytes.insert(name.to_owned(), reading.bytes);
     }
 }
 
@@ -71,6 +185,8 @@ impl Tracker {
                 next_rotation: status
                     .and_then(|s| s.next_rotation_at.as_ref())
                     .map(|t| t.0.as_second()),
+                access_key: status.and_then(|s| s.access_key.clone()),
+                output: None,
             }
         })
         .await
@@ -87,6 +203,22 @@ impl Tracker {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0),
             next_rotation: None,
+            access_key: s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("username"))
+                .map(|u| String::from_utf8_lossy(&u.0).into_owned()),
+            output: None,
+        })
+        .await
+    }
+
+    /// Watches the verifier outputs (Secrets labelled with their verifier) in `api`'s namespace.
+    pub async fn outputs(api: Api<Secret>) -> BenchResult<Tracker> {
+        let config = watcher::Config::default().labels(VERIFIER_LABEL);
+        Self::start(api, config, |s: &Secret| Reading {
+            output: Some(read_output(s)),
+            ..Reading::default()
         })
         .await
     }
@@ -132,6 +264,12 @@ impl Tracker {
                         }
                         if let Some(at) = reading.next_rotation {
                             seen.next_rotation.insert(name.clone(), at);
+                        }
+                        if let Some(key) = reading.access_key {
+                            seen.access_keys.insert(name.clone(), key);
+                        }
+                        if let Some(output) = reading.output {
+                            seen.record_output(&name, output, now);
                         }
                         seen.rotations_at
                             .entry((name.clone(), reading.rotations))
