@@ -114,6 +114,12 @@ impl SecretCache {
     pub fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
         self.lock().get(key)
     }
+
+    /// The resourceVersion of the Secret at `key`, without decoding it: whoever derived something
+    /// from a Secret can tell whether it is still the one they read.
+    pub fn resource_version(&self, key: &ObjectRef<Secret>) -> Option<String> {
+        self.lock().secrets.get(key)?.resource_version.clone()
+    }
 }
 
 impl Default for SecretCache {
