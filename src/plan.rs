@@ -848,16 +848,37 @@ pub fn condition(
     message: String,
     now: Timestamp,
 ) -> Condition {
+    flipped_condition(
+        &last.conditions,
+        type_,
+        generation,
+        ok,
+        reason.as_str(),
+        message,
+        now,
+    )
+}
+
+/// A condition of `type_` given the object's `previous` conditions (of any kind of object): its
+/// transition time moves only when its status flips.
+pub fn flipped_condition(
+    previous: &[Condition],
+    type_: &str,
+    generation: Option<i64>,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
-    let since = last
-        .conditions
+    let since = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
         .map_or(Time(now), |c| c.last_transition_time.clone());
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
-        reason: reason.as_str().to_owned(),
+        reason: reason.to_owned(),
         message,
         observed_generation: generation,
         last_transition_time: since,

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -749,20 +749,16 @@ fn condition(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let since = last
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or(Time(now), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: outcome.reason.clone(),
-        message: outcome.message.clone(),
-        observed_generation: generation,
-        last_transition_time: since,
-    }
+    let message = outcome.message.clone();
+    crate::plan::flipped_condition(
+        &last.conditions,
+        type_,
+        generation,
+        ok,
+        &outcome.reason,
+        message,
+        now,
+    )
 }
 
 /// Applies `status` unless it equals `last` (a steady state writes nothing).
