@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Error as ControllerError};
@@ -79,7 +79,7 @@ pub struct Context {
     client: Client,
     secrets: Arc<SecretCache>,
     tokens: Arc<TokenCache<TokenObject>>,
-    reporter: Reporter,
+    events: Events,
     metrics: Arc<Metrics>,
     rules: Rules,
     /// Consecutive failures per token: the backoff, and when an error is reported in status.
@@ -180,6 +180,7 @@ pub async fn run(
         controller: MANAGER.to_owned(),
         instance: settings.instance.clone(),
     };
+    let (events, event_sender) = Events::new(client.clone(), reporter);
     let token_store = token_cache.store();
     let series = token_store.clone();
     metrics.set_tokens(Box::new(move || {
@@ -202,7 +203,7 @@ pub async fn run(
         client: client.clone(),
         secrets: secret_cache,
         tokens: token_cache,
-        reporter,
+        events,
         metrics: metrics.clone(),
         rules: settings.rules.clone(),
         failures: Mutex::default(),
@@ -250,9 +251,77 @@ pub async fn run(
             }
             futures::future::ready(())
         });
-    futures::join!(token_controller, verifier_controller);
+    // The Event sender ends once the controller (and with it every queued Event's sender) is gone,
+    // after sending what is still queued; the process's shutdown deadline bounds that.
+    futures::join!(token_controller, verifier_controller, event_sender);
     // A follower (or a stopped leader) exports no per-token series.
     metrics.set_tokens(Box::new(Vec::new));
+}
+
+/// Events are recorded after the credential and status writes, off the reconcile's critical path:
+/// a reconcile queues its Event and moves on, and a sender with [`Events::IN_FLIGHT`] requests in
+/// flight records them. In a rotation storm the API server's capacity goes to the credentials
+/// first (every Event still follows its status write). When more than [`Events::BACKLOG`] wait,
+/// the reconcile records its own, as before, so a bulk cannot grow the queue without bound.
+struct Events {
+    queue: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
+    client: Client,
+    reporter: Reporter,
+}
+
+impl Events {
+    /// Events waiting to be sent, at most (about 0.5 KiB each).
+    const BACKLOG: usize = 1024;
+    /// Event requests the sender keeps in flight.
+    const IN_FLIGHT: usize = 2;
+
+    /// The queue, and the sender that drains it until every handle on the queue is dropped.
+    fn new(client: Client, reporter: Reporter) -> (Self, impl std::future::Future<Output = ()>) {
+        let (queue, mut queued) = tokio::sync::mpsc::channel(Self::BACKLOG);
+        let sender = {
+            let (client, reporter) = (client.clone(), reporter.clone());
+            async move {
+                futures::stream::poll_fn(move |cx| queued.poll_recv(cx))
+                    .for_each_concurrent(Self::IN_FLIGHT, |(event, reference)| {
+                        publish(&client, &reporter, event, reference)
+                    })
+                    .await;
+            }
+        };
+        (
+            Events {
+                queue,
+                client,
+                reporter,
+            },
+            sender,
+        )
+    }
+
+    /// Queues `event` about `reference`, or records it now when the queue is full.
+    async fn record(&self, event: Event, reference: ObjectReference) {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.queue.try_send((event, reference)) {
+            Ok(()) => {}
+            Err(
+                TrySendError::Full((event, reference)) | TrySendError::Closed((event, reference)),
+            ) => {
+                publish(&self.client, &self.reporter, event, reference).await;
+            }
+        }
+    }
+}
+
+/// Records one Event. A Recorder per Event: a shared one keeps every Event it sent for six minutes
+/// (about 2.7 KiB per token, 26 MiB after issuing 10,000) only to merge repeats, and Events here
+/// are transitions.
+async fn publish(client: &Client, reporter: &Reporter, event: Event, reference: ObjectReference) {
+    let recorder = Recorder::new(client.clone(), reporter.clone());
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        // An Event is a courtesy; the state change already happened.
+        tracing::warn!(namespace = reference.namespace.as_deref(), name = reference.name.as_deref(),
+            reason = %event.reason, error = %e, "could not record Event");
+    }
 }
 
 /// How a watch retries after an error: from half a second, doubling, at most 2 s, starting over after
@@ -828,13 +897,7 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
             action: transition.reason.as_str().to_owned(),
             secondary: None,
         };
-        // A Recorder per Event: a shared one keeps every Event it sent for six minutes (about 2.7 KiB
-        // per token, 26 MiB after issuing 10,000) only to merge repeats, and Events here are transitions.
-        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        if let Err(e) = recorder.publish(&event, &token.object_ref(&())).await {
-            // An Event is a courtesy; the state change already happened.
-            tracing::warn!(namespace = ns, %name, error = %e, "could not record Event");
-        }
+        ctx.events.record(event, token.object_ref(&())).await;
     }
 
     Ok(match plan.wake {

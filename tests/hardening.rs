@@ -253,12 +253,16 @@ async fn forged_secret_contents_are_treated_as_compromised() {
             issued.as_second() - jiff::Timestamp::now().as_second() < 60,
             "{what}: rotation postponed to {issued}"
         );
-        let warnings = events(&ns, "target")
-            .await
-            .into_iter()
-            .filter(|e| e.type_.as_deref() == Some("Warning"))
-            .count();
-        assert!(warnings > round, "{what}: no Warning Event");
+        // Events are recorded after the status write, so the Warning may trail it.
+        wait_for(&format!("{what}: a Warning Event"), WAIT, || async {
+            let warnings = events(&ns, "target")
+                .await
+                .into_iter()
+                .filter(|e| e.type_.as_deref() == Some("Warning"))
+                .count();
+            (warnings > round).then_some(())
+        })
+        .await;
     }
     ns.cleanup().await;
 }

@@ -1836,8 +1836,11 @@ async fn one_leader_writes_and_a_follower_takes_over_after_a_crash_without_remin
 
     // One writer: the Lease names a, every Event was reported by a, b did nothing but wait.
     assert_eq!(lease_holder(&ns).await.as_deref(), Some("replica-a"));
-    let events = events_of(&ns, "ha").await;
-    assert!(!events.is_empty());
+    // Events are recorded after the status write, so they may trail it.
+    let events = wait_for("the Issued Event", WAIT, || async {
+        Some(events_of(&ns, "ha").await).filter(|e| !e.is_empty())
+    })
+    .await;
     for event in &events {
         assert_eq!(
             event.reporting_instance.as_deref(),
