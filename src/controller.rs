@@ -141,7 +141,8 @@ pub async fn run(
     let (inputs_changed, inputs) = futures::channel::mpsc::unbounded::<()>();
     let secret_changed = inputs_changed.clone();
 
-    // Both caches drop managedFields: they are the bulk of each object and nothing here reads them.
+    // Both caches drop managedFields (the bulk of each object; nothing here reads them), the token
+    // cache everything else no reconcile reads.
     let secret_cache = Arc::new(SecretCache::json());
     let secret_writer = secret_cache.clone();
     let secret_events = watcher(
@@ -165,7 +166,7 @@ pub async fn run(
     let token_writer = token_cache.clone();
     let token_events = watcher(tokens, watcher::Config::default())
         .backoff(WatchBackoff::default())
-        .modify(|t: &mut TokenObject| t.meta_mut().managed_fields = None)
+        .modify(TokenObject::keep_what_is_read)
         .inspect_ok(move |event| {
             token_writer.apply(event);
             let _ = inputs_changed.unbounded_send(());
@@ -615,7 +616,7 @@ async fn write_status(
         )
         .await
         .map_err(Error::WriteStatus)?;
-    stored.meta_mut().managed_fields = None;
+    stored.keep_what_is_read();
     ctx.tokens.advance(
         &ObjectRef::from_obj(object),
         object.resource_version().as_deref(),

@@ -42,6 +42,33 @@ impl TokenObject {
     }
 }
 
+/// Annotations of an ApiToken that tokenmint reads: its own (`tokenmint.dev/rotate`, ...).
+const READ_ANNOTATIONS: &str = "tokenmint.dev/";
+
+impl TokenObject {
+    /// Drops what no reconcile reads before the object goes into the cache: managed fields, labels,
+    /// other tools' annotations (`kubectl apply` keeps a whole copy of the manifest in one), owner
+    /// references, finalizers and timestamps. At 10,000 tokens that is a third of the token cache
+    /// for a plain create, more for applied manifests.
+    pub fn keep_what_is_read(&mut self) {
+        let meta = self.meta_mut();
+        let annotations = meta.annotations.take().map(|all| {
+            all.into_iter()
+                .filter(|(k, _)| k.starts_with(READ_ANNOTATIONS))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        });
+        *meta = ObjectMeta {
+            name: meta.name.take(),
+            namespace: meta.namespace.take(),
+            uid: meta.uid.take(),
+            resource_version: meta.resource_version.take(),
+            generation: meta.generation,
+            annotations: annotations.filter(|a| !a.is_empty()),
+            ..ObjectMeta::default()
+        };
+    }
+}
+
 impl From<ApiToken> for TokenObject {
     fn from(token: ApiToken) -> Self {
         TokenObject::Decoded(token)
@@ -141,6 +168,38 @@ mod tests {
             Some("AKIAVISIBLE")
         );
         assert_eq!(field, "spec.expiresAt");
+    }
+
+    #[test]
+    fn the_cache_keeps_identity_and_our_annotations_only() {
+        let mut full = object("2027-01-01T00:00:00Z");
+        full["metadata"]["generation"] = json!(3);
+        full["metadata"]["resourceVersion"] = json!("7");
+        full["metadata"]["labels"] = json!({"team": "a"});
+        full["metadata"]["annotations"] = json!({
+            "tokenmint.dev/rotate": "r1",
+            "kubectl.kubernetes.io/last-applied-configuration": "{...}"
+        });
+        full["metadata"]["managedFields"] = json!([{"manager": "kubectl"}]);
+        let mut token: TokenObject = serde_json::from_value(full).unwrap();
+        token.keep_what_is_read();
+        let token = token.token().unwrap();
+        assert_eq!(token.rotate_request(), Some("r1"));
+        let meta = &token.metadata;
+        assert_eq!(
+            (
+                meta.name.as_deref(),
+                meta.namespace.as_deref(),
+                meta.uid.as_deref()
+            ),
+            (Some("t"), Some("ns"), Some("u"))
+        );
+        assert_eq!(
+            (meta.resource_version.as_deref(), meta.generation),
+            (Some("7"), Some(3))
+        );
+        assert_eq!(meta.annotations.as_ref().map(|a| a.len()), Some(1));
+        assert!(meta.labels.is_none() && meta.managed_fields.is_none());
     }
 
     #[test]
