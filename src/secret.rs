@@ -428,6 +428,114 @@ fn read_previous(secret: &Secret) -> Result<Option<Previous>, Tampered> {
     }))
 }
 
+/// A Secret's credential keys reduced to the credentials they are forms of, for the Secret cache:
+/// a token Secret's six current keys and the three of each `previous-` and `next-` credential are
+/// all derived from (prefix, access key, secret key), so the cache keeps those three strings per
+/// credential and rebuilds the keys byte for byte when a reconcile reads the Secret. A group whose
+/// keys are not exactly the forms of one credential (edited, revoked, incomplete) is left in the
+/// data as it is, so the planner's checks see every byte anyone wrote. `Debug` shows no value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Packed(Box<[u8]>);
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} bytes)", self.0.len())
+    }
+}
+
+/// Key prefixes of the credentials a Secret can hold: current, previous, staged next.
+const CREDENTIAL_GROUPS: [&str; 3] = ["", "previous-", "next-"];
+
+/// The keys and values of the credential under `prefix`, as tokenmint writes them.
+fn group_forms(prefix: &str, credential: &Credential) -> Vec<(String, String)> {
+    let mut forms = vec![
+        (format!("{prefix}username"), credential.access_key.clone()),
+        (format!("{prefix}password"), credential.secret_key.clone()),
+    ];
+    if prefix.is_empty() {
+        forms.extend(views(credential).map(|(k, v)| (k.to_owned(), v)));
+    } else {
+        forms.push((format!("{prefix}token"), credential.bearer()));
+    }
+    forms
+}
+
+impl Packed {
+    /// Takes out of `data` every credential group that is exactly the forms of one credential.
+    pub fn take(data: &mut BTreeMap<String, ByteString>) -> Packed {
+        let mut packed = Vec::new();
+        for (tag, prefix) in CREDENTIAL_GROUPS.into_iter().enumerate() {
+            let text = |key: &str| {
+                let value = data.get(&format!("{prefix}{key}"))?;
+                std::str::from_utf8(&value.0).ok()
+            };
+            let (Some(access_key), Some(secret_key), Some(bearer)) =
+                (text("username"), text("password"), text("token"))
+            else {
+                continue;
+            };
+            let Some(token_prefix) = bearer.strip_suffix(&format!("{access_key}-{secret_key}"))
+            else {
+                continue;
+            };
+            let credential = Credential {
+                prefix: token_prefix.to_owned(),
+                access_key: access_key.to_owned(),
+                secret_key: secret_key.to_owned(),
+            };
+            let forms = group_forms(prefix, &credential);
+            if !forms
+                .iter()
+                .all(|(k, v)| data.get(k).is_some_and(|held| held.0 == v.as_bytes()))
+            {
+                continue;
+            }
+            for (key, _) in &forms {
+                data.remove(key);
+            }
+            packed.push(tag as u8);
+            for part in [
+                &credential.prefix,
+                &credential.access_key,
+                &credential.secret_key,
+            ] {
+                packed.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                packed.extend_from_slice(part.as_bytes());
+            }
+        }
+        Packed(packed.into_boxed_slice())
+    }
+
+    /// Puts the packed credential keys back into `data`.
+    pub fn restore(&self, data: &mut BTreeMap<String, ByteString>) {
+        let mut rest = &self.0[..];
+        while let Some((&tag, tail)) = rest.split_first() {
+            rest = tail;
+            let mut part = || {
+                let (len, tail) = rest.split_first_chunk::<4>()?;
+                let (text, tail) = tail.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+                rest = tail;
+                String::from_utf8(text.to_vec()).ok()
+            };
+            let (Some(prefix), Some(access_key), Some(secret_key)) = (part(), part(), part())
+            else {
+                return;
+            };
+            let Some(group) = CREDENTIAL_GROUPS.get(usize::from(tag)) else {
+                return;
+            };
+            let credential = Credential {
+                prefix,
+                access_key,
+                secret_key,
+            };
+            for (key, value) in group_forms(group, &credential) {
+                data.insert(key, ByteString(value.into_bytes()));
+            }
+        }
+    }
+}
+
 /// The derived forms of a credential, keyed by Secret key (username and password excluded).
 fn views(credential: &Credential) -> [(&'static str, String); 4] {
     let bearer = credential.bearer();
@@ -640,4 +748,68 @@ fn has_data(secret: &Secret, key: &str) -> bool {
 /// RFC 3339 at whole seconds, the precision Kubernetes keeps.
 pub fn rfc3339(at: Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(pairs: &[(&str, String)]) -> BTreeMap<String, ByteString> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone().into_bytes())))
+            .collect()
+    }
+
+    fn credential(n: u8) -> Credential {
+        Credential {
+            prefix: "tm_".into(),
+            access_key: format!("AK{n}"),
+            secret_key: format!("secret-{n}"),
+        }
+    }
+
+    fn full() -> BTreeMap<String, ByteString> {
+        let mut all: Vec<(&str, String)> = Vec::new();
+        for (prefix, n) in [("", 1), ("previous-", 2), ("next-", 3)] {
+            for (k, v) in group_forms(prefix, &credential(n)) {
+                all.push((Box::leak(k.into_boxed_str()), v));
+            }
+        }
+        all.push(("role", "reader".into()));
+        data(&all)
+    }
+
+    #[test]
+    fn packed_credentials_come_back_byte_for_byte() {
+        let original = full();
+        let mut kept = original.clone();
+        let packed = Packed::take(&mut kept);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["role"]);
+        packed.restore(&mut kept);
+        assert_eq!(kept, original);
+        assert!(!format!("{packed:?}").contains("secret-1"));
+    }
+
+    #[test]
+    fn an_edited_or_incomplete_credential_stays_as_it_is() {
+        let mut edited = full();
+        edited.insert("basic".into(), ByteString(b"planted".to_vec()));
+        edited.remove("previous-password");
+        let original = edited.clone();
+        let packed = Packed::take(&mut edited);
+        // Only the untouched next credential was packed.
+        assert!(edited.contains_key("basic") && edited.contains_key("previous-username"));
+        assert!(!edited.contains_key("next-token"));
+        packed.restore(&mut edited);
+        assert_eq!(edited, original);
+    }
+
+    #[test]
+    fn nothing_to_pack_is_nothing() {
+        let mut output = data(&[("htpasswd", "AK1:{SSHA}x".into())]);
+        let packed = Packed::take(&mut output);
+        assert_eq!(packed, Packed::default());
+        assert!(output.contains_key("htpasswd"));
+    }
 }
