@@ -168,6 +168,10 @@ async fn run(cli: Cli) -> BenchResult<()> {
     if !cli.skip_storm {
         eprintln!("bench: rotation storm of {} tokens", cli.storm_size);
         report.storm = Some(bench.storm(cli.storm_size, !cli.skip_overdue, 0).await?);
+        if !cli.skip_ceiling {
+            eprintln!("bench: ceiling for the storm of {} tokens", cli.storm_size);
+            report.storm_ceiling = Some(bench.storm_ceiling(cli.storm_size).await?);
+        }
     }
     if verifiers && !cli.skip_verifier_storm {
         eprintln!(

@@ -163,6 +163,16 @@ impl Storm {
     }
 }
 
+/// The storm's writes from the minimal client (see [`Bench::storm_ceiling`]).
+#[derive(Clone, Debug)]
+pub struct StormCeiling {
+    pub n: usize,
+    /// Due instant → each new credential seen in its Secret, sorted.
+    pub secret_late: Vec<Duration>,
+    pub requests: Requests,
+    pub control_plane_cpu: BTreeMap<&'static str, f64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct OverdueRestart {
     pub ready_in: Duration,
@@ -583,8 +593,9 @@ impl Bench {
         let started = Instant::now();
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let create = create_tokens(&tokens, n, "30d", &[], self.concurrency, Some(tx));
+        let rules = throwaway_rules();
         let write = rx
-            .map(|token| minimal_issue(&client, &recorder, token))
+            .map(|token| minimal_issue(&client, &recorder, &rules, None, token))
             .buffer_unordered(self.ceiling_concurrency)
             .try_collect::<()>();
         let (created, written) = tokio::join!(create, write);
@@ -848,6 +859,104 @@ impl Bench {
         })
     }
 
+    /// The storm's writes made by the minimal client, with no operator: `n` credentials issued so
+    /// that all fall due at the same second; at that second the client plans each rotation with
+    /// tokenmint's planner (from Secrets and tokens listed beforehand, as the operator's caches
+    /// hold them) and makes the operator's writes: Secret apply, status apply, Event.
+    pub async fn storm_ceiling(&self, n: usize) -> BenchResult<StormCeiling> {
+        let ns = self.cluster.namespace(&format!("stormceiling{n}")).await?;
+        let result = self.storm_ceiling_in(&ns, n).await;
+        self.cleanup(&ns).await?;
+        result
+    }
+
+    async fn storm_ceiling_in(&self, ns: &str, n: usize) -> BenchResult<StormCeiling> {
+        const PERIOD_SECS: i64 = 120;
+        let tokens: Api<ApiToken> = Api::namespaced(self.cluster.admin.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(self.cluster.admin.clone(), ns);
+        let mut token_tracker = Tracker::tokens(tokens.clone()).await?;
+        let mut secret_tracker = Tracker::secrets(secrets.clone()).await?;
+        let client = self.cluster.operator_client().await?;
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.to_owned(),
+                instance: None,
+            },
+        );
+        let rules = throwaway_rules();
+        let setup = Duration::from_secs(20) + Duration::from_millis(20 * n as u64);
+        let due = jiff::Timestamp::now().as_second() + setup.as_secs() as i64;
+        let issued = jiff::Timestamp::from_second(due - PERIOD_SECS)?;
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let create = create_tokens(&tokens, n, "2m", &[], self.concurrency, Some(tx));
+        let write = rx
+            .map(|token| minimal_issue(&client, &recorder, &rules, Some(issued), token))
+            .buffer_unordered(self.ceiling_concurrency)
+            .try_collect::<()>();
+        let (created, written) = tokio::join!(create, write);
+        created?;
+        written?;
+        token_tracker
+            .wait("ceiling storm tokens Active", setup, |s| {
+                s.active_at.len() >= n
+            })
+            .await?;
+        // What the operator's caches would hold at the due second.
+        let listed_secrets: HashMap<String, Secret> = secrets
+            .list(&ListParams::default().labels(&managed_selector()))
+            .await?
+            .items
+            .into_iter()
+            .map(|s| (s.name_any(), s))
+            .collect();
+        let listed_tokens = tokens.list(&ListParams::default()).await?.items;
+        let before = self
+            .cluster
+            .wait_quiet(Duration::from_secs(1), setup)
+            .await?;
+        let due_wall = SystemTime::UNIX_EPOCH + Duration::from_secs(due as u64);
+        let Ok(wait) = due_wall.duration_since(SystemTime::now()) else {
+            return Err("ceiling storm setup did not finish before the due time".into());
+        };
+        tokio::time::sleep(wait.saturating_sub(Duration::from_millis(100))).await;
+        let cp_before = self.cluster.control_plane_cpu();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = jiff::Timestamp::from_second(due)?;
+        stream::iter(&listed_tokens)
+            .map(|token| {
+                let secret = listed_secrets.get(token.secret_name());
+                minimal_write(&client, &recorder, &rules, now, token, secret)
+            })
+            .buffer_unordered(self.ceiling_concurrency)
+            .try_collect::<()>()
+            .await?;
+        secret_tracker
+            .wait("ceiling storm Secrets rotated", setup, |s| {
+                s.rotated(1) >= n
+            })
+            .await?;
+        let control_plane_cpu = cpu_delta(&self.cluster.control_plane_cpu(), &cp_before);
+        let mut secret_late: Vec<Duration> = secret_tracker.with(|s| {
+            s.rotations_at
+                .iter()
+                .filter(|((_, rotations), _)| *rotations == 1)
+                .map(|(_, (_, wall))| wall.duration_since(due_wall).unwrap_or_default())
+                .collect()
+        });
+        secret_late.sort();
+        let after = self
+            .cluster
+            .wait_quiet(Duration::from_secs(1), Duration::from_secs(30))
+            .await?;
+        Ok(StormCeiling {
+            n,
+            secret_late,
+            requests: after.since(&before),
+            control_plane_cpu,
+        })
+    }
+
     /// With the operator stopped, makes every credential overdue, then starts it.
     async fn overdue_restart(
         &self,
@@ -985,32 +1094,80 @@ async fn set_issued_at(
 /// What the operator writes for a new token, without a controller: create the Secret, apply
 /// the status, record the Event. The objects come from the operator's own pure planner, so
 /// they are byte-for-byte the size of the real ones.
-async fn minimal_issue(client: &Client, recorder: &Recorder, token: ApiToken) -> BenchResult<()> {
-    let ns = token.namespace().unwrap_or_default();
-    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?;
-    // A throwaway key: the seal is the same size whatever the key.
-    let rules = plan::Rules {
+///
+/// `issued`: the instant the credential is minted at (the storm's ceiling issues in the past);
+/// the current second when `None`.
+async fn minimal_issue(
+    client: &Client,
+    recorder: &Recorder,
+    rules: &plan::Rules,
+    issued: Option<jiff::Timestamp>,
+    token: ApiToken,
+) -> BenchResult<()> {
+    let now = match issued {
+        Some(at) => at,
+        None => jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?,
+    };
+    minimal_write(client, recorder, rules, now, &token, None).await
+}
+
+/// A rules set with a throwaway key: a seal is the same size whatever the key.
+fn throwaway_rules() -> plan::Rules {
+    plan::Rules {
         key: tokenmint::seal::SealKey::generate(&mut os_rng()),
         policy: tokenmint::validate::Policy::default(),
-    };
-    let observed = secret::observe(&token, None, &rules.key);
+    }
+}
+
+/// Plans `token` over its `secret` at `now` with tokenmint's planner and makes the writes the
+/// operator would make, in its order: the Secret (a create, or an apply pinned to the observed
+/// resourceVersion), the status, the Event.
+async fn minimal_write(
+    client: &Client,
+    recorder: &Recorder,
+    rules: &plan::Rules,
+    now: jiff::Timestamp,
+    token: &ApiToken,
+    secret: Option<&Secret>,
+) -> BenchResult<()> {
+    let ns = token.namespace().unwrap_or_default();
+    let observed = secret::observe(token, secret, &rules.key);
     let plan = plan::plan(
-        &token,
+        token,
         &observed,
         &plan::Servers::NONE,
-        &rules,
+        rules,
         now,
         &mut os_rng(),
     );
-    let SecretWrite::Create(secret) = plan.write else {
-        return Err(format!("planner did not create a Secret for {}", token.name_any()).into());
-    };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let params = PostParams {
-        field_manager: Some(MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    secrets.create(&params, &secret).await?;
+    match plan.write {
+        SecretWrite::Create(secret) => {
+            let params = PostParams {
+                field_manager: Some(MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            secrets.create(&params, &secret).await?;
+        }
+        SecretWrite::Update {
+            resource_version,
+            secret,
+            ..
+        } => {
+            let mut secret = (*secret).clone();
+            secret.metadata.resource_version = Some(resource_version);
+            secrets
+                .patch(
+                    &token.name_any(),
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await?;
+        }
+        _ => {
+            return Err(format!("planner wrote nothing for {}", token.name_any()).into());
+        }
+    }
     let patch = json!({
         "apiVersion": ApiToken::api_version(&()),
         "kind": ApiToken::kind(&()),

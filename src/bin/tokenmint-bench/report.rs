@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::BenchResult;
 use crate::Cli;
 use crate::cluster::{Bucket, Cluster, Requests};
-use crate::phases::{Bulk, Ceiling, Latency, OutputSize, Restart, Storm, VerifierLatency};
+use crate::phases::{
+    Bulk, Ceiling, Latency, OutputSize, Restart, Storm, StormCeiling, VerifierLatency,
+};
 
 /// Everything measured in one run.
 pub struct Report {
@@ -22,6 +24,8 @@ pub struct Report {
     pub sizes: Vec<(Bulk, Option<Restart>, Option<Ceiling>)>,
     pub latency: Option<Latency>,
     pub storm: Option<Storm>,
+    /// The storm's writes from the minimal client, no operator.
+    pub storm_ceiling: Option<StormCeiling>,
     /// Bulk issues into one verifier, by size.
     pub verifier_sizes: Vec<Bulk>,
     pub verifier_latency: Option<VerifierLatency>,
@@ -51,6 +55,7 @@ impl Report {
             sizes: Vec::new(),
             latency: None,
             storm: None,
+            storm_ceiling: None,
             verifier_sizes: Vec::new(),
             verifier_latency: None,
             verifier_storm: None,
@@ -224,6 +229,12 @@ fn output_rows(f: &mut fmt::Formatter<'_>, outputs: &[OutputSize]) -> fmt::Resul
     writeln!(f)
 }
 
+/// Due → last new credential, the operator's over the ceiling's.
+fn storm_ratio(s: &Storm, c: &StormCeiling) -> f64 {
+    percentile(&s.secret_late, 100.0).as_secs_f64()
+        / percentile(&c.secret_late, 100.0).as_secs_f64().max(0.001)
+}
+
 /// When each new credential was seen, relative to the due second, and the operator's requests.
 fn storm_rows(f: &mut fmt::Formatter<'_>, s: &Storm) -> fmt::Result {
     writeln!(f, "| seen | p50 after due (s) | p99 (s) | last (s) |")?;
@@ -381,6 +392,18 @@ impl Display for Report {
                 s.n
             )?;
             storm_rows(f, s)?;
+            if let Some(c) = &self.storm_ceiling {
+                writeln!(
+                    f,
+                    "The same writes from the minimal client with no operator (the ceiling): last new credential in its Secret {} s after due (p50 {} s); {} requests per rotation ({}); apiserver CPU {} s. Operator / ceiling, time to the last credential: {:.2}.\n",
+                    secs(percentile(&c.secret_late, 100.0)),
+                    secs(percentile(&c.secret_late, 50.0)),
+                    per_token(&c.requests, c.n),
+                    breakdown(&c.requests, c.n),
+                    cpu(&c.control_plane_cpu, "kube-apiserver"),
+                    storm_ratio(s, c)
+                )?;
+            }
             if let Some(o) = &s.overdue_restart {
                 writeln!(
                     f,
@@ -464,6 +487,21 @@ impl Display for Report {
                     secs(percentile(&s.status_late, 100.0))
                 ),
                 last <= Duration::from_secs(5),
+            )?;
+        }
+        if let (Some(s), Some(c)) = (&self.storm, &self.storm_ceiling) {
+            let ratio = storm_ratio(s, c);
+            row(
+                &format!(
+                    "storm: last of {} rotations within 1.2 × the ceiling's time",
+                    s.n
+                ),
+                format!(
+                    "{ratio:.2} ({} s / {} s)",
+                    secs(percentile(&s.secret_late, 100.0)),
+                    secs(percentile(&c.secret_late, 100.0))
+                ),
+                ratio <= 1.2,
             )?;
         }
         if let Some(l) = &self.verifier_latency {
