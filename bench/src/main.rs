@@ -1,7 +1,7 @@
 //! `tokenmint-bench`: how far one tokenmint operator goes against the local control plane, and
 //! against the API server's own ceiling for the same writes. Prints Markdown tables.
 //!
-//! Needs the release operator (`cargo build --release --bins`) and a running control plane
+//! Needs the release operator (`cargo build --release --bin tokenmint`) and a running control plane
 //! (`make cluster-up`); `make bench` does both. Method and results: docs/benchmarks.md.
 
 mod cluster;
@@ -106,7 +106,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> BenchResult<()> {
     if !cli.operator_bin.exists() {
         return Err(format!(
-            "{} not found: build it with `cargo build --release --bins` (or `make bench`)",
+            "{} not found: build it with `cargo build --release --bin tokenmint` (or `make bench`)",
             cli.operator_bin.display()
         )
         .into());
