@@ -81,8 +81,8 @@ struct Cli {
     /// The operator binary.
     #[arg(long, default_value = "target/release/tokenmint")]
     operator_bin: PathBuf,
-    /// Admin kubeconfig of the local control plane.
-    #[arg(long, default_value = ".cluster/kubeconfig")]
+    /// Admin kubeconfig of the local control plane (never an ambient KUBECONFIG).
+    #[arg(long, default_value_os_t = tokenmint_harness::local_kubeconfig())]
     kubeconfig: PathBuf,
     /// Where operator logs and the operator's kubeconfig go.
     #[arg(long, default_value = "target/bench")]
