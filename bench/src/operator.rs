@@ -139,16 +139,11 @@ impl Operator {
 
 /// Peak RSS (VmHWM) and utime+stime of any process.
 pub fn process_usage(pid: u32) -> BenchResult<Usage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    // cpu_seconds fails when the process is gone, as reading its status did.
+    let cpu_seconds = cpu_seconds(pid)?;
     Ok(Usage {
-        peak_rss_kib,
-        cpu_seconds: cpu_seconds(pid)?,
+        peak_rss_kib: harness::status_kib(pid, "VmHWM").unwrap_or(0),
+        cpu_seconds,
     })
 }
 

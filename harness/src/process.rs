@@ -41,6 +41,23 @@ pub async fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), S
     Err(format!("not listening on {addr} after 15s"))
 }
 
+/// A size field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, ...); `None` if the process or the
+/// field is not there.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, field)
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Minimal blocking HTTP/1.0 GET (the operator serves metrics and health without TLS); returns the
 /// status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
@@ -61,6 +78,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_kib_reads_one_field() {
+        let status = "Name:\tx\nVmHWM:\t  20480 kB\nVmRSS:\t   10240 kB\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(10240));
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
+        assert_eq!(parse_status_kib(status, "VmSwap"), None);
+        assert!(status_kib(std::process::id(), "VmRSS").is_some_and(|kib| kib > 0));
+    }
 
     #[test]
     fn log_to_appends_both_streams() {
