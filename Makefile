@@ -30,13 +30,14 @@ test:
 
 lint:
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 	"$$(hack/install-tools.sh)" lint --strict charts/tokenmint
 
 # Benchmark against the local control plane; pass flags with BENCH_ARGS="...".
-# Builds both binaries: the bench runs target/release/tokenmint as its operator.
+# Builds the operator and the bench (a workspace member, bench/): the bench runs
+# target/release/tokenmint as its operator; the workspace shares one target/ at the root.
 bench: cluster-up
-	cargo build --release --bins
+	cargo build --release -p tokenmint -p tokenmint-bench --bin tokenmint --bin tokenmint-bench
 	target/release/tokenmint-bench $(BENCH_ARGS)
 
 # tokenmint authz behind nginx: RSS, requests/s against the no-auth ceiling, revocation -> refusal.

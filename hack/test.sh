@@ -30,5 +30,6 @@ TOKENMINT_NGINX="$(hack/install-nginx.sh)"   # Debian's nginx for the htpasswd t
 export TOKENMINT_NGINX
 
 start=$(date +%s)
-cargo test --all-targets --no-fail-fast "$@"
+# --workspace: the harness's unit tests run and the bench builds too (neither has cluster tests).
+cargo test --workspace --all-targets --no-fail-fast "$@"
 echo "test: cargo test took $(( $(date +%s) - start ))s"

@@ -369,12 +369,7 @@ async fn a_label_removed_from_secret_template_is_removed_from_the_secret() {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    tokenmint_harness::status_kib(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS for {pid}"))
 }
 
 #[tokio::test]

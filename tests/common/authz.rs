@@ -151,13 +151,7 @@ impl Authz {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().unwrap()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        tokenmint_harness::status_kib(self.pid().unwrap(), "VmRSS").unwrap_or(0)
     }
 
     pub fn log(&self) -> String {

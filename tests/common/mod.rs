@@ -1,6 +1,8 @@
-//! Harness shared by the integration tests: a client for the local control plane
+//! Harness of the integration tests: a client for the local control plane
 //! (`make cluster-up`), throwaway namespaces, the operator as a child process and
 //! a few kubectl helpers. Tests fail, never skip, when the cluster is unreachable.
+//! What the bench needs too lives in the `tokenmint-harness` crate (`harness/`); this module
+//! adds what only tests want: panics instead of errors, `wait_for`, kubectl, state dumps.
 #![allow(dead_code)]
 
 pub mod authz;
@@ -11,21 +13,18 @@ pub mod verifiers;
 use std::{
     fs::OpenOptions,
     future::Future,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Write,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Once, OnceLock},
     time::Duration,
 };
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::{
-    Api, Client, Config,
-    api::{DeleteParams, ObjectMeta, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::{Api, Client, Config};
+use tokenmint_harness as harness;
+
+pub use tokenmint_harness::{sample, wait_listening};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const UNREACHABLE: &str = "local control plane not reachable: run `make cluster-up`";
@@ -33,34 +32,21 @@ const UNREACHABLE: &str = "local control plane not reachable: run `make cluster-
 /// TOKENMINT_TEST_KUBECONFIG, else the repo's `.cluster/kubeconfig`, else KUBECONFIG.
 /// The local cluster wins over an ambient KUBECONFIG so tests never touch a real cluster by accident.
 pub fn kubeconfig_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOKENMINT_TEST_KUBECONFIG") {
-        return p.into();
-    }
-    let local = Path::new(REPO).join(".cluster/kubeconfig");
-    match std::env::var_os("KUBECONFIG") {
-        Some(p) if !local.exists() => p.into(),
-        _ => local,
-    }
+    harness::test_kubeconfig()
 }
 
 /// Client configuration for the test cluster (admin credentials).
 pub async fn config() -> Config {
-    let path = kubeconfig_path();
-    let kc = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("{UNREACHABLE} (cannot read {}: {e})", path.display()));
-    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    harness::load_config(&kubeconfig_path())
         .await
-        .unwrap_or_else(|e| panic!("{UNREACHABLE} (bad kubeconfig {}: {e})", path.display()))
+        .unwrap_or_else(|e| panic!("{UNREACHABLE} ({e})"))
 }
 
 /// A client that has been proven to reach the apiserver.
 pub async fn client() -> Client {
-    let client = Client::try_from(config().await).expect("building kube client");
-    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
-        Ok(Ok(_)) => client,
-        Ok(Err(e)) => panic!("{UNREACHABLE} ({e})"),
-        Err(_) => panic!("{UNREACHABLE} (no answer within 10s)"),
-    }
+    harness::reachable_client(config().await)
+        .await
+        .unwrap_or_else(|e| panic!("{UNREACHABLE} ({e})"))
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, panicking after `timeout`.
@@ -134,7 +120,7 @@ pub fn apply_yaml(ns: &str, yaml: &str) -> Output {
         &[
             "apply",
             "--server-side",
-            "--field-manager=tokenmint-test",
+            &format!("--field-manager={TEST_MANAGER}"),
             "-n",
             ns,
             "-f",
@@ -154,34 +140,30 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Installs the ApiToken CRD from `tokenmint crd` once per test binary and waits until it is served.
+/// Field manager of what the tests write themselves.
+pub const TEST_MANAGER: &str = "tokenmint-test";
+
+/// Installs every CRD (what `tokenmint crd` prints) once per test binary and waits until each is
+/// established.
 pub fn ensure_crds() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
-            .arg("crd")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tokenmint crd: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let yaml = String::from_utf8(out.stdout).unwrap();
-        ok(kubectl_stdin(
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            &yaml,
-        ));
-        ok(kubectl_stdin(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "-f",
-                "-",
-            ],
-            &yaml,
-        ));
+        // Callers are async tests, each on a runtime of its own that this call blocks (as a
+        // kubectl call would); the install gets a thread and a runtime to itself.
+        let install = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                harness::install_crds(&client().await, TEST_MANAGER, &[tokenmint::all_crds_yaml()])
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+        });
+        if let Err(panic) = install.join() {
+            std::panic::resume_unwind(panic);
+        }
     });
 }
 
@@ -205,18 +187,9 @@ impl TestNs {
             .take(40)
             .collect();
         let name = format!("{prefix}-{:08x}", rand::random::<u32>());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some([("tokenmint.dev/test".to_string(), "true".to_string())].into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
+        harness::create_namespace(&client, &name, "tokenmint.dev/test")
             .await
-            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+            .unwrap_or_else(|e| panic!("creating {e}"));
         TestNs {
             client,
             name,
@@ -235,9 +208,7 @@ impl TestNs {
 
     pub async fn cleanup(mut self) {
         self.cleaned = true;
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::background())
-            .await;
+        let _ = harness::delete_namespace(&self.client, &self.name).await;
     }
 
     /// ApiTokens, Secrets (keys only, never values) and Events of the namespace.
@@ -282,30 +253,10 @@ impl TestNs {
     /// A bearer token (TokenRequest API, valid one hour) for ServiceAccount `name` in this namespace,
     /// creating the ServiceAccount first if it does not exist.
     pub async fn service_account_token(&self, name: &str) -> String {
-        let sas: Api<ServiceAccount> = self.api();
-        if sas.get_opt(name).await.unwrap().is_none() {
-            let sa = ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some(name.to_owned()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            sas.create(&PostParams::default(), &sa).await.unwrap();
-        }
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        sas.create_token_request(name, &PostParams::default(), &request)
+        let hour = Duration::from_secs(3600);
+        harness::service_account_token(&self.client, &self.name, name, hour)
             .await
-            .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"))
-            .status
-            .expect("TokenRequest status")
-            .token
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -325,15 +276,8 @@ pub fn admin_server_and_ca() -> (String, String) {
 
 /// Writes a kubeconfig at `path` with the admin's server and CA, authenticated only by `token`.
 pub fn kubeconfig_for_token(token: &str, path: &Path) {
-    let (server, ca) = admin_server_and_ca();
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters: [{{name: local, cluster: {{server: \"{server}\", certificate-authority-data: {ca}}}}}]\n\
-         users: [{{name: sa, user: {{token: {token}}}}}]\n\
-         contexts: [{{name: sa, context: {{cluster: local, user: sa}}}}]\n\
-         current-context: sa\n"
-    );
-    std::fs::write(path, yaml).unwrap();
+    let admin = harness::read_kubeconfig(&kubeconfig_path()).unwrap_or_else(|e| panic!("{e}"));
+    harness::write_token_kubeconfig(&admin, "sa", token, path).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A client with the admin's server and CA, authenticated only by `token`.
@@ -381,38 +325,13 @@ pub struct Operator {
 
 /// Starts `command` with stdout and stderr appended to `log_path`, stdin closed.
 pub fn spawn_logged(command: &mut Command, log_path: &Path) -> Child {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .unwrap();
-    command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
+    harness::log_to(command, log_path)
+        .and_then(|command| command.spawn())
         .unwrap_or_else(|e| panic!("starting {command:?}: {e}"))
 }
 
-/// Waits up to 15 s until `addr` accepts connections; an error if `child` exits first or it never does.
-pub async fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
-    for _ in 0..150 {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            return Err(format!("exited during startup ({status})"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("not listening on {addr} after 15s"))
-}
-
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    harness::free_addr().expect("a free loopback port")
 }
 
 impl Operator {
@@ -561,32 +480,7 @@ impl Drop for Operator {
     }
 }
 
-/// The value of the sample `series` (name and labels exactly as exported) in the Prometheus text
-/// `metrics`; 0 if absent.
-pub fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Minimal blocking HTTP/1.0 GET (the metrics endpoint needs nothing more); returns status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+    harness::http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
 }

@@ -1,7 +1,7 @@
 //! `tokenmint-bench`: how far one tokenmint operator goes against the local control plane, and
 //! against the API server's own ceiling for the same writes. Prints Markdown tables.
 //!
-//! Needs the release operator (`cargo build --release --bins`) and a running control plane
+//! Needs the release operator (`cargo build --release --bin tokenmint`) and a running control plane
 //! (`make cluster-up`); `make bench` does both. Method and results: docs/benchmarks.md.
 
 mod cluster;
@@ -81,8 +81,8 @@ struct Cli {
     /// The operator binary.
     #[arg(long, default_value = "target/release/tokenmint")]
     operator_bin: PathBuf,
-    /// Admin kubeconfig of the local control plane.
-    #[arg(long, default_value = ".cluster/kubeconfig")]
+    /// Admin kubeconfig of the local control plane (never an ambient KUBECONFIG).
+    #[arg(long, default_value_os_t = tokenmint_harness::local_kubeconfig())]
     kubeconfig: PathBuf,
     /// Where operator logs and the operator's kubeconfig go.
     #[arg(long, default_value = "target/bench")]
@@ -106,7 +106,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> BenchResult<()> {
     if !cli.operator_bin.exists() {
         return Err(format!(
-            "{} not found: build it with `cargo build --release --bins` (or `make bench`)",
+            "{} not found: build it with `cargo build --release --bin tokenmint` (or `make bench`)",
             cli.operator_bin.display()
         )
         .into());

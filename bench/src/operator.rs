@@ -1,12 +1,13 @@
 //! The operator under test as a child process: start, readiness, `/metrics`, `/proc` usage, stop.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use tokenmint_harness as harness;
 use tokio::process::{Child, Command};
+
+pub use tokenmint_harness::metric_sum;
 
 use crate::BenchResult;
 
@@ -48,14 +49,13 @@ pub struct Usage {
 impl Operator {
     /// Spawns `tokenmint run` for one namespace with `RUST_LOG=warn`.
     pub fn start(spec: &OperatorSpec, namespace: &str) -> BenchResult<Operator> {
-        let port = free_port()?;
-        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let metrics_addr = harness::free_addr()?;
         std::fs::create_dir_all(&spec.log_dir)?;
         let log = spec.log_dir.join(format!(
             "operator-{namespace}-{}.log",
             jiff::Timestamp::now().as_millisecond()
         ));
-        let mut command = Command::new(&spec.binary);
+        let mut command = std::process::Command::new(&spec.binary);
         command
             .args(["run", "--namespace", namespace, "--metrics-addr"])
             .arg(metrics_addr.to_string())
@@ -67,11 +67,10 @@ impl Operator {
             .args(&spec.extra_args)
             .env("KUBECONFIG", &spec.kubeconfig)
             .env("RUST_LOG", "warn")
-            .env_remove("POD_NAME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true);
+            .env_remove("POD_NAME");
+        harness::log_to(&mut command, &log)?;
+        let mut command = Command::from(command);
+        command.kill_on_drop(true);
         let started = Instant::now();
         let child = command
             .spawn()
@@ -140,16 +139,11 @@ impl Operator {
 
 /// Peak RSS (VmHWM) and utime+stime of any process.
 pub fn process_usage(pid: u32) -> BenchResult<Usage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    // cpu_seconds fails when the process is gone, as reading its status did.
+    let cpu_seconds = cpu_seconds(pid)?;
     Ok(Usage {
-        peak_rss_kib,
-        cpu_seconds: cpu_seconds(pid)?,
+        peak_rss_kib: harness::status_kib(pid, "VmHWM").unwrap_or(0),
+        cpu_seconds,
     })
 }
 
@@ -188,37 +182,8 @@ pub fn pid_from_file(path: &Path) -> Option<u32> {
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
-fn free_port() -> BenchResult<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A plain HTTP/1.0 GET (the operator serves metrics without TLS); returns status and body.
+/// The blocking GET on a blocking thread, so timing loops keep their runtime.
 async fn http_get(addr: SocketAddr, path: &str) -> BenchResult<(u16, String)> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || -> BenchResult<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, body.to_owned()))
-    })
-    .await?
-}
-
-/// Sum of every sample of `metric` (any labels) in Prometheus text.
-pub fn metric_sum(text: &str, metric: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    Ok(tokio::task::spawn_blocking(move || harness::http_get(addr, &path)).await??)
 }

@@ -13,17 +13,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::flowcontrol::v1::{
     FlowSchema, FlowSchemaSpec, NonResourcePolicyRule, PolicyRulesWithSubjects,
     PriorityLevelConfigurationReference, ResourcePolicyRule, ServiceAccountSubject, Subject,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject as RbacSubject};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedContext};
-use kube::{Api, Client, Config};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+use tokenmint_harness as harness;
 
 use crate::BenchResult;
 
@@ -172,24 +170,17 @@ pub struct Cluster {
 impl Cluster {
     /// Connects as admin, installs the CRD and the operator's identity and accounting.
     pub async fn connect(kubeconfig: &Path, work_dir: &Path) -> BenchResult<Cluster> {
-        let kc = Kubeconfig::read_from(kubeconfig)
-            .map_err(|e| format!("reading {}: {e}", kubeconfig.display()))?;
-        let config = Config::from_custom_kubeconfig(kc.clone(), &KubeConfigOptions::default())
-            .await
-            .map_err(|e| format!("kubeconfig {}: {e}", kubeconfig.display()))?;
-        let admin = Client::try_from(config)?;
-        tokio::time::timeout(Duration::from_secs(10), admin.apiserver_version())
-            .await
-            .map_err(|_| "API server did not answer within 10s (run `make cluster-up`)")?
-            .map_err(|e| format!("API server unreachable (run `make cluster-up`): {e}"))?;
+        let kc = harness::read_kubeconfig(kubeconfig)?;
+        let admin = harness::reachable_client(harness::load_config(kubeconfig).await?).await?;
 
-        install_crds(&admin).await?;
+        let crds = [tokenmint::crd_yaml(), tokenmint::verifier_crd_yaml()];
+        harness::install_crds(&admin, BENCH_MANAGER, &crds).await?;
         let token = operator_identity(&admin).await?;
         install_flow_schemas(&admin).await?;
 
         std::fs::create_dir_all(work_dir)?;
         let operator_kubeconfig = work_dir.join("operator.kubeconfig");
-        write_token_kubeconfig(&kc, &token, &operator_kubeconfig)?;
+        harness::write_token_kubeconfig(&kc, OPERATOR_ACCOUNT, &token, &operator_kubeconfig)?;
         let state_dir = kubeconfig
             .parent()
             .filter(|d| d.join("kube-apiserver.pid").exists())
@@ -205,8 +196,7 @@ impl Cluster {
 
     /// A client acting as the operator's ServiceAccount (for the ceiling).
     pub async fn operator_client(&self) -> BenchResult<Client> {
-        let kc = Kubeconfig::read_from(&self.operator_kubeconfig)?;
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        let config = harness::load_config(&self.operator_kubeconfig).await?;
         Ok(Client::try_from(config)?)
     }
 
@@ -306,35 +296,15 @@ impl Cluster {
     /// Creates a fresh namespace `tmbench-<phase>-<random>`.
     pub async fn namespace(&self, phase: &str) -> BenchResult<String> {
         let name = format!("tmbench-{phase}-{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some([("tokenmint.dev/bench".to_owned(), "true".to_owned())].into()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        Api::<Namespace>::all(self.admin.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
+        harness::create_namespace(&self.admin, &name, "tokenmint.dev/bench").await?;
         Ok(name)
     }
 
     /// Deletes a namespace and waits until it is gone (everything in it deleted).
     pub async fn delete_namespace(&self, name: &str) -> BenchResult<Duration> {
         let started = Instant::now();
-        let api: Api<Namespace> = Api::all(self.admin.clone());
-        match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(started.elapsed()),
-            Err(e) => return Err(e.into()),
-        }
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while api.get_opt(name).await?.is_some() {
-            if Instant::now() > deadline {
-                return Err(format!("namespace {name} still there after 15 minutes").into());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        if harness::delete_namespace(&self.admin, name).await? {
+            harness::wait_namespace_gone(&self.admin, name, Duration::from_secs(900)).await?;
         }
         Ok(started.elapsed())
     }
@@ -358,43 +328,6 @@ impl Cluster {
     }
 }
 
-/// Installs both CRDs (ApiToken, ApiTokenVerifier) and waits until each is established.
-async fn install_crds(admin: &Client) -> BenchResult<()> {
-    for yaml in [tokenmint::crd_yaml(), tokenmint::verifier_crd_yaml()] {
-        install_crd(admin, &yaml).await?;
-    }
-    Ok(())
-}
-
-async fn install_crd(admin: &Client, yaml: &str) -> BenchResult<()> {
-    let crd: CustomResourceDefinition = serde_yaml::from_str(yaml)?;
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    api.patch(
-        &name,
-        &PatchParams::apply(BENCH_MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .map_err(|e| format!("installing CRD {name}: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let established = api.get(&name).await?.status.is_some_and(|s| {
-            s.conditions
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("CRD {name} not established after 30s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A ServiceAccount bound to cluster-admin, and a 6-hour token for it.
 async fn operator_identity(admin: &Client) -> BenchResult<String> {
     let apply = PatchParams::apply(BENCH_MANAGER).force();
@@ -407,18 +340,6 @@ async fn operator_identity(admin: &Client) -> BenchResult<String> {
     };
     Api::<Namespace>::all(admin.clone())
         .patch(SYSTEM_NAMESPACE, &apply, &Patch::Apply(&ns))
-        .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
-    let account = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some(OPERATOR_ACCOUNT.to_owned()),
-            namespace: Some(SYSTEM_NAMESPACE.to_owned()),
-            ..ObjectMeta::default()
-        },
-        ..ServiceAccount::default()
-    };
-    accounts
-        .patch(OPERATOR_ACCOUNT, &apply, &Patch::Apply(&account))
         .await?;
     let binding = ClusterRoleBinding {
         metadata: ObjectMeta {
@@ -440,21 +361,11 @@ async fn operator_identity(admin: &Client) -> BenchResult<String> {
     Api::<ClusterRoleBinding>::all(admin.clone())
         .patch(OPERATOR_ACCOUNT, &apply, &Patch::Apply(&binding))
         .await?;
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(6 * 3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let issued = accounts
-        .create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request)
-        .await?;
-    let token = issued
-        .status
-        .map(|s| s.token)
-        .ok_or("TokenRequest returned no token")?;
-    Ok(token)
+    let six_hours = Duration::from_secs(6 * 3600);
+    Ok(
+        harness::service_account_token(admin, SYSTEM_NAMESPACE, OPERATOR_ACCOUNT, six_hours)
+            .await?,
+    )
 }
 
 async fn install_flow_schemas(admin: &Client) -> BenchResult<()> {
@@ -498,53 +409,5 @@ async fn install_flow_schemas(admin: &Client) -> BenchResult<()> {
         .await
         .map_err(|e| format!("FlowSchema {name}: {e}"))?;
     }
-    Ok(())
-}
-
-/// The admin kubeconfig's cluster with a bearer token instead of the admin certificate.
-fn write_token_kubeconfig(admin: &Kubeconfig, token: &str, path: &Path) -> BenchResult<()> {
-    let context = admin
-        .current_context
-        .as_deref()
-        .and_then(|name| admin.contexts.iter().find(|c| c.name == name))
-        .or(admin.contexts.first())
-        .and_then(|c| c.context.clone())
-        .ok_or("admin kubeconfig has no context")?;
-    let cluster = admin
-        .clusters
-        .iter()
-        .find(|c| c.name == context.cluster)
-        .cloned()
-        .ok_or("admin kubeconfig names a missing cluster")?;
-    let user = OPERATOR_ACCOUNT.to_owned();
-    let kc = Kubeconfig {
-        clusters: vec![cluster.clone()],
-        auth_infos: vec![NamedAuthInfo {
-            name: user.clone(),
-            auth_info: Some(AuthInfo {
-                token: Some(token.to_owned().into()),
-                ..AuthInfo::default()
-            }),
-            ..NamedAuthInfo::default()
-        }],
-        contexts: vec![NamedContext {
-            name: "bench".to_owned(),
-            context: Some(kube::config::Context {
-                cluster: cluster.name.clone(),
-                user: Some(user),
-                ..kube::config::Context::default()
-            }),
-            ..NamedContext::default()
-        }],
-        current_context: Some("bench".to_owned()),
-        ..Kubeconfig::default()
-    };
-    let yaml = serde_yaml::to_string(&kc)?;
-    // The file holds a credential: owner-only, like the admin kubeconfig.
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(path)?, yaml.as_bytes())?;
     Ok(())
 }
