@@ -63,6 +63,10 @@ struct Cli {
     /// Skip the bulk issue (and so restart and ceiling) at every size.
     #[arg(long)]
     skip_bulk: bool,
+    /// Only the ceiling at each size, no operator (its line is printed as it finishes): for
+    /// sizes where the bulk and its ceiling are run against fresh clusters one after the other.
+    #[arg(long)]
+    ceiling_only: bool,
     /// ApiTokenVerifiers accepting every token in the verifier storm.
     #[arg(long, default_value_t = 3)]
     storm_verifiers: usize,
@@ -132,6 +136,12 @@ async fn run(cli: Cli) -> BenchResult<()> {
     let verifiers = !cli.skip_verifiers;
     let sizes = if cli.skip_bulk { &[][..] } else { &cli.sizes };
     for &n in sizes {
+        if cli.ceiling_only {
+            eprintln!("bench: ceiling for {n} tokens");
+            let ceiling = bench.ceiling(n).await?;
+            eprintln!("bench: {}", report::ceiling_line(&ceiling));
+            continue;
+        }
         eprintln!("bench: bulk issue of {n} tokens");
         let (bulk, restart) = bench.bulk(n, !cli.skip_restart, false).await?;
         eprintln!("bench: {}", report::bulk_line(&bulk));
