@@ -566,6 +566,42 @@ impl Bench {
         })
     }
 
+    /// The minimal client of the ceilings: the operator's identity, and a Recorder reporting as
+    /// the operator does.
+    async fn minimal_client(&self) -> BenchResult<(Client, Recorder)> {
+        let client = self.cluster.operator_client().await?;
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.to_owned(),
+                instance: None,
+            },
+        );
+        Ok((client, recorder))
+    }
+
+    /// Creates tokens `0..n` with `period` and, pipelined behind the creates, issues each with
+    /// the minimal client (`minimal_issue`), `ceiling_concurrency` in flight.
+    async fn issue_minimally(
+        &self,
+        tokens: &Api<ApiToken>,
+        n: usize,
+        period: &str,
+        (client, recorder, rules): (&Client, &Recorder, &plan::Rules),
+        issued: Option<jiff::Timestamp>,
+    ) -> BenchResult<()> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let create = create_tokens(tokens, n, period, &[], self.concurrency, Some(tx));
+        let write = rx
+            .map(|token| minimal_issue(client, recorder, rules, issued, token))
+            .buffer_unordered(self.ceiling_concurrency)
+            .try_collect::<()>();
+        let (created, written) = tokio::join!(create, write);
+        created?;
+        written?;
+        Ok(())
+    }
+
     /// The operator's writes for `n` tokens (Secret create, status apply, Event) made directly by a
     /// minimal client as the operator's identity, pipelined behind the same bulk creates.
     pub async fn ceiling(&self, n: usize) -> BenchResult<Ceiling> {
@@ -578,29 +614,15 @@ impl Bench {
     async fn ceiling_in(&self, ns: &str, n: usize) -> BenchResult<Ceiling> {
         let tokens: Api<ApiToken> = Api::namespaced(self.cluster.admin.clone(), ns);
         let mut tracker = Tracker::tokens(tokens.clone()).await?;
-        let client = self.cluster.operator_client().await?;
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.to_owned(),
-                instance: None,
-            },
-        );
+        let (client, recorder) = self.minimal_client().await?;
         let before = self.cluster.requests().await?;
         let cp_before = self.cluster.control_plane_cpu();
         let bench_before = bench_cpu();
 
         let started = Instant::now();
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let create = create_tokens(&tokens, n, "30d", &[], self.concurrency, Some(tx));
         let rules = throwaway_rules();
-        let write = rx
-            .map(|token| minimal_issue(&client, &recorder, &rules, None, token))
-            .buffer_unordered(self.ceiling_concurrency)
-            .try_collect::<()>();
-        let (created, written) = tokio::join!(create, write);
-        created?;
-        written?;
+        self.issue_minimally(&tokens, n, "30d", (&client, &recorder, &rules), None)
+            .await?;
         tracker
             .wait(&format!("{n} tokens Active"), timeout_for(n), |s| {
                 s.active_at.len() >= n
@@ -754,7 +776,6 @@ impl Bench {
         overdue: bool,
         verifiers: usize,
     ) -> BenchResult<Storm> {
-        const PERIOD_SECS: i64 = 120;
         let tokens: Api<ApiToken> = Api::namespaced(self.cluster.admin.clone(), ns);
         let secrets: Api<Secret> = Api::namespaced(self.cluster.admin.clone(), ns);
         let mut token_tracker = Tracker::tokens(tokens.clone()).await?;
@@ -764,7 +785,8 @@ impl Bench {
         create_verifiers(&self.cluster.admin, ns, &verifier_names).await?;
         let mut output_tracker = Tracker::outputs(secrets.clone()).await?;
         let (operator, _) = ready_operator(self, ns).await?;
-        create_tokens(&tokens, n, "2m", &verifier_names, self.concurrency, None).await?;
+        let period = format!("{}m", STORM_PERIOD_SECS / 60);
+        create_tokens(&tokens, n, &period, &verifier_names, self.concurrency, None).await?;
         token_tracker
             .wait("storm tokens Active", timeout_for(n), |s| {
                 s.active_at.len() >= n
@@ -780,9 +802,8 @@ impl Bench {
             .await?;
 
         // Back-date every credential to the same issue second, so all fall due at `due`.
-        let setup = Duration::from_secs(20) + Duration::from_millis(20 * n as u64);
-        let due = jiff::Timestamp::now().as_second() + setup.as_secs() as i64;
-        let issued = jiff::Timestamp::from_second(due - PERIOD_SECS)?;
+        let (setup, due) = storm_due(n);
+        let issued = jiff::Timestamp::from_second(due - STORM_PERIOD_SECS)?;
         let names: Vec<String> = (0..n).map(token_name).collect();
         set_issued_at(&secrets, &names, issued, self.concurrency).await?;
         token_tracker
@@ -797,38 +818,20 @@ impl Bench {
             .cluster
             .wait_quiet(Duration::from_secs(1), setup)
             .await?;
-        let due_wall = SystemTime::UNIX_EPOCH + Duration::from_secs(due as u64);
-        if SystemTime::now() >= due_wall {
-            return Err("storm setup did not finish before the due time".into());
-        }
-        // CPU is counted from just before the due second, so the idle wait does not dilute it.
-        if let Ok(wait) = due_wall.duration_since(SystemTime::now()) {
-            tokio::time::sleep(wait.saturating_sub(Duration::from_millis(100))).await;
-        }
+        let due_wall = sleep_until_just_before(due, "storm").await?;
         let cp_before = self.cluster.control_plane_cpu();
         let operator_before = operator.usage()?.cpu_seconds;
         let versions_before = output_tracker.with(|s| s.versions.clone());
 
-        let timeout = Duration::from_secs(PERIOD_SECS as u64 - 10) + setup;
+        let timeout = Duration::from_secs(STORM_PERIOD_SECS as u64 - 10) + setup;
         secret_tracker
             .wait("rotated Secrets", timeout, |s| s.rotated(1) >= n)
             .await?;
         token_tracker
             .wait("rotated statuses", timeout, |s| s.rotated(1) >= n)
             .await?;
-        let late = |tracker: &Tracker| {
-            let mut late: Vec<Duration> = tracker.with(|s| {
-                names
-                    .iter()
-                    .filter_map(|name| s.rotations_at.get(&(name.clone(), 1)))
-                    .map(|(_, wall)| wall.duration_since(due_wall).unwrap_or_default())
-                    .collect()
-            });
-            late.sort();
-            late
-        };
-        let secret_late = late(&secret_tracker);
-        let status_late = late(&token_tracker);
+        let secret_late = late_after(&secret_tracker, &names, due_wall);
+        let status_late = late_after(&token_tracker, &names, due_wall);
         let control_plane_cpu = cpu_delta(&self.cluster.control_plane_cpu(), &cp_before);
         let operator_cpu = operator.usage()?.cpu_seconds - operator_before;
         let after = self
@@ -871,32 +874,18 @@ impl Bench {
     }
 
     async fn storm_ceiling_in(&self, ns: &str, n: usize) -> BenchResult<StormCeiling> {
-        const PERIOD_SECS: i64 = 120;
         let tokens: Api<ApiToken> = Api::namespaced(self.cluster.admin.clone(), ns);
         let secrets: Api<Secret> = Api::namespaced(self.cluster.admin.clone(), ns);
         let mut token_tracker = Tracker::tokens(tokens.clone()).await?;
         let mut secret_tracker = Tracker::secrets(secrets.clone()).await?;
-        let client = self.cluster.operator_client().await?;
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.to_owned(),
-                instance: None,
-            },
-        );
+        let (client, recorder) = self.minimal_client().await?;
         let rules = throwaway_rules();
-        let setup = Duration::from_secs(20) + Duration::from_millis(20 * n as u64);
-        let due = jiff::Timestamp::now().as_second() + setup.as_secs() as i64;
-        let issued = jiff::Timestamp::from_second(due - PERIOD_SECS)?;
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let create = create_tokens(&tokens, n, "2m", &[], self.concurrency, Some(tx));
-        let write = rx
-            .map(|token| minimal_issue(&client, &recorder, &rules, Some(issued), token))
-            .buffer_unordered(self.ceiling_concurrency)
-            .try_collect::<()>();
-        let (created, written) = tokio::join!(create, write);
-        created?;
-        written?;
+        let (setup, due) = storm_due(n);
+        let issued = jiff::Timestamp::from_second(due - STORM_PERIOD_SECS)?;
+        let period = format!("{}m", STORM_PERIOD_SECS / 60);
+        let minimal = (&client, &recorder, &rules);
+        self.issue_minimally(&tokens, n, &period, minimal, Some(issued))
+            .await?;
         token_tracker
             .wait("ceiling storm tokens Active", setup, |s| {
                 s.active_at.len() >= n
@@ -915,11 +904,7 @@ impl Bench {
             .cluster
             .wait_quiet(Duration::from_secs(1), setup)
             .await?;
-        let due_wall = SystemTime::UNIX_EPOCH + Duration::from_secs(due as u64);
-        let Ok(wait) = due_wall.duration_since(SystemTime::now()) else {
-            return Err("ceiling storm setup did not finish before the due time".into());
-        };
-        tokio::time::sleep(wait.saturating_sub(Duration::from_millis(100))).await;
+        let due_wall = sleep_until_just_before(due, "ceiling storm").await?;
         let cp_before = self.cluster.control_plane_cpu();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = jiff::Timestamp::from_second(due)?;
@@ -937,14 +922,8 @@ impl Bench {
             })
             .await?;
         let control_plane_cpu = cpu_delta(&self.cluster.control_plane_cpu(), &cp_before);
-        let mut secret_late: Vec<Duration> = secret_tracker.with(|s| {
-            s.rotations_at
-                .iter()
-                .filter(|((_, rotations), _)| *rotations == 1)
-                .map(|(_, (_, wall))| wall.duration_since(due_wall).unwrap_or_default())
-                .collect()
-        });
-        secret_late.sort();
+        let names: Vec<String> = (0..n).map(token_name).collect();
+        let secret_late = late_after(&secret_tracker, &names, due_wall);
         let after = self
             .cluster
             .wait_quiet(Duration::from_secs(1), Duration::from_secs(30))
@@ -1010,6 +989,42 @@ impl Bench {
             requests: after.since(&before),
         })
     }
+}
+
+/// A storm's rotation period: every credential is issued this long before the due second.
+const STORM_PERIOD_SECS: i64 = 120;
+
+/// How long a storm of `n` may take to set up, and the due second (Unix) that leaves.
+fn storm_due(n: usize) -> (Duration, i64) {
+    let setup = Duration::from_secs(20) + Duration::from_millis(20 * n as u64);
+    (
+        setup,
+        jiff::Timestamp::now().as_second() + setup.as_secs() as i64,
+    )
+}
+
+/// Sleeps until 100 ms before the Unix second `due` (CPU is counted from there, so the idle wait
+/// does not dilute it) and returns that second as wall time; an error if it has already passed.
+async fn sleep_until_just_before(due: i64, what: &str) -> BenchResult<SystemTime> {
+    let due_wall = SystemTime::UNIX_EPOCH + Duration::from_secs(due as u64);
+    let Ok(wait) = due_wall.duration_since(SystemTime::now()) else {
+        return Err(format!("{what} setup did not finish before the due time").into());
+    };
+    tokio::time::sleep(wait.saturating_sub(Duration::from_millis(100))).await;
+    Ok(due_wall)
+}
+
+/// When `tracker` first saw each of `names` rotated once, after `due_wall`, sorted.
+fn late_after(tracker: &Tracker, names: &[String], due_wall: SystemTime) -> Vec<Duration> {
+    let mut late: Vec<Duration> = tracker.with(|s| {
+        names
+            .iter()
+            .filter_map(|name| s.rotations_at.get(&(name.clone(), 1)))
+            .map(|(_, wall)| wall.duration_since(due_wall).unwrap_or_default())
+            .collect()
+    });
+    late.sort();
+    late
 }
 
 /// Waits until every one of `outputs` holds (`present`) or has let go of `access_key`; returns
