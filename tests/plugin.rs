@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{Operator, TestNs, ensure_crds, kubectl_stdin, ok, wait_for};
 use k8s_openapi::api::core::v1::Secret;
 use tokenmint::api::{ApiToken, Phase, ROTATE_ANNOTATION};
+use tokenmint_harness::read_request_head;
 
 const WAIT: Duration = Duration::from_secs(30);
 const STARTREE_BEARER: &str = "st-XkQBXKr652MV1VF9-5gkhGWNaGAdA1NU5yrHXRSPKMCcNRlRg";
@@ -884,8 +885,7 @@ fn serve_404s() -> String {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
+            let _ = read_request_head(&mut stream);
             let body = "404 page not found\n";
             let _ = write!(
                 stream,

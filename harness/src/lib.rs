@@ -18,7 +18,7 @@ pub use cluster::{
     read_kubeconfig, service_account_token, wait_namespace_gone, write_token_kubeconfig,
 };
 pub use metrics::{metric_sum, sample};
-pub use process::{free_addr, http_get, log_to, status_kib, wait_listening};
+pub use process::{free_addr, http_get, log_to, read_request_head, status_kib, wait_listening};
 
 /// What failed, with the file, object or address it failed on.
 #[derive(Debug, thiserror::Error)]

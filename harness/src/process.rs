@@ -63,7 +63,8 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: `write!` on a socket may split the request into several segments.
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
@@ -73,6 +74,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     Ok((status, body.to_owned()))
+}
+
+/// Reads one HTTP request head (through the blank line) from `conn`, for a test server that answers
+/// a request: closing a socket with unread bytes would reset the connection before the client reads
+/// the answer.
+pub fn read_request_head(conn: &mut impl Read) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte)? == 1 {
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 #[cfg(test)]
@@ -106,9 +119,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut request = [0u8; 256];
-            let n = conn.read(&mut request).unwrap();
-            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            let request = read_request_head(&mut conn).unwrap();
             conn.write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot yet")
                 .unwrap();
             request
