@@ -41,6 +41,8 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
     #[error("Secret {name} kept changing under us; will retry")]
     Contended { name: String },
+    #[error("the cached copy of the ApiToken could not be read back; will retry")]
+    CachedCopy,
 }
 
 impl Error {
@@ -53,6 +55,7 @@ impl Error {
             Error::DeleteSecret { .. } => "delete_secret",
             Error::WriteStatus(_) => "write_status",
             Error::Contended { .. } => "contended",
+            Error::CachedCopy => "cached_copy",
         }
     }
 }
@@ -361,23 +364,29 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// The series one token shows on `/metrics`.
+/// The series one token shows on `/metrics`, from what the cache keeps without decoding it.
 fn token_view(object: &TokenObject) -> TokenView {
-    let status = match object {
-        TokenObject::Decoded(token) => token.status.as_ref(),
-        TokenObject::Undecodable { status, .. } => status.as_ref(),
+    let (role, phase, next_rotation, expiry) = match (object.summary(), object) {
+        (Some(s), _) => (s.role.to_string(), s.phase, s.next_rotation, s.expiry),
+        (None, TokenObject::Undecodable(u)) => {
+            let status = u.status.as_ref();
+            let seconds = |t: Option<&Time>| t.map(|t| t.0.as_second());
+            (
+                String::new(),
+                status.and_then(|s| s.phase),
+                seconds(status.and_then(|s| s.next_rotation_at.as_ref())),
+                seconds(status.and_then(|s| s.expires_at.as_ref())),
+            )
+        }
+        (None, _) => (String::new(), None, None, None),
     };
-    let seconds = |t: Option<&Time>| t.map(|t| t.0.as_second());
     TokenView {
         namespace: object.namespace().unwrap_or_default(),
         name: object.name_any(),
-        role: object
-            .token()
-            .map(|t| t.spec.role.clone())
-            .unwrap_or_default(),
-        phase: status.and_then(|s| s.phase).unwrap_or(Phase::Pending),
-        next_rotation: seconds(status.and_then(|s| s.next_rotation_at.as_ref())),
-        expiry: seconds(status.and_then(|s| s.expires_at.as_ref())),
+        role,
+        phase: phase.unwrap_or(Phase::Pending),
+        next_rotation,
+        expiry,
     }
 }
 
@@ -499,13 +508,13 @@ async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action
     // Err only when the sender is gone, that is when the controller is shutting down.
     let _ = listed.wait_for(|listed| *listed).await;
     let started = Instant::now();
-    let result = match &*object {
-        TokenObject::Decoded(token) => reconcile_token(token, &ctx).await,
-        TokenObject::Undecodable {
-            metadata,
-            status,
-            field,
-        } => report_undecodable(&object, metadata, status.as_ref(), field, &ctx).await,
+    let token = object.token();
+    let result = match (&token, &*object) {
+        (Some(token), _) => reconcile_token(token, &ctx).await,
+        (None, TokenObject::Undecodable(u)) => {
+            report_undecodable(&u.metadata, u.status.as_ref(), &u.field, &ctx).await
+        }
+        (None, _) => Err(Error::CachedCopy),
     };
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     let key = ObjectRef::from_obj(&*object);
@@ -520,8 +529,7 @@ async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action
                 *failures += 1;
                 *failures
             };
-            if let (TokenObject::Decoded(token), true) =
-                (&*object, failures >= REPORT_AFTER_FAILURES)
+            if let (Some(token), true) = (&token, failures >= REPORT_AFTER_FAILURES)
                 && !matches!(error, Error::Contended { .. })
             {
                 report_error(token, &ctx, error).await;
@@ -534,7 +542,6 @@ async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action
 /// An ApiToken that does not decode: `Ready=False, reason=InvalidSpec` naming the field, and
 /// `Stalled`, with the rest of its status kept. No Secret is touched.
 async fn report_undecodable(
-    object: &TokenObject,
     metadata: &ObjectMeta,
     last: Option<&ApiTokenStatus>,
     field: &str,
@@ -567,7 +574,7 @@ async fn report_undecodable(
     if status != last {
         tracing::warn!(namespace = metadata.namespace.as_deref(), name = metadata.name.as_deref(), %field,
             "ApiToken cannot be decoded; reported in its status");
-        write_status(ctx, object, &status).await?;
+        write_status(ctx, metadata, &status).await?;
     }
     Ok(Action::await_change())
 }
@@ -589,19 +596,20 @@ async fn report_error(token: &ApiToken, ctx: &Context, error: &Error) {
         conditions: vec![condition],
         ..last
     };
-    let object = TokenObject::Decoded(token.clone());
-    if let Err(e) = write_status(ctx, &object, &status).await {
+    if let Err(e) = write_status(ctx, &token.metadata, &status).await {
         tracing::debug!(namespace = %ns, name = %token.name_any(), error = %e, "could not report the error in status");
     }
 }
 
-/// Applies `status` to the token and puts the API server's answer into the token cache.
+/// Applies `status` to the token `object` (its metadata) and puts the API server's answer into the
+/// token cache.
 async fn write_status(
     ctx: &Context,
-    object: &TokenObject,
+    object: &ObjectMeta,
     status: &ApiTokenStatus,
 ) -> Result<(), Error> {
-    let ns = object.namespace().ok_or(Error::NoNamespace)?;
+    let ns = object.namespace.clone().ok_or(Error::NoNamespace)?;
+    let name = object.name.clone().unwrap_or_default();
     let api: Api<TokenObject> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
         "apiVersion": ApiToken::api_version(&()),
@@ -610,7 +618,7 @@ async fn write_status(
     });
     let mut stored = api
         .patch_status(
-            &object.name_any(),
+            &name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -618,8 +626,8 @@ async fn write_status(
         .map_err(Error::WriteStatus)?;
     stored.keep_what_is_read();
     ctx.tokens.advance(
-        &ObjectRef::from_obj(object),
-        object.resource_version().as_deref(),
+        &ObjectRef::new(&name).within(&ns),
+        object.resource_version.as_deref(),
         watcher::Event::Apply(stored),
     );
     Ok(())
@@ -877,7 +885,7 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
     plan.status.audiences = verifiers::audiences_of(token, &ctx.lookup);
     let observed = serde_json::to_value(token.status.clone().unwrap_or_default()).ok();
     if serde_json::to_value(&plan.status).ok() != observed {
-        write_status(ctx, &TokenObject::Decoded(token.clone()), &plan.status).await?;
+        write_status(ctx, &token.metadata, &plan.status).await?;
     }
 
     if let Some(transition) = &plan.event {

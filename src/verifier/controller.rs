@@ -330,26 +330,32 @@ async fn render_outputs(
     let mut accepted: Vec<TokenCredentials> = Vec::new();
     let mut rejected = 0u32;
     for object in shared.tokens.state() {
-        let Some(token) = object.token() else {
+        // Only tokens that name some verifier are decoded.
+        let Some(secret_name) = object.secret_name() else {
             continue;
         };
-        let token_ns = token.metadata.namespace.as_deref().unwrap_or_default();
+        let token_ns = object.meta().namespace.as_deref().unwrap_or_default();
         if token_ns == ns
             && let Some(i) = valid
                 .outputs
                 .iter()
-                .position(|o| o.secret_name == token.secret_name())
+                .position(|o| o.secret_name == secret_name)
         {
             let message = format!(
-                "spec.outputs[{i}].secretName: {} is the Secret of ApiToken {}; choose another name",
-                token.secret_name(),
-                token.name_any()
+                "spec.outputs[{i}].secretName: {secret_name} is the Secret of ApiToken {}; choose another name",
+                object.name_any()
             );
             return Ok((
                 stalled(None, 0, "InvalidSpec", message),
                 Action::await_change(),
             ));
         }
+        if !object.names_audiences() {
+            continue;
+        }
+        let Some(token) = object.token() else {
+            continue;
+        };
         let named = token
             .spec
             .audiences
@@ -359,8 +365,8 @@ async fn render_outputs(
         if !named {
             continue;
         }
-        match verdict(&valid.trust, token, &shared.lookup) {
-            Verdict::Accepted => accepted.extend(read_credentials(ctx, token, now)),
+        match verdict(&valid.trust, &token, &shared.lookup) {
+            Verdict::Accepted => accepted.extend(read_credentials(ctx, &token, now)),
             Verdict::Rejected(_) => rejected += 1,
             Verdict::NotNamed => {}
         }
