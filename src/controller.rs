@@ -1,5 +1,6 @@
 //! The only module that talks to the API server: watches, the reconcile loop, writes, Events.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Error as ControllerError};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -24,7 +25,7 @@ use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
-use crate::watched::TokenObject;
+use crate::watched::{Summary, TokenObject};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
 #[derive(Debug, thiserror::Error)]
@@ -366,27 +367,17 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 
 /// The series one token shows on `/metrics`, from what the cache keeps without decoding it.
 fn token_view(object: &TokenObject) -> TokenView {
-    let (role, phase, next_rotation, expiry) = match (object.summary(), object) {
-        (Some(s), _) => (s.role.to_string(), s.phase, s.next_rotation, s.expiry),
-        (None, TokenObject::Undecodable(u)) => {
-            let status = u.status.as_ref();
-            let seconds = |t: Option<&Time>| t.map(|t| t.0.as_second());
-            (
-                String::new(),
-                status.and_then(|s| s.phase),
-                seconds(status.and_then(|s| s.next_rotation_at.as_ref())),
-                seconds(status.and_then(|s| s.expires_at.as_ref())),
-            )
-        }
-        (None, _) => (String::new(), None, None, None),
+    let summary = match object {
+        TokenObject::Undecodable(u) => Cow::Owned(Summary::of_status(u.status.as_ref())),
+        decoded => decoded.summary().unwrap_or_default(),
     };
     TokenView {
         namespace: object.namespace().unwrap_or_default(),
         name: object.name_any(),
-        role,
-        phase: phase.unwrap_or(Phase::Pending),
-        next_rotation,
-        expiry,
+        role: summary.role.to_string(),
+        phase: summary.phase.unwrap_or(Phase::Pending),
+        next_rotation: summary.next_rotation,
+        expiry: summary.expiry,
     }
 }
 

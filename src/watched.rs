@@ -53,7 +53,7 @@ pub struct Kept {
 }
 
 /// The fields of a token read for every token at once.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
     pub role: Box<str>,
     pub phase: Option<Phase>,
@@ -69,15 +69,23 @@ pub struct Summary {
 
 impl Summary {
     fn of(token: &ApiToken) -> Self {
-        let status = token.status.as_ref();
-        let seconds = |t: Option<&Time>| t.map(|t| t.0.as_second());
         Summary {
             role: token.spec.role.as_str().into(),
+            secret_name: token.spec.secret_name.as_deref().map(Into::into),
+            names_audiences: token.spec.audiences.as_ref().is_some_and(|a| !a.is_empty()),
+            ..Summary::of_status(token.status.as_ref())
+        }
+    }
+
+    /// What a status alone tells (no role, no Secret name, no audiences): all that is known of a
+    /// token whose spec does not decode.
+    pub fn of_status(status: Option<&ApiTokenStatus>) -> Self {
+        let seconds = |t: Option<&Time>| t.map(|t| t.0.as_second());
+        Summary {
             phase: status.and_then(|s| s.phase),
             next_rotation: seconds(status.and_then(|s| s.next_rotation_at.as_ref())),
             expiry: seconds(status.and_then(|s| s.expires_at.as_ref())),
-            secret_name: token.spec.secret_name.as_deref().map(Into::into),
-            names_audiences: token.spec.audiences.as_ref().is_some_and(|a| !a.is_empty()),
+            ..Summary::default()
         }
     }
 }
@@ -417,6 +425,17 @@ mod tests {
         assert!(!plain.names_audiences());
         let bad: TokenObject = serde_json::from_value(object("9999-12-31T23:59:59Z")).unwrap();
         assert!(bad.summary().is_none() && bad.secret_name().is_none());
+        let status: ApiTokenStatus = serde_json::from_value(full()["status"].clone()).unwrap();
+        let known = Summary::of_status(Some(&status));
+        assert_eq!(
+            (&*known.role, known.phase, known.next_rotation, known.expiry),
+            (
+                "",
+                Some(Phase::Active),
+                Some(1_798_675_200),
+                Some(1_811_808_000)
+            )
+        );
     }
 
     #[test]

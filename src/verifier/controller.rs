@@ -330,7 +330,6 @@ async fn render_outputs(
     let mut accepted: Vec<TokenCredentials> = Vec::new();
     let mut rejected = 0u32;
     for object in shared.tokens.state() {
-        // Only tokens that name some verifier are decoded.
         let Some(secret_name) = object.secret_name() else {
             continue;
         };
@@ -350,6 +349,7 @@ async fn render_outputs(
                 Action::await_change(),
             ));
         }
+        // Only tokens that name some verifier are decoded.
         if !object.names_audiences() {
             continue;
         }
