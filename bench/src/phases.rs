@@ -785,7 +785,7 @@ impl Bench {
         create_verifiers(&self.cluster.admin, ns, &verifier_names).await?;
         let mut output_tracker = Tracker::outputs(secrets.clone()).await?;
         let (operator, _) = ready_operator(self, ns).await?;
-        let period = format!("{}m", STORM_PERIOD_SECS / 60);
+        let period = storm_period();
         create_tokens(&tokens, n, &period, &verifier_names, self.concurrency, None).await?;
         token_tracker
             .wait("storm tokens Active", timeout_for(n), |s| {
@@ -802,8 +802,7 @@ impl Bench {
             .await?;
 
         // Back-date every credential to the same issue second, so all fall due at `due`.
-        let (setup, due) = storm_due(n);
-        let issued = jiff::Timestamp::from_second(due - STORM_PERIOD_SECS)?;
+        let (setup, due, issued) = storm_due(n)?;
         let names: Vec<String> = (0..n).map(token_name).collect();
         set_issued_at(&secrets, &names, issued, self.concurrency).await?;
         token_tracker
@@ -880,9 +879,8 @@ impl Bench {
         let mut secret_tracker = Tracker::secrets(secrets.clone()).await?;
         let (client, recorder) = self.minimal_client().await?;
         let rules = throwaway_rules();
-        let (setup, due) = storm_due(n);
-        let issued = jiff::Timestamp::from_second(due - STORM_PERIOD_SECS)?;
-        let period = format!("{}m", STORM_PERIOD_SECS / 60);
+        let (setup, due, issued) = storm_due(n)?;
+        let period = storm_period();
         let minimal = (&client, &recorder, &rules);
         self.issue_minimally(&tokens, n, &period, minimal, Some(issued))
             .await?;
@@ -994,13 +992,21 @@ impl Bench {
 /// A storm's rotation period: every credential is issued this long before the due second.
 const STORM_PERIOD_SECS: i64 = 120;
 
-/// How long a storm of `n` may take to set up, and the due second (Unix) that leaves.
-fn storm_due(n: usize) -> (Duration, i64) {
+/// The storm tokens' `spec.rotation.period`.
+fn storm_period() -> String {
+    format!("{}m", STORM_PERIOD_SECS / 60)
+}
+
+/// How long a storm of `n` may take to set up, the due second (Unix) that leaves, and the issue
+/// instant that makes every credential fall due at it.
+fn storm_due(n: usize) -> BenchResult<(Duration, i64, jiff::Timestamp)> {
     let setup = Duration::from_secs(20) + Duration::from_millis(20 * n as u64);
-    (
+    let due = jiff::Timestamp::now().as_second() + setup.as_secs() as i64;
+    Ok((
         setup,
-        jiff::Timestamp::now().as_second() + setup.as_secs() as i64,
-    )
+        due,
+        jiff::Timestamp::from_second(due - STORM_PERIOD_SECS)?,
+    ))
 }
 
 /// Sleeps until 100 ms before the Unix second `due` (CPU is counted from there, so the idle wait
