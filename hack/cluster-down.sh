@@ -13,11 +13,12 @@ ours() { kill -0 "$1" 2>/dev/null && grep -q "$2" "/proc/$1/cmdline" 2>/dev/null
 
 # One at a time, clients before servers: an apiserver whose etcd is already gone
 # stalls its graceful shutdown. Each gets 10s after TERM, then KILL.
-for name in operator kube-controller-manager kube-apiserver etcd; do
+# The demo's nginx and tokenmint authz come first: they are clients of the rest.
+for name in nginx authz operator kube-controller-manager kube-apiserver etcd; do
   f="$state/$name.pid"
   [ -f "$f" ] || continue
   pid=$(cat "$f"); rm -f "$f"
-  bin=$name; [ "$name" = operator ] && bin=tokenmint
+  bin=$name; case $name in operator | authz) bin=tokenmint ;; esac
   if [ -z "$pid" ] || ! ours "$pid" "$bin"; then continue; fi
   kill -TERM "$pid"
   for _ in $(seq 100); do ours "$pid" "$bin" || continue 2; sleep 0.1; done
