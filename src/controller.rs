@@ -25,6 +25,7 @@ use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
+use crate::wakeups::Wakeups;
 use crate::watched::{Summary, TokenObject};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
@@ -96,6 +97,8 @@ pub struct Context {
     /// When this process first saw every output of a staged credential hold it, by fingerprint: the
     /// publish delay counts from then. Lost on restart, which only delays a promotion.
     published: Mutex<HashMap<String, Timestamp>>,
+    /// When each token is next due: its rotation, expiry or promotion.
+    wakeups: Arc<Wakeups>,
 }
 
 impl Context {
@@ -168,11 +171,16 @@ pub async fn run(
 
     let token_cache = Arc::new(TokenCache::reflector());
     let token_writer = token_cache.clone();
+    let wakeups = Arc::new(Wakeups::default());
+    let forget = wakeups.clone();
     let token_events = watcher(tokens, watcher::Config::default())
         .backoff(WatchBackoff::default())
         .modify(TokenObject::keep_what_is_read)
         .inspect_ok(move |event| {
             token_writer.apply(event);
+            if let watcher::Event::Delete(token) = event {
+                forget.clear(&ObjectRef::from_obj(token));
+            }
             let _ = inputs_changed.unbounded_send(());
             synced.observe(Synced::TOKENS, event);
             if matches!(event, watcher::Event::InitDone) {
@@ -215,6 +223,7 @@ pub async fn run(
         secrets_listed,
         lookup,
         published: Mutex::default(),
+        wakeups: wakeups.clone(),
     });
     let shutdown = futures::FutureExt::shared(shutdown);
     let verifier_controller = verifiers::run(
@@ -225,6 +234,7 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    let due = wakeups.due(token_store.clone());
     let token_controller = Controller::for_stream(token_events, token_store)
         .watches_stream(secret_events, |secret: Secret| {
             // Map by label rather than ownerReference, so a Secret left by a deleted namesake still
@@ -240,6 +250,8 @@ pub async fn run(
         .reconcile_on(retries)
         // A verifier published a staged credential: it may be promoted now.
         .reconcile_on(publications)
+        // A rotation, expiry or promotion is due.
+        .reconcile_on(due)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -510,8 +522,18 @@ async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     let key = ObjectRef::from_obj(&*object);
     match &result {
-        Ok(_) => {
+        Ok(wake) => {
             ctx.failures().remove(&key);
+            // The runtime's requeue would keep a reconcile request per token: 0.75 KiB each.
+            match wake {
+                Wake::OnChange => ctx.wakeups.clear(&key),
+                Wake::After(delay) => ctx.wakeups.set(&key, tokio::time::Instant::now() + *delay),
+                Wake::At(at) => {
+                    let wait = Duration::try_from(at.duration_since(Timestamp::now()));
+                    let wait = wait.unwrap_or(Duration::ZERO);
+                    ctx.wakeups.set(&key, tokio::time::Instant::now() + wait);
+                }
+            }
         }
         Err(error) => {
             let failures = {
@@ -527,7 +549,7 @@ async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action
             }
         }
     }
-    result
+    result.map(|_| Action::await_change())
 }
 
 /// An ApiToken that does not decode: `Ready=False, reason=InvalidSpec` naming the field, and
@@ -537,7 +559,7 @@ async fn report_undecodable(
     last: Option<&ApiTokenStatus>,
     field: &str,
     ctx: &Context,
-) -> Result<Action, Error> {
+) -> Result<Wake, Error> {
     let last = last.cloned().unwrap_or_default();
     let message = format!(
         "{field}: cannot be read (out of range or of the wrong type); nothing is issued or rotated until it is fixed"
@@ -567,7 +589,7 @@ async fn report_undecodable(
             "ApiToken cannot be decoded; reported in its status");
         write_status(ctx, metadata, &status).await?;
     }
-    Ok(Action::await_change())
+    Ok(Wake::OnChange)
 }
 
 /// Shows a failing reconcile as `Ready=False, reason=Error` (once per distinct message), keeping the rest of
@@ -644,7 +666,7 @@ fn read_error(name: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
     }
 }
 
-async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error> {
     let ns = token.namespace().ok_or(Error::NoNamespace)?;
     let secret_name = token.secret_name().to_owned();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -870,7 +892,7 @@ async fn delete_secret(
 }
 
 /// After the Secret write: status (only if it changed), the Event, metrics, and when to come back.
-async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result<Action, Error> {
+async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result<Wake, Error> {
     let name = token.name_any();
     let mut plan = plan;
     plan.status.audiences = verifiers::audiences_of(token, &ctx.lookup);
@@ -900,12 +922,5 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
         ctx.events.record(event, token.object_ref(&())).await;
     }
 
-    Ok(match plan.wake {
-        Wake::OnChange => Action::await_change(),
-        Wake::After(delay) => Action::requeue(delay),
-        Wake::At(at) => {
-            let wait = at.duration_since(Timestamp::now());
-            Action::requeue(Duration::try_from(wait).unwrap_or(Duration::ZERO))
-        }
-    })
+    Ok(plan.wake)
 }

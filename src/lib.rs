@@ -22,6 +22,7 @@ pub mod telemetry;
 pub mod token;
 pub mod validate;
 pub mod verifier;
+pub mod wakeups;
 pub mod watched;
 
 use kube::CustomResourceExt;

@@ -1,0 +1,280 @@
+//! When each token next needs a reconcile (its rotation, expiry, a staged credential's promotion),
+//! kept compactly.
+//!
+//! kube-runtime's scheduler keeps a requeued object as two copies of its reconcile request, each an
+//! `ObjectRef` with four strings, in a hash map and a delay queue: about 0.75 KiB for every token
+//! with a rotation ahead, 7.5 MiB at 10,000 tokens. Here a token's wake-up is one shared
+//! `namespace/name` string, an instant in a hash map and the same pair in a heap: about 150 bytes.
+//!
+//! The latest reconcile's decision replaces the earlier one (it planned from newer state), and a
+//! token whose plan waits for a change has no wake-up at all. A wake-up is delivered to the
+//! controller as a reconcile request; one for a token no longer in the cache is dropped.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures::Stream;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::watched::TokenObject;
+
+/// Pending wake-ups, at most one per token.
+#[derive(Default)]
+pub struct Wakeups {
+    state: Mutex<State>,
+    /// Told when a wake-up earlier than the one being waited for may have been set.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// When each token is due, by `namespace/name`.
+    due: HashMap<Arc<str>, Instant>,
+    /// The same pairs ordered by time. An entry whose instant no longer matches `due` was replaced
+    /// or cleared, and is skipped when it comes up.
+    queue: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+}
+
+impl State {
+    /// Drops replaced entries from the front of the queue, and rebuilds the queue when most of it
+    /// is replaced entries, so it stays within twice the tokens that have a wake-up.
+    fn tidy(&mut self) {
+        while let Some(Reverse((at, key))) = self.queue.peek()
+            && self.due.get(key) != Some(at)
+        {
+            self.queue.pop();
+        }
+        if self.queue.len() > 2 * self.due.len() + 64 {
+            self.queue = self
+                .due
+                .iter()
+                .map(|(key, at)| Reverse((*at, key.clone())))
+                .collect();
+        }
+    }
+
+    /// The next token due at or before `now`, taken out.
+    fn take_due(&mut self, now: Instant) -> Option<Arc<str>> {
+        self.tidy();
+        let Reverse((at, _)) = self.queue.peek()?;
+        if *at > now {
+            return None;
+        }
+        let Reverse((_, key)) = self.queue.pop()?;
+        self.due.remove(&key);
+        Some(key)
+    }
+
+    /// When the next wake-up is due.
+    fn next_at(&mut self) -> Option<Instant> {
+        self.tidy();
+        self.queue.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
+fn key_of(token: &ObjectRef<TokenObject>) -> String {
+    format!(
+        "{}/{}",
+        token.namespace.as_deref().unwrap_or_default(),
+        token.name
+    )
+}
+
+fn token_of(key: &str) -> ObjectRef<TokenObject> {
+    match key.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() => ObjectRef::new(name).within(ns),
+        Some((_, name)) => ObjectRef::new(name),
+        None => ObjectRef::new(key),
+    }
+}
+
+impl Wakeups {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes `token` at `at`, instead of whenever it was to wake before.
+    pub fn set(&self, token: &ObjectRef<TokenObject>, at: Instant) {
+        let key = key_of(token);
+        let mut state = self.lock();
+        let shared = match state.due.get_key_value(key.as_str()) {
+            Some((_, held)) if *held == at => return,
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(key),
+        };
+        let earliest = state.next_at().is_none_or(|next| at < next);
+        state.due.insert(shared.clone(), at);
+        state.queue.push(Reverse((at, shared)));
+        drop(state);
+        if earliest {
+            self.changed.notify_one();
+        }
+    }
+
+    /// `token` needs no wake-up: it waits for a change, or it is gone.
+    pub fn clear(&self, token: &ObjectRef<TokenObject>) {
+        self.lock().due.remove(key_of(token).as_str());
+    }
+
+    /// How many tokens have a wake-up.
+    pub fn len(&self) -> usize {
+        self.lock().due.len()
+    }
+
+    /// Whether no token has a wake-up.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next token to reconcile, once it is due.
+    async fn next(&self) -> ObjectRef<TokenObject> {
+        loop {
+            let next = {
+                let mut state = self.lock();
+                if let Some(key) = state.take_due(Instant::now()) {
+                    return token_of(&key);
+                }
+                state.next_at()
+            };
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+                None => self.changed.notified().await,
+            }
+        }
+    }
+
+    /// Reconcile requests for the tokens as they fall due, for the controller. Tokens no longer in
+    /// `tokens` (deleted since their last reconcile) are skipped.
+    pub fn due(
+        self: Arc<Self>,
+        tokens: Store<TokenObject>,
+    ) -> impl Stream<Item = ObjectRef<TokenObject>> + Send + 'static {
+        futures::stream::unfold(self, move |wakeups| {
+            let tokens = tokens.clone();
+            async move {
+                loop {
+                    let token = wakeups.next().await;
+                    if tokens.get(&token).is_some() {
+                        return Some((token, wakeups));
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn token(name: &str) -> ObjectRef<TokenObject> {
+        ObjectRef::new(name).within("ns")
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// Everything due by `now`, in order.
+    fn due_by(wakeups: &Wakeups, now: Instant) -> Vec<String> {
+        let mut state = wakeups.lock();
+        std::iter::from_fn(|| state.take_due(now))
+            .map(|k| token_of(&k).name)
+            .collect()
+    }
+
+    #[test]
+    fn wakes_each_token_once_in_order_of_time() {
+        let wakeups = Wakeups::default();
+        let start = Instant::now();
+        wakeups.set(&token("late"), start + secs(30));
+        wakeups.set(&token("early"), start + secs(10));
+        wakeups.set(&token("later"), start + secs(60));
+        assert_eq!(due_by(&wakeups, start + secs(5)), Vec::<String>::new());
+        assert_eq!(due_by(&wakeups, start + secs(30)), ["early", "late"]);
+        assert_eq!(due_by(&wakeups, start + secs(30)), Vec::<String>::new());
+        assert_eq!(wakeups.len(), 1);
+    }
+
+    #[test]
+    fn the_latest_decision_replaces_the_earlier_one() {
+        let wakeups = Wakeups::default();
+        let start = Instant::now();
+        wakeups.set(&token("a"), start + secs(10));
+        // Later: it is not woken at the earlier time any more.
+        wakeups.set(&token("a"), start + secs(50));
+        assert_eq!(due_by(&wakeups, start + secs(20)), Vec::<String>::new());
+        // Earlier again.
+        wakeups.set(&token("a"), start + secs(40));
+        assert_eq!(due_by(&wakeups, start + secs(45)), ["a"]);
+        assert_eq!(due_by(&wakeups, start + secs(60)), Vec::<String>::new());
+        // The same decision twice keeps one entry.
+        wakeups.set(&token("b"), start + secs(70));
+        wakeups.set(&token("b"), start + secs(70));
+        assert_eq!(wakeups.lock().queue.len(), 1);
+    }
+
+    #[test]
+    fn a_cleared_token_is_not_woken() {
+        let wakeups = Wakeups::default();
+        let start = Instant::now();
+        wakeups.set(&token("a"), start + secs(10));
+        wakeups.set(&token("b"), start + secs(10));
+        wakeups.clear(&token("a"));
+        assert_eq!(due_by(&wakeups, start + secs(10)), ["b"]);
+        assert!(wakeups.is_empty());
+    }
+
+    #[test]
+    fn replaced_entries_do_not_pile_up() {
+        let wakeups = Wakeups::default();
+        let start = Instant::now();
+        for i in 0..10_000 {
+            wakeups.set(&token("a"), start + secs(1000 - i % 500));
+        }
+        // One token with a wake-up: the queue is rebuilt past 2 × 1 + 64 entries.
+        assert!(wakeups.lock().queue.len() <= 2 + 64 + 1);
+        assert_eq!(due_by(&wakeups, start + secs(10_000)), ["a"]);
+    }
+
+    #[test]
+    fn keys_come_back_as_the_token_they_name() {
+        let t = token("tok-1");
+        assert_eq!(token_of(&key_of(&t)), t);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_yields_tokens_when_due_and_skips_deleted_ones() {
+        use futures::StreamExt;
+        let (reader, mut writer) = kube::runtime::reflector::store::<TokenObject>();
+        let spec = serde_json::from_value(serde_json::json!({"role": "reader"})).unwrap();
+        let mut kept = crate::api::ApiToken::new("kept", spec);
+        kept.metadata.namespace = Some("ns".into());
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(TokenObject::from(
+            kept,
+        )));
+        let wakeups = Arc::new(Wakeups::default());
+        let start = Instant::now();
+        wakeups.set(&token("gone"), start + secs(1));
+        wakeups.set(&token("kept"), start + secs(10));
+        let mut due = Box::pin(wakeups.clone().due(reader));
+        // Set while the stream sleeps towards a later one: not missed.
+        let early = wakeups.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(secs(2)).await;
+            early.set(&token("kept"), Instant::now() + secs(1));
+        });
+        assert_eq!(due.next().await, Some(token("kept")));
+        assert_eq!(Instant::now() - start, secs(3));
+        assert!(wakeups.is_empty());
+    }
+}
