@@ -38,7 +38,7 @@ const DNS1123_SUBDOMAIN_PATTERN: &str =
 // clippy reads the repeated `type_ = "string"` inside separate printcolumn(...) entries as one
 // attribute given twice; they are distinct columns.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "tokenmint.dev",
     version = "v1alpha1",

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::store::Writer;
@@ -22,6 +22,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{ApiToken, GROUP};
+use crate::compact::{self, Dictionary};
 use crate::secret::Packed;
 use crate::verifier::api::ApiTokenVerifier;
 
@@ -138,9 +139,19 @@ pub struct JsonSecrets {
     relisting: Option<HashMap<ObjectRef<Secret>, StoredSecret>>,
 }
 
+/// What Secrets' JSON is compressed against: an issued token's Secret, as kept.
+fn dictionary() -> &'static Dictionary {
+    static SECRETS: LazyLock<Dictionary> = LazyLock::new(|| {
+        let sample = JsonSecrets::split(compact::issued().1.clone());
+        Dictionary::new(sample.map(|(json, _)| json).unwrap_or_default())
+    });
+    &SECRETS
+}
+
 struct StoredSecret {
     resource_version: Option<String>,
-    /// The Secret without the credential keys that `packed` holds.
+    /// The Secret without the credential keys that `packed` holds, as JSON compressed
+    /// ([`crate::compact`]).
     json: Box<[u8]>,
     packed: Packed,
 }
@@ -159,32 +170,33 @@ impl JsonSecrets {
                 && (o.kind == ApiToken::kind(&()) || o.kind == ApiTokenVerifier::kind(&()))
                 && o.api_version.starts_with(GROUP)
         });
-        let mut packed = Packed::default();
-        let json = if controlled {
-            let mut secret = secret.clone();
-            if let Some(data) = &mut secret.data {
-                packed = Packed::take(data);
-            }
-            serde_json::to_vec(&secret)
+        let kept = if controlled {
+            secret.clone()
         } else {
-            serde_json::to_vec(&Secret {
+            Secret {
                 metadata: secret.metadata.clone(),
                 type_: secret.type_.clone(),
                 ..Secret::default()
-            })
-        }
-        .ok()?
-        .into_boxed_slice();
+            }
+        };
+        let (json, packed) = Self::split(kept)?;
         Some(StoredSecret {
             resource_version: secret.metadata.resource_version.clone(),
-            json,
+            json: dictionary().pack(&json),
             packed,
         })
     }
 
+    /// `secret` as JSON without its credential keys, and those keys packed.
+    fn split(mut secret: Secret) -> Option<(Vec<u8>, Packed)> {
+        let packed = secret.data.as_mut().map(Packed::take).unwrap_or_default();
+        Some((serde_json::to_vec(&secret).ok()?, packed))
+    }
+
     fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
         let stored = self.secrets.get(key)?;
-        let mut secret: Secret = serde_json::from_slice(&stored.json).ok()?;
+        let mut secret: Secret =
+            serde_json::from_slice(&dictionary().unpack(&stored.json)?).ok()?;
         if stored.packed != Packed::default() {
             stored.packed.restore(secret.data.get_or_insert_default());
         }
@@ -367,8 +379,32 @@ mod tests {
         // What is kept: the Secret without the six forms, and the credential once.
         let storage = cache.lock();
         let stored = &storage.secrets[&key("t")];
-        assert!(!String::from_utf8_lossy(&stored.json).contains("username"));
-        assert!(stored.json.len() < serde_json::to_vec(&seen).unwrap().len());
+        let json = dictionary().unpack(&stored.json).unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("username"));
+        assert!(json.len() < serde_json::to_vec(&seen).unwrap().len());
+    }
+
+    #[test]
+    fn a_secret_like_the_sample_is_kept_in_a_third_of_its_json() {
+        let mut seen = compact::issued().1.clone();
+        seen.metadata.name = Some("payments-api".into());
+        seen.metadata.uid = Some("5b0c6f3e-9a41-4d2b-8f7e-2c1d0a9b8e7f".into());
+        seen.metadata.resource_version = Some("48213".into());
+        let annotations = seen.metadata.annotations.as_mut().unwrap();
+        annotations.insert(crate::seal::SEAL_ANNOTATION.into(), "x".repeat(43));
+        let cache = SecretCache::json();
+        cache.apply(&watcher::Event::Apply(seen.clone()));
+        let key = ObjectRef::new("payments-api").within("sample-namespace");
+        assert_eq!(cache.get(&key), Some(seen.clone()));
+        let storage = cache.lock();
+        let stored = &storage.secrets[&key];
+        let json = JsonSecrets::split(seen).unwrap().0;
+        assert!(
+            stored.json.len() * 3 < json.len(),
+            "{} of {}",
+            stored.json.len(),
+            json.len()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod authz;
 pub mod cache;
+pub mod compact;
 pub mod controller;
 pub mod htpasswd;
 pub mod keystore;

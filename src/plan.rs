@@ -914,18 +914,11 @@ mod tests {
             "reader",
             ApiTokenSpec {
                 role: "reader".into(),
-                description: None,
-                scopes: None,
                 rotation: Some(Rotation {
                     period: "1h".into(),
                     overlap: None,
                 }),
-                audiences: None,
-                expires_at: None,
-                revoked: None,
-                secret_name: None,
-                secret_template: None,
-                format: None,
+                ..ApiTokenSpec::default()
             },
         );
         t.metadata.namespace = Some("team".into());

@@ -287,15 +287,7 @@ mod tests {
     fn spec() -> ApiTokenSpec {
         ApiTokenSpec {
             role: "reader".into(),
-            description: None,
-            scopes: None,
-            rotation: None,
-            audiences: None,
-            expires_at: None,
-            revoked: None,
-            secret_name: None,
-            secret_template: None,
-            format: None,
+            ..ApiTokenSpec::default()
         }
     }
 

@@ -8,6 +8,7 @@
 //! so [`crate::telemetry`] silences it).
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -15,6 +16,7 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::api::{ApiToken, ApiTokenSpec, ApiTokenStatus, Phase};
+use crate::compact::{self, Dictionary};
 
 /// One watched ApiToken.
 // The kept variant is the one nearly every cached object takes, inside the cache's own `Arc`:
@@ -47,7 +49,8 @@ pub struct Undecodable {
 #[derive(Clone)]
 pub struct Kept {
     metadata: ObjectMeta,
-    /// `{"spec": ..., "status": ...}`, as serialized from the decoded token.
+    /// `{"spec": ..., "status": ...}`, as serialized from the decoded token, compressed
+    /// ([`crate::compact`]).
     body: Box<[u8]>,
     summary: Summary,
 }
@@ -104,16 +107,27 @@ struct Body {
     status: Option<ApiTokenStatus>,
 }
 
+/// Spec and status as JSON.
+fn body_of(token: &ApiToken) -> Option<Vec<u8>> {
+    serde_json::to_vec(&BodyRef {
+        spec: &token.spec,
+        status: &token.status,
+    })
+    .ok()
+}
+
+/// What bodies are compressed against: an issued token's.
+fn dictionary() -> &'static Dictionary {
+    static BODIES: LazyLock<Dictionary> =
+        LazyLock::new(|| Dictionary::new(body_of(&compact::issued().0).unwrap_or_default()));
+    &BODIES
+}
+
 impl Kept {
     /// `token` as kept; `None` if it does not come back exactly as it was (it always should:
     /// both directions are the same derived serde code).
     fn new(token: &ApiToken) -> Option<Self> {
-        let body = serde_json::to_vec(&BodyRef {
-            spec: &token.spec,
-            status: &token.status,
-        })
-        .ok()?
-        .into_boxed_slice();
+        let body = dictionary().pack(&body_of(token)?);
         let kept = Kept {
             metadata: token.metadata.clone(),
             body,
@@ -124,7 +138,8 @@ impl Kept {
     }
 
     fn decode(&self) -> Option<ApiToken> {
-        let Body { spec, status } = serde_json::from_slice(&self.body).ok()?;
+        let Body { spec, status } =
+            serde_json::from_slice(&dictionary().unpack(&self.body)?).ok()?;
         Some(ApiToken {
             metadata: self.metadata.clone(),
             spec,
@@ -395,6 +410,28 @@ mod tests {
         let again = serde_json::to_value(object.token().unwrap().status.clone()).unwrap();
         assert_eq!(again, full()["status"]);
         assert_eq!(object.meta().resource_version.as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn a_token_like_the_sample_is_kept_in_half_its_json() {
+        let mut token = compact::issued().0.clone();
+        token.metadata.name = Some("payments-api".into());
+        let status = token.status.as_mut().unwrap();
+        status.access_key = Some("tmK7Q2XRZ4PL9WD3".into());
+        status.fingerprint = Some("sha256:9f2c4e1ab07d3865".into());
+        let json = body_of(&token).unwrap();
+        let mut object = TokenObject::from(token.clone());
+        object.keep_what_is_read();
+        let TokenObject::Kept(kept) = &object else {
+            panic!("{object:?}")
+        };
+        assert!(
+            kept.body.len() * 2 < json.len(),
+            "{} of {}",
+            kept.body.len(),
+            json.len()
+        );
+        assert_eq!(object.token().unwrap().status, token.status);
     }
 
     #[test]

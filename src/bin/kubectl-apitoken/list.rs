@@ -218,13 +218,7 @@ mod tests {
                     parse_scope("DATASOURCES:READ:events:tenant_id = 42").unwrap(),
                     parse_scope("PIPES:READ:top_pages").unwrap(),
                 ]),
-                rotation: None,
-                audiences: None,
-                expires_at: None,
-                revoked: None,
-                secret_name: None,
-                secret_template: None,
-                format: None,
+                ..ApiTokenSpec::default()
             },
         );
         token.metadata.namespace = Some(namespace.into());
