@@ -16,10 +16,10 @@ use std::marker::PhantomData;
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 
 use crate::api::{ApiToken, GROUP};
 use crate::compact::{self, Dictionary};
@@ -121,7 +121,9 @@ impl SecretCache {
     /// The resourceVersion of the Secret at `key`, without decoding it: whoever derived something
     /// from a Secret can tell whether it is still the one they read.
     pub fn resource_version(&self, key: &ObjectRef<Secret>) -> Option<String> {
-        self.lock().secrets.get(key)?.resource_version.clone()
+        let storage = self.lock();
+        let version = &storage.secrets.get(&key_of(key))?.resource_version;
+        version.as_deref().map(Into::into)
     }
 }
 
@@ -134,9 +136,22 @@ impl Default for SecretCache {
 /// Secrets as JSON, with a relist swapped in only when complete (as a reflector does).
 #[derive(Default)]
 pub struct JsonSecrets {
-    secrets: HashMap<ObjectRef<Secret>, StoredSecret>,
+    secrets: HashMap<Key, StoredSecret>,
     /// A relist in progress.
-    relisting: Option<HashMap<ObjectRef<Secret>, StoredSecret>>,
+    relisting: Option<HashMap<Key, StoredSecret>>,
+}
+
+/// A Secret's `namespace/name`: one 16-byte pointer in the table where an `ObjectRef` takes 96
+/// bytes and two strings.
+type Key = Box<str>;
+
+fn key_of(key: &ObjectRef<Secret>) -> Key {
+    format!(
+        "{}/{}",
+        key.namespace.as_deref().unwrap_or_default(),
+        key.name
+    )
+    .into()
 }
 
 /// What Secrets' JSON is compressed against: an issued token's Secret, as kept.
@@ -149,7 +164,7 @@ fn dictionary() -> &'static Dictionary {
 }
 
 struct StoredSecret {
-    resource_version: Option<String>,
+    resource_version: Option<Box<str>>,
     /// The Secret without the credential keys that `packed` holds, as JSON compressed
     /// ([`crate::compact`]).
     json: Box<[u8]>,
@@ -157,8 +172,10 @@ struct StoredSecret {
 }
 
 impl JsonSecrets {
-    fn key(secret: &Secret) -> ObjectRef<Secret> {
-        ObjectRef::new(&secret.name_any()).within(&secret.namespace().unwrap_or_default())
+    fn key(secret: &Secret) -> Key {
+        let meta = &secret.metadata;
+        let (ns, name) = (meta.namespace.as_deref(), meta.name.as_deref());
+        format!("{}/{}", ns.unwrap_or_default(), name.unwrap_or_default()).into()
     }
 
     /// Only a Secret controlled by an ApiToken or an ApiTokenVerifier keeps its data: any other Secret that carries our label
@@ -181,7 +198,7 @@ impl JsonSecrets {
         };
         let (json, packed) = Self::split(kept)?;
         Some(StoredSecret {
-            resource_version: secret.metadata.resource_version.clone(),
+            resource_version: secret.metadata.resource_version.as_deref().map(Into::into),
             json: dictionary().pack(&json),
             packed,
         })
@@ -194,7 +211,7 @@ impl JsonSecrets {
     }
 
     fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
-        let stored = self.secrets.get(key)?;
+        let stored = self.secrets.get(&key_of(key))?;
         let mut secret: Secret =
             serde_json::from_slice(&dictionary().unpack(&stored.json)?).ok()?;
         if stored.packed != Packed::default() {
@@ -233,7 +250,8 @@ impl Storage<Secret> for JsonSecrets {
     }
 
     fn version(&self, key: &ObjectRef<Secret>) -> Option<Option<String>> {
-        self.secrets.get(key).map(|s| s.resource_version.clone())
+        let stored = self.secrets.get(&key_of(key))?;
+        Some(stored.resource_version.as_deref().map(Into::into))
     }
 }
 
@@ -378,7 +396,7 @@ mod tests {
         assert_eq!(cache.get(&key("t")), Some(seen.clone()));
         // What is kept: the Secret without the six forms, and the credential once.
         let storage = cache.lock();
-        let stored = &storage.secrets[&key("t")];
+        let stored = &storage.secrets[&key_of(&key("t"))];
         let json = dictionary().unpack(&stored.json).unwrap();
         assert!(!String::from_utf8_lossy(&json).contains("username"));
         assert!(json.len() < serde_json::to_vec(&seen).unwrap().len());
@@ -397,7 +415,7 @@ mod tests {
         let key = ObjectRef::new("payments-api").within("sample-namespace");
         assert_eq!(cache.get(&key), Some(seen.clone()));
         let storage = cache.lock();
-        let stored = &storage.secrets[&key];
+        let stored = &storage.secrets[&key_of(&key)];
         let json = JsonSecrets::split(seen).unwrap().0;
         assert!(
             stored.json.len() * 3 < json.len(),

@@ -25,7 +25,7 @@ use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
-use crate::wakeups::Wakeups;
+use crate::wakeups::{Wakeups, now_millis};
 use crate::watched::{Summary, TokenObject};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
@@ -527,12 +527,11 @@ async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action
             // The runtime's requeue would keep a reconcile request per token: 0.75 KiB each.
             match wake {
                 Wake::OnChange => ctx.wakeups.clear(&key),
-                Wake::After(delay) => ctx.wakeups.set(&key, tokio::time::Instant::now() + *delay),
-                Wake::At(at) => {
-                    let wait = Duration::try_from(at.duration_since(Timestamp::now()));
-                    let wait = wait.unwrap_or(Duration::ZERO);
-                    ctx.wakeups.set(&key, tokio::time::Instant::now() + wait);
+                Wake::After(delay) => {
+                    let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                    ctx.wakeups.set(&key, now_millis().saturating_add(delay));
                 }
+                Wake::At(at) => ctx.wakeups.set(&key, at.as_millisecond()),
             }
         }
         Err(error) => {

@@ -4,38 +4,55 @@
 //! kube-runtime's scheduler keeps a requeued object as two copies of its reconcile request, each an
 //! `ObjectRef` with four strings, in a hash map and a delay queue: about 0.75 KiB for every token
 //! with a rotation ahead, 7.5 MiB at 10,000 tokens. Here a token's wake-up is one shared
-//! `namespace/name` string, an instant in a hash map and the same pair in a heap: about 150 bytes.
+//! `namespace/name` string, a time in a hash map and the same pair in a heap: about 110 bytes.
 //!
-//! The latest reconcile's decision replaces the earlier one (it planned from newer state), and a
-//! token whose plan waits for a change has no wake-up at all. A wake-up is delivered to the
-//! controller as a reconcile request; one for a token no longer in the cache is dropped.
+//! Times are wall-clock milliseconds, as plans give them, so a plan that decides the same instant
+//! again (every reconcile of an unchanged token does) changes nothing. The latest reconcile's
+//! decision replaces the earlier one (it planned from newer state), and a token whose plan waits
+//! for a change has no wake-up at all. A wake-up is delivered to the controller as a reconcile
+//! request; one for a token no longer in the cache is dropped.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use futures::Stream;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::watched::TokenObject;
 
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The wall clock, in [`Millis`].
+pub fn now_millis() -> Millis {
+    jiff::Timestamp::now().as_millisecond()
+}
+
 /// Pending wake-ups, at most one per token.
-#[derive(Default)]
 pub struct Wakeups {
     state: Mutex<State>,
     /// Told when a wake-up earlier than the one being waited for may have been set.
     changed: Notify,
+    /// The clock the wake-ups are on ([`now_millis`]; tests use tokio's paused time).
+    now: fn() -> Millis,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Wakeups::on(now_millis)
+    }
 }
 
 #[derive(Default)]
 struct State {
     /// When each token is due, by `namespace/name`.
-    due: HashMap<Arc<str>, Instant>,
-    /// The same pairs ordered by time. An entry whose instant no longer matches `due` was replaced
+    due: HashMap<Arc<str>, Millis>,
+    /// The same pairs ordered by time. An entry whose time no longer matches `due` was replaced
     /// or cleared, and is skipped when it comes up.
-    queue: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    queue: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
 }
 
 impl State {
@@ -57,7 +74,7 @@ impl State {
     }
 
     /// The next token due at or before `now`, taken out.
-    fn take_due(&mut self, now: Instant) -> Option<Arc<str>> {
+    fn take_due(&mut self, now: Millis) -> Option<Arc<str>> {
         self.tidy();
         let Reverse((at, _)) = self.queue.peek()?;
         if *at > now {
@@ -69,7 +86,7 @@ impl State {
     }
 
     /// When the next wake-up is due.
-    fn next_at(&mut self) -> Option<Instant> {
+    fn next_at(&mut self) -> Option<Millis> {
         self.tidy();
         self.queue.peek().map(|Reverse((at, _))| *at)
     }
@@ -92,12 +109,21 @@ fn token_of(key: &str) -> ObjectRef<TokenObject> {
 }
 
 impl Wakeups {
+    /// Wake-ups on the clock `now`.
+    pub fn on(now: fn() -> Millis) -> Self {
+        Wakeups {
+            state: Mutex::default(),
+            changed: Notify::new(),
+            now,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes `token` at `at`, instead of whenever it was to wake before.
-    pub fn set(&self, token: &ObjectRef<TokenObject>, at: Instant) {
+    /// Wakes `token` at `at` (on this clock), instead of whenever it was to wake before.
+    pub fn set(&self, token: &ObjectRef<TokenObject>, at: Millis) {
         let key = key_of(token);
         let mut state = self.lock();
         let shared = match state.due.get_key_value(key.as_str()) {
@@ -134,15 +160,16 @@ impl Wakeups {
         loop {
             let next = {
                 let mut state = self.lock();
-                if let Some(key) = state.take_due(Instant::now()) {
+                if let Some(key) = state.take_due((self.now)()) {
                     return token_of(&key);
                 }
                 state.next_at()
             };
             match next {
                 Some(at) => {
+                    let wait = u64::try_from(at - (self.now)()).unwrap_or(0);
                     tokio::select! {
-                        () = tokio::time::sleep_until(at) => {}
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {}
                         () = self.changed.notified() => {}
                     }
                 }
@@ -174,18 +201,25 @@ impl Wakeups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use tokio::time::Instant;
 
     fn token(name: &str) -> ObjectRef<TokenObject> {
         ObjectRef::new(name).within("ns")
     }
 
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
+    fn secs(n: i64) -> Millis {
+        n * 1000
+    }
+
+    /// tokio's clock (paused in tests), in milliseconds since the first reading.
+    fn paused_clock() -> Millis {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(Instant::now);
+        i64::try_from((Instant::now() - start).as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Everything due by `now`, in order.
-    fn due_by(wakeups: &Wakeups, now: Instant) -> Vec<String> {
+    fn due_by(wakeups: &Wakeups, now: Millis) -> Vec<String> {
         let mut state = wakeups.lock();
         std::iter::from_fn(|| state.take_due(now))
             .map(|k| token_of(&k).name)
@@ -195,7 +229,7 @@ mod tests {
     #[test]
     fn wakes_each_token_once_in_order_of_time() {
         let wakeups = Wakeups::default();
-        let start = Instant::now();
+        let start = now_millis();
         wakeups.set(&token("late"), start + secs(30));
         wakeups.set(&token("early"), start + secs(10));
         wakeups.set(&token("later"), start + secs(60));
@@ -208,7 +242,7 @@ mod tests {
     #[test]
     fn the_latest_decision_replaces_the_earlier_one() {
         let wakeups = Wakeups::default();
-        let start = Instant::now();
+        let start = now_millis();
         wakeups.set(&token("a"), start + secs(10));
         // Later: it is not woken at the earlier time any more.
         wakeups.set(&token("a"), start + secs(50));
@@ -226,7 +260,7 @@ mod tests {
     #[test]
     fn a_cleared_token_is_not_woken() {
         let wakeups = Wakeups::default();
-        let start = Instant::now();
+        let start = now_millis();
         wakeups.set(&token("a"), start + secs(10));
         wakeups.set(&token("b"), start + secs(10));
         wakeups.clear(&token("a"));
@@ -237,7 +271,7 @@ mod tests {
     #[test]
     fn replaced_entries_do_not_pile_up() {
         let wakeups = Wakeups::default();
-        let start = Instant::now();
+        let start = now_millis();
         for i in 0..10_000 {
             wakeups.set(&token("a"), start + secs(1000 - i % 500));
         }
@@ -252,6 +286,16 @@ mod tests {
         assert_eq!(token_of(&key_of(&t)), t);
     }
 
+    #[test]
+    fn a_decision_repeated_by_later_reconciles_keeps_one_entry() {
+        let wakeups = Wakeups::default();
+        let at = now_millis() + secs(3600);
+        for _ in 0..100 {
+            wakeups.set(&token("a"), at);
+        }
+        assert_eq!((wakeups.len(), wakeups.lock().queue.len()), (1, 1));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_stream_yields_tokens_when_due_and_skips_deleted_ones() {
         use futures::StreamExt;
@@ -262,19 +306,19 @@ mod tests {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(TokenObject::from(
             kept,
         )));
-        let wakeups = Arc::new(Wakeups::default());
-        let start = Instant::now();
+        let wakeups = Arc::new(Wakeups::on(paused_clock));
+        let start = paused_clock();
         wakeups.set(&token("gone"), start + secs(1));
         wakeups.set(&token("kept"), start + secs(10));
         let mut due = Box::pin(wakeups.clone().due(reader));
         // Set while the stream sleeps towards a later one: not missed.
         let early = wakeups.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(secs(2)).await;
-            early.set(&token("kept"), Instant::now() + secs(1));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            early.set(&token("kept"), paused_clock() + secs(1));
         });
         assert_eq!(due.next().await, Some(token("kept")));
-        assert_eq!(Instant::now() - start, secs(3));
+        assert_eq!(paused_clock() - start, secs(3));
         assert!(wakeups.is_empty());
     }
 }
