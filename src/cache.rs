@@ -146,12 +146,11 @@ pub struct JsonSecrets {
 type Key = Box<str>;
 
 fn key_of(key: &ObjectRef<Secret>) -> Key {
-    format!(
-        "{}/{}",
-        key.namespace.as_deref().unwrap_or_default(),
-        key.name
-    )
-    .into()
+    key_from(key.namespace.as_deref(), &key.name)
+}
+
+fn key_from(namespace: Option<&str>, name: &str) -> Key {
+    format!("{}/{name}", namespace.unwrap_or_default()).into()
 }
 
 /// What Secrets' JSON is compressed against: an issued token's Secret, as kept.
@@ -174,8 +173,10 @@ struct StoredSecret {
 impl JsonSecrets {
     fn key(secret: &Secret) -> Key {
         let meta = &secret.metadata;
-        let (ns, name) = (meta.namespace.as_deref(), meta.name.as_deref());
-        format!("{}/{}", ns.unwrap_or_default(), name.unwrap_or_default()).into()
+        key_from(
+            meta.namespace.as_deref(),
+            meta.name.as_deref().unwrap_or_default(),
+        )
     }
 
     /// Only a Secret controlled by an ApiToken or an ApiTokenVerifier keeps its data: any other Secret that carries our label
