@@ -149,7 +149,8 @@ fn key_of(key: &ObjectRef<Secret>) -> Key {
     key_from(key.namespace.as_deref(), &key.name)
 }
 
-fn key_from(namespace: Option<&str>, name: &str) -> Key {
+/// `namespace/name`, the compact key of a namespaced object (neither part can hold a `/`).
+pub(crate) fn key_from(namespace: Option<&str>, name: &str) -> Key {
     format!("{}/{name}", namespace.unwrap_or_default()).into()
 }
 

@@ -92,12 +92,8 @@ impl State {
     }
 }
 
-fn key_of(token: &ObjectRef<TokenObject>) -> String {
-    format!(
-        "{}/{}",
-        token.namespace.as_deref().unwrap_or_default(),
-        token.name
-    )
+fn key_of(token: &ObjectRef<TokenObject>) -> Box<str> {
+    crate::cache::key_from(token.namespace.as_deref(), &token.name)
 }
 
 fn token_of(key: &str) -> ObjectRef<TokenObject> {
@@ -126,7 +122,7 @@ impl Wakeups {
     pub fn set(&self, token: &ObjectRef<TokenObject>, at: Millis) {
         let key = key_of(token);
         let mut state = self.lock();
-        let shared = match state.due.get_key_value(key.as_str()) {
+        let shared = match state.due.get_key_value(&*key) {
             Some((_, held)) if *held == at => return,
             Some((shared, _)) => shared.clone(),
             None => Arc::from(key),
@@ -142,7 +138,7 @@ impl Wakeups {
 
     /// `token` needs no wake-up: it waits for a change, or it is gone.
     pub fn clear(&self, token: &ObjectRef<TokenObject>) {
-        self.lock().due.remove(key_of(token).as_str());
+        self.lock().due.remove(&*key_of(token));
     }
 
     /// How many tokens have a wake-up.
