@@ -4,8 +4,9 @@
 //! keys, the owner's API version, condition reasons and messages. What differs is a handful of
 //! values (names, uids, timestamps, fingerprints, seals). LZ4 with the sample as its dictionary
 //! turns every shared run into a few bytes, so each object keeps little more than its own values:
-//! a Secret's 0.9 KiB of JSON becomes about 0.3 KiB, a token's spec and status about half. Packing
-//! takes microseconds, unpacking less; each reconcile unpacks the one token and Secret it plans.
+//! in the unit tests a Secret's 808 bytes of JSON become 101 and a token's 499 bytes of spec and
+//! status become 58. Packing a Secret takes 1.3 µs and unpacking it 0.12 µs (a serde decode of it,
+//! 7 µs); each reconcile unpacks the one token and Secret it plans.
 //!
 //! The samples are a token and its Secret just after issue, as [`crate::plan`] writes them: the
 //! closer to the real objects, the less each keeps.
