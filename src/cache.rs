@@ -7,24 +7,24 @@
 //! replaces the exact version the write was based on, so anything the watch delivered meanwhile
 //! wins, and the cache still converges on the watch.
 //!
-//! What a cache keeps is its [`Storage`]: the token cache is kube-runtime's reflector (the
-//! controller reads its `Store`), the Secret cache keeps JSON and drops the data of Secrets that are
-//! not tokenmint's ([`JsonSecrets`]).
+//! What a cache keeps is its [`Storage`]: the token cache keeps each token compressed with the
+//! few fields read of every token beside it ([`CachedTokens`]), the Secret cache keeps JSON and
+//! drops the data of Secrets that are not tokenmint's ([`JsonSecrets`]).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::api::{ApiToken, GROUP};
 use crate::compact::{self, Dictionary};
 use crate::secret::Packed;
 use crate::verifier::api::ApiTokenVerifier;
+use crate::watched::{self, Cached, TokenObject};
 
 /// Where a cache keeps its objects.
 pub trait Storage<K: Resource<DynamicType = ()>>: Send {
@@ -69,35 +69,94 @@ impl<K: Resource<DynamicType = ()>, S: Storage<K>> Following<K, S> {
     }
 }
 
-impl<K> Storage<K> for Writer<K>
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    fn apply(&mut self, event: &watcher::Event<K>) {
-        self.apply_watcher_event(event);
+/// The ApiToken cache: each token as a [`Cached`] under its `namespace/name`, which the queue
+/// and the wake-ups share. The token controller, the verifiers and `/metrics` read it.
+pub type TokenCache = Following<TokenObject, CachedTokens>;
+
+impl TokenCache {
+    /// An empty token cache.
+    pub fn tokens() -> Self {
+        Following::new(CachedTokens::default())
     }
 
-    fn version(&self, key: &ObjectRef<K>) -> Option<Option<String>> {
-        let object = self.as_reader().get(key)?;
-        Some(object.meta().resource_version.clone())
+    /// The token at `key` (`namespace/name`), as last seen.
+    pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
+        self.lock().tokens.get(key).cloned()
+    }
+
+    /// Whether a token is kept at `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.lock().tokens.contains_key(key)
+    }
+
+    /// Every token, as last seen.
+    pub fn state(&self) -> Vec<Arc<Cached>> {
+        self.lock().tokens.values().cloned().collect()
+    }
+
+    /// The key of every token.
+    pub fn keys(&self) -> Vec<Arc<str>> {
+        self.lock().tokens.keys().cloned().collect()
+    }
+
+    /// How many tokens are kept.
+    pub fn len(&self) -> usize {
+        self.lock().tokens.len()
+    }
+
+    /// Whether no token is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// The ApiToken cache: kube-runtime's reflector, whose `Store` the controller reads.
-pub type TokenCache<K> = Following<K, Writer<K>>;
+/// Tokens as [`Cached`], with a relist swapped in only when complete (as a reflector does).
+#[derive(Default)]
+pub struct CachedTokens {
+    tokens: HashMap<Arc<str>, Arc<Cached>>,
+    /// A relist in progress.
+    relisting: Option<HashMap<Arc<str>, Arc<Cached>>>,
+}
 
-impl<K> Following<K, Writer<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    /// An empty token cache.
-    pub fn reflector() -> Self {
-        Following::new(Writer::default())
+impl CachedTokens {
+    /// `object` as kept, under the key string the cache already holds for it if any, so that the
+    /// queue and the wake-ups keep sharing it.
+    fn entry(&self, object: &TokenObject) -> (Arc<str>, Arc<Cached>) {
+        let key = watched::key_of(object.meta());
+        let key = match self.tokens.get_key_value(&*key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(key),
+        };
+        (key.clone(), Arc::new(Cached::new(key, object)))
+    }
+}
+
+impl Storage<TokenObject> for CachedTokens {
+    fn apply(&mut self, event: &watcher::Event<TokenObject>) {
+        match event {
+            watcher::Event::Apply(object) => {
+                let (key, cached) = self.entry(object);
+                self.tokens.insert(key, cached);
+            }
+            watcher::Event::Delete(object) => {
+                self.tokens.remove(&*watched::key_of(object.meta()));
+            }
+            watcher::Event::Init => self.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(object) => {
+                let (key, cached) = self.entry(object);
+                self.relisting.get_or_insert_default().insert(key, cached);
+            }
+            watcher::Event::InitDone => {
+                self.tokens = self.relisting.take().unwrap_or_default();
+            }
+        }
     }
 
-    /// A reader of the cache, for the controller and the metrics.
-    pub fn store(&self) -> Store<K> {
-        self.lock().as_reader()
+    fn version(&self, key: &ObjectRef<TokenObject>) -> Option<Option<String>> {
+        let cached = self
+            .tokens
+            .get(&*key_from(key.namespace.as_deref(), &key.name))?;
+        Some(cached.resource_version().map(Into::into))
     }
 }
 
@@ -261,7 +320,6 @@ impl Storage<Secret> for JsonSecrets {
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
-    use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
 
@@ -427,29 +485,53 @@ mod tests {
         );
     }
 
+    fn token(name: &str, version: &str) -> TokenObject {
+        let mut token = ApiToken::new(name, crate::api::ApiTokenSpec::default());
+        token.metadata.namespace = Some("ns".into());
+        token.metadata.resource_version = Some(version.into());
+        token.into()
+    }
+
+    fn token_version(cache: &TokenCache, name: &str) -> Option<String> {
+        let cached = cache.get(&format!("ns/{name}"))?;
+        cached.resource_version().map(Into::into)
+    }
+
     #[test]
-    fn the_token_reflector_follows_the_same_rule() {
-        let cache: TokenCache<ConfigMap> = Following::reflector();
-        let object = |version: &str| ConfigMap {
-            metadata: ObjectMeta {
-                name: Some("t".into()),
-                namespace: Some("ns".into()),
-                resource_version: Some(version.into()),
-                ..ObjectMeta::default()
-            },
-            ..ConfigMap::default()
-        };
+    fn the_token_cache_follows_the_same_rule() {
+        let cache = TokenCache::tokens();
         let key = ObjectRef::new("t").within("ns");
-        let seen = |cache: &TokenCache<ConfigMap>| {
-            cache
-                .store()
-                .get(&key)
-                .and_then(|o| o.metadata.resource_version.clone())
-        };
-        cache.apply(&watcher::Event::Apply(object("1")));
-        cache.advance(&key, Some("1"), watcher::Event::Apply(object("2")));
-        assert_eq!(seen(&cache).as_deref(), Some("2"));
-        cache.advance(&key, Some("1"), watcher::Event::Apply(object("9")));
-        assert_eq!(seen(&cache).as_deref(), Some("2"));
+        cache.apply(&watcher::Event::Apply(token("t", "1")));
+        cache.advance(&key, Some("1"), watcher::Event::Apply(token("t", "2")));
+        assert_eq!(token_version(&cache, "t").as_deref(), Some("2"));
+        cache.advance(&key, Some("1"), watcher::Event::Apply(token("t", "9")));
+        assert_eq!(token_version(&cache, "t").as_deref(), Some("2"));
+        cache.advance(&key, Some("2"), watcher::Event::Delete(token("t", "2")));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_token_relist_is_served_only_once_complete_and_keeps_the_shared_key() {
+        let cache = TokenCache::tokens();
+        cache.apply(&watcher::Event::Apply(token("a", "1")));
+        cache.apply(&watcher::Event::Apply(token("b", "1")));
+        let held = cache.get("ns/a").unwrap().key().clone();
+        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::InitApply(token("a", "5")));
+        // Mid-relist: the previous complete view.
+        assert_eq!(token_version(&cache, "a").as_deref(), Some("1"));
+        assert!(cache.contains("ns/b"));
+        cache.apply(&watcher::Event::InitDone);
+        assert_eq!(token_version(&cache, "a").as_deref(), Some("5"));
+        assert!(!cache.contains("ns/b"), "deleted while the watch was down");
+        assert_eq!(cache.keys().len(), 1);
+        // The same string still names it: wake-ups and the queue that hold it share it.
+        assert!(Arc::ptr_eq(cache.get("ns/a").unwrap().key(), &held));
+        let a = cache.get("ns/a").unwrap();
+        assert_eq!((a.namespace(), a.name()), ("ns", "a"));
+        assert_eq!(
+            a.token().unwrap().metadata.resource_version.as_deref(),
+            Some("5")
+        );
     }
 }

@@ -1,6 +1,5 @@
 //! The only module that talks to the API server: watches, the reconcile loop, writes, Events.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -10,23 +9,23 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Error as ControllerError};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
-use crate::cache::{SecretCache, TokenCache};
+use crate::cache::{SecretCache, TokenCache, key_from};
 use crate::metrics::{Metrics, TokenView};
 use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Servers, Wake};
+use crate::queue::{self, Request};
 use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
 use crate::wakeups::{Wakeups, now_millis};
-use crate::watched::{Summary, TokenObject};
+use crate::watched::{Cached, TokenObject, key_of};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +82,14 @@ pub const REPORT_AFTER_FAILURES: u32 = 3;
 pub struct Context {
     client: Client,
     secrets: Arc<SecretCache>,
-    tokens: Arc<TokenCache<TokenObject>>,
+    tokens: Arc<TokenCache>,
     events: Events,
     metrics: Arc<Metrics>,
     rules: Rules,
     /// Consecutive failures per token: the backoff, and when an error is reported in status.
-    failures: Mutex<HashMap<ObjectRef<TokenObject>, u32>>,
+    failures: Mutex<HashMap<Arc<str>, u32>>,
+    /// Requests for tokens not in the cache (yet).
+    dropped: Dropped,
     /// True once the Secret cache has its first full list: planning before that would mint
     /// credentials for Secrets that exist but are not listed yet.
     secrets_listed: tokio::sync::watch::Receiver<bool>,
@@ -114,7 +115,7 @@ impl Context {
         *seen.entry(credential.fingerprint()).or_insert(now)
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<TokenObject>, u32>> {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -169,7 +170,7 @@ pub async fn run(
     })
     .touched_objects();
 
-    let token_cache = Arc::new(TokenCache::reflector());
+    let token_cache = Arc::new(TokenCache::tokens());
     let token_writer = token_cache.clone();
     let wakeups = Arc::new(Wakeups::default());
     let forget = wakeups.clone();
@@ -179,7 +180,7 @@ pub async fn run(
         .inspect_ok(move |event| {
             token_writer.apply(event);
             if let watcher::Event::Delete(token) = event {
-                forget.clear(&ObjectRef::from_obj(token));
+                forget.clear(&key_of(token.meta()));
             }
             let _ = inputs_changed.unbounded_send(());
             synced.observe(Synced::TOKENS, event);
@@ -194,19 +195,17 @@ pub async fn run(
         instance: settings.instance.clone(),
     };
     let (events, event_sender) = Events::new(client.clone(), reporter);
-    let token_store = token_cache.store();
-    let series = token_store.clone();
+    let series = token_cache.clone();
     metrics.set_tokens(Box::new(move || {
         series.state().iter().map(|t| token_view(t)).collect()
     }));
     let (retry, retries) = futures::channel::mpsc::unbounded();
-    let dropped = Dropped::new(retry, metrics.clone());
     let (lookup, verifiers_changed, verifier_events, namespace_events) =
         verifiers::watch(&client, settings.namespace.as_deref()).streams();
     let (published, publications) = futures::channel::mpsc::unbounded();
     let verifier_shared = verifiers::Shared {
         client: client.clone(),
-        tokens: token_store.clone(),
+        tokens: token_cache.clone(),
         secrets: secret_cache.clone(),
         rules: settings.rules.clone(),
         lookup: lookup.clone(),
@@ -215,11 +214,12 @@ pub async fn run(
     let context = Arc::new(Context {
         client: client.clone(),
         secrets: secret_cache,
-        tokens: token_cache,
+        tokens: token_cache.clone(),
         events,
         metrics: metrics.clone(),
         rules: settings.rules.clone(),
         failures: Mutex::default(),
+        dropped: Dropped::new(retry, metrics.clone()),
         secrets_listed,
         lookup,
         published: Mutex::default(),
@@ -234,40 +234,51 @@ pub async fn run(
         shutdown.clone(),
     );
 
-    let due = wakeups.due(token_store.clone());
-    let token_controller = Controller::for_stream(token_events, token_store)
-        .watches_stream(secret_events, |secret: Secret| {
-            // Map by label rather than ownerReference, so a Secret left by a deleted namesake still
-            // wakes the token that is waiting for it to go.
-            let name = secret.labels().get(TOKEN_LABEL).cloned();
-            let ns = secret.namespace();
-            name.zip(ns)
-                .map(|(name, ns)| ObjectRef::new(&name).within(&ns))
-        })
-        .reconcile_all_on(relists)
-        // A verifier or a namespace changed: which verifiers accept a token may have too.
-        .reconcile_all_on(verifiers_changed)
-        .reconcile_on(retries)
-        // A verifier published a staged credential: it may be promoted now.
-        .reconcile_on(publications)
-        // A rotation, expiry or promotion is due.
-        .reconcile_on(due)
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|result| {
-            match result {
-                Ok((token, _)) => dropped.settled(&token),
-                Err(ControllerError::ObjectNotFound(token)) => dropped.retry(&token),
-                // Already counted and logged by `error_policy`.
-                Err(ControllerError::ReconcilerFailed(..)) => {}
-                Err(ControllerError::QueueError(e)) => {
-                    tracing::warn!(error = %describe_watch_error(&e), "watch failed; retrying with backoff")
+    let present = token_cache.clone();
+    let due = wakeups.due(move |key: &str| present.contains(key));
+    let named = token_cache.clone();
+    let one = move |key: Box<str>| {
+        let shared = named.get(&key).map(|cached| cached.key().clone());
+        Request::One(shared.unwrap_or_else(|| key.into()))
+    };
+    let requests = futures::stream::select_all([
+        token_events
+            .filter_map(watch_errors)
+            .map({
+                let one = one.clone();
+                move |token| one(key_of(token.meta()))
+            })
+            .boxed(),
+        // Mapped by label rather than ownerReference, so a Secret left by a deleted namesake still
+        // wakes the token that is waiting for it to go.
+        secret_events
+            .filter_map(watch_errors)
+            .filter_map({
+                let one = one.clone();
+                move |secret: Secret| {
+                    let name = secret.labels().get(TOKEN_LABEL);
+                    let key = name.map(|name| key_from(secret.namespace().as_deref(), name));
+                    futures::future::ready(key.map(&one))
                 }
-                Err(e) => tracing::warn!(error = %e, "reconcile dispatch"),
-            }
-            futures::future::ready(())
-        });
+            })
+            .boxed(),
+        relists.map(|()| Request::All).boxed(),
+        // A verifier or a namespace changed: which verifiers accept a token may have too.
+        verifiers_changed.map(|()| Request::All).boxed(),
+        retries.map(Request::One).boxed(),
+        // A verifier published a staged credential: it may be promoted now.
+        publications.map(one).boxed(),
+        // A rotation, expiry or promotion is due.
+        due.map(Request::One).boxed(),
+    ]);
+    let all = token_cache.clone();
+    let token_controller = queue::drive(
+        requests,
+        move || all.keys(),
+        settings.concurrency,
+        move |key| reconcile(key, context.clone()),
+        shutdown,
+    );
     // The Event sender ends once the controller (and with it every queued Event's sender) is gone,
     // after sending what is still queued; the process's shutdown deadline bounds that.
     futures::join!(token_controller, verifier_controller, event_sender);
@@ -378,19 +389,24 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 }
 
 /// The series one token shows on `/metrics`, from what the cache keeps without decoding it.
-fn token_view(object: &TokenObject) -> TokenView {
-    let summary = match object {
-        TokenObject::Undecodable(u) => Cow::Owned(Summary::of_status(u.status.as_ref())),
-        decoded => decoded.summary().unwrap_or_default(),
-    };
+fn token_view(object: &Cached) -> TokenView {
+    let summary = object.summary();
     TokenView {
-        namespace: object.namespace().unwrap_or_default(),
-        name: object.name_any(),
+        namespace: object.namespace().to_owned(),
+        name: object.name().to_owned(),
         role: summary.role.to_string(),
         phase: summary.phase.unwrap_or(Phase::Pending),
         next_rotation: summary.next_rotation,
         expiry: summary.expiry,
     }
+}
+
+/// The objects of a watch, its errors logged (the watch retries them itself).
+fn watch_errors<K>(event: Result<K, watcher::Error>) -> futures::future::Ready<Option<K>> {
+    if let Err(e) = &event {
+        tracing::warn!(error = %describe_watch_error(e), "watch failed; retrying with backoff");
+    }
+    futures::future::ready(event.ok())
 }
 
 /// A watch error in words that never carry an object: a decoding error would quote the response.
@@ -409,11 +425,12 @@ fn describe_watch_error(error: &watcher::Error) -> String {
     }
 }
 
-/// Reconcile requests the runtime dropped because their token was not in the cache (yet): each is
-/// counted and retried a few times with growing delays before it is given up as deleted.
+/// Reconcile requests for a token not in the cache (yet): each is counted and retried a few times
+/// with growing delays before it is given up as deleted. A Secret's event, a relist of the other
+/// kind or a verifier's publication can name a token before its own watch event arrives.
 struct Dropped {
-    retry: futures::channel::mpsc::UnboundedSender<ObjectRef<TokenObject>>,
-    attempts: Mutex<HashMap<ObjectRef<TokenObject>, u32>>,
+    retry: futures::channel::mpsc::UnboundedSender<Arc<str>>,
+    attempts: Mutex<HashMap<Arc<str>, u32>>,
     metrics: Arc<Metrics>,
 }
 
@@ -422,7 +439,7 @@ impl Dropped {
     const RETRIES: u32 = 4;
 
     fn new(
-        retry: futures::channel::mpsc::UnboundedSender<ObjectRef<TokenObject>>,
+        retry: futures::channel::mpsc::UnboundedSender<Arc<str>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Dropped {
@@ -432,19 +449,15 @@ impl Dropped {
         }
     }
 
-    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<TokenObject>, u32>> {
+    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
         self.attempts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn settled(&self, token: &ObjectRef<TokenObject>) {
+    fn settled(&self, token: &str) {
         self.attempts().remove(token);
     }
 
-    fn retry(&self, token: &ObjectRef<kube::core::DynamicObject>) {
-        let mut key = ObjectRef::new(&token.name);
-        if let Some(ns) = &token.namespace {
-            key = key.within(ns);
-        }
+    fn retry(&self, key: Arc<str>) {
         let attempt = {
             let mut attempts = self.attempts();
             let attempt = attempts.entry(key.clone()).or_insert(0);
@@ -452,14 +465,23 @@ impl Dropped {
             *attempt
         };
         self.metrics.dropped();
+        let (namespace, name) = key.split_once('/').unwrap_or(("", &key));
         if attempt > Self::RETRIES {
             self.attempts().remove(&key);
-            tracing::info!(namespace = token.namespace.as_deref(), name = %token.name,
-                "ApiToken still not in the cache after {} retries; taken as deleted", Self::RETRIES);
+            tracing::info!(
+                namespace,
+                name,
+                "ApiToken still not in the cache after {} retries; taken as deleted",
+                Self::RETRIES
+            );
             return;
         }
-        tracing::info!(namespace = token.namespace.as_deref(), name = %token.name, attempt,
-            "reconcile request for an ApiToken not in the cache yet; retrying");
+        tracing::info!(
+            namespace,
+            name,
+            attempt,
+            "reconcile request for an ApiToken not in the cache yet; retrying"
+        );
         let retry = self.retry.clone();
         let delay = Duration::from_millis(250) * (1 << (attempt - 1));
         tokio::spawn(async move {
@@ -506,38 +528,41 @@ fn now_seconds() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles the token `key`, if it is in the cache.
+async fn reconcile(key: Arc<str>, ctx: Arc<Context>) {
+    let Some(object) = ctx.tokens.get(&key) else {
+        ctx.dropped.retry(key);
+        return;
+    };
+    ctx.dropped.settled(&key);
     let mut listed = ctx.secrets_listed.clone();
     // Err only when the sender is gone, that is when the controller is shutting down.
     let _ = listed.wait_for(|listed| *listed).await;
     let started = Instant::now();
     let token = object.token();
-    let result = match (&token, &*object) {
+    let result = match (&token, object.undecodable()) {
         (Some(token), _) => reconcile_token(token, &ctx).await,
-        (None, TokenObject::Undecodable(u)) => {
-            report_undecodable(&u.metadata, u.status.as_ref(), &u.field, &ctx).await
-        }
-        (None, _) => Err(Error::CachedCopy),
+        (None, Some(u)) => report_undecodable(&u.metadata, u.status.as_ref(), &u.field, &ctx).await,
+        (None, None) => Err(Error::CachedCopy),
     };
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
-    let key = ObjectRef::from_obj(&*object);
+    let key = object.key();
     match &result {
         Ok(wake) => {
-            ctx.failures().remove(&key);
-            // The runtime's requeue would keep a reconcile request per token: 0.75 KiB each.
+            ctx.failures().remove(key);
             match wake {
-                Wake::OnChange => ctx.wakeups.clear(&key),
+                Wake::OnChange => ctx.wakeups.clear(key),
                 Wake::After(delay) => {
                     let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                    ctx.wakeups.set(&key, now_millis().saturating_add(delay));
+                    ctx.wakeups.set(key, now_millis().saturating_add(delay));
                 }
-                Wake::At(at) => ctx.wakeups.set(&key, at.as_millisecond()),
+                Wake::At(at) => ctx.wakeups.set(key, at.as_millisecond()),
             }
         }
         Err(error) => {
             let failures = {
                 let mut all = ctx.failures();
-                let failures = all.entry(key).or_insert(0);
+                let failures = all.entry(key.clone()).or_insert(0);
                 *failures += 1;
                 *failures
             };
@@ -546,9 +571,9 @@ async fn reconcile(object: Arc<TokenObject>, ctx: Arc<Context>) -> Result<Action
             {
                 report_error(token, &ctx, error).await;
             }
+            retry_after(&object, error, failures, &ctx);
         }
     }
-    result.map(|_| Action::await_change())
 }
 
 /// An ApiToken that does not decode: `Ready=False, reason=InvalidSpec` naming the field, and
@@ -645,17 +670,16 @@ async fn write_status(
     Ok(())
 }
 
-fn error_policy(object: Arc<TokenObject>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Counts and logs a failed reconcile, and wakes the token again after a backoff that grows with
+/// its consecutive `failures`.
+fn retry_after(object: &Cached, error: &Error, failures: u32, ctx: &Context) {
     ctx.metrics.error(error.kind());
-    let failures = ctx
-        .failures()
-        .get(&ObjectRef::from_obj(&*object))
-        .copied()
-        .unwrap_or(1);
     let delay = schedule::backoff(failures, rand::Rng::random(&mut os_rng()));
-    tracing::warn!(namespace = object.namespace().as_deref(), name = %object.name_any(), %error,
+    tracing::warn!(namespace = object.namespace(), name = object.name(), %error,
         failures, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    ctx.wakeups
+        .set(object.key(), now_millis().saturating_add(delay));
 }
 
 fn read_error(name: &str) -> impl FnOnce(kube::Error) -> Error + '_ {

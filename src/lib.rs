@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod plan;
+pub mod queue;
 pub mod schedule;
 pub mod seal;
 pub mod secret;

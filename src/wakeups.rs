@@ -3,14 +3,15 @@
 //!
 //! kube-runtime's scheduler keeps a requeued object as two copies of its reconcile request, each an
 //! `ObjectRef` with four strings, in a hash map and a delay queue: about 0.75 KiB for every token
-//! with a rotation ahead, 7.5 MiB at 10,000 tokens. Here a token's wake-up is one shared
-//! `namespace/name` string, a time in a hash map and the same pair in a heap: about 110 bytes.
+//! with a rotation ahead, 7.5 MiB at 10,000 tokens. Here a token's wake-up is the token cache's own
+//! `namespace/name` string (shared, not copied), a time in a hash map and the same pair in a heap:
+//! about 60 bytes.
 //!
 //! Times are wall-clock milliseconds, as plans give them, so a plan that decides the same instant
 //! again (every reconcile of an unchanged token does) changes nothing. The latest reconcile's
 //! decision replaces the earlier one (it planned from newer state), and a token whose plan waits
-//! for a change has no wake-up at all. A wake-up is delivered to the controller as a reconcile
-//! request; one for a token no longer in the cache is dropped.
+//! for a change has no wake-up at all. A due wake-up is handed to the queue ([`crate::queue`]);
+//! one for a token no longer in the cache is dropped.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,10 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::Stream;
-use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
-
-use crate::watched::TokenObject;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -92,18 +90,6 @@ impl State {
     }
 }
 
-fn key_of(token: &ObjectRef<TokenObject>) -> Box<str> {
-    crate::cache::key_from(token.namespace.as_deref(), &token.name)
-}
-
-fn token_of(key: &str) -> ObjectRef<TokenObject> {
-    match key.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() => ObjectRef::new(name).within(ns),
-        Some((_, name)) => ObjectRef::new(name),
-        None => ObjectRef::new(key),
-    }
-}
-
 impl Wakeups {
     /// Wake-ups on the clock `now`.
     pub fn on(now: fn() -> Millis) -> Self {
@@ -118,14 +104,14 @@ impl Wakeups {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes `token` at `at` (on this clock), instead of whenever it was to wake before.
-    pub fn set(&self, token: &ObjectRef<TokenObject>, at: Millis) {
-        let key = key_of(token);
+    /// Wakes the token `key` (`namespace/name`) at `at` (on this clock), instead of whenever it
+    /// was to wake before.
+    pub fn set(&self, key: &Arc<str>, at: Millis) {
         let mut state = self.lock();
-        let shared = match state.due.get_key_value(&*key) {
+        let shared = match state.due.get_key_value(key) {
             Some((_, held)) if *held == at => return,
             Some((shared, _)) => shared.clone(),
-            None => Arc::from(key),
+            None => key.clone(),
         };
         let earliest = state.next_at().is_none_or(|next| at < next);
         state.due.insert(shared.clone(), at);
@@ -136,9 +122,9 @@ impl Wakeups {
         }
     }
 
-    /// `token` needs no wake-up: it waits for a change, or it is gone.
-    pub fn clear(&self, token: &ObjectRef<TokenObject>) {
-        self.lock().due.remove(&*key_of(token));
+    /// The token `key` needs no wake-up: it waits for a change, or it is gone.
+    pub fn clear(&self, key: &str) {
+        self.lock().due.remove(key);
     }
 
     /// How many tokens have a wake-up.
@@ -152,12 +138,12 @@ impl Wakeups {
     }
 
     /// The next token to reconcile, once it is due.
-    async fn next(&self) -> ObjectRef<TokenObject> {
+    async fn next(&self) -> Arc<str> {
         loop {
             let next = {
                 let mut state = self.lock();
                 if let Some(key) = state.take_due((self.now)()) {
-                    return token_of(&key);
+                    return key;
                 }
                 state.next_at()
             };
@@ -174,18 +160,18 @@ impl Wakeups {
         }
     }
 
-    /// Reconcile requests for the tokens as they fall due, for the controller. Tokens no longer in
-    /// `tokens` (deleted since their last reconcile) are skipped.
+    /// The tokens as they fall due, for the controller. Tokens no longer `present` (deleted since
+    /// their last reconcile) are skipped.
     pub fn due(
         self: Arc<Self>,
-        tokens: Store<TokenObject>,
-    ) -> impl Stream<Item = ObjectRef<TokenObject>> + Send + 'static {
+        present: impl Fn(&str) -> bool + Clone + Send + 'static,
+    ) -> impl Stream<Item = Arc<str>> + Send + 'static {
         futures::stream::unfold(self, move |wakeups| {
-            let tokens = tokens.clone();
+            let present = present.clone();
             async move {
                 loop {
                     let token = wakeups.next().await;
-                    if tokens.get(&token).is_some() {
+                    if present(&token) {
                         return Some((token, wakeups));
                     }
                 }
@@ -199,8 +185,8 @@ mod tests {
     use super::*;
     use tokio::time::Instant;
 
-    fn token(name: &str) -> ObjectRef<TokenObject> {
-        ObjectRef::new(name).within("ns")
+    fn token(name: &str) -> Arc<str> {
+        format!("ns/{name}").into()
     }
 
     fn secs(n: i64) -> Millis {
@@ -218,7 +204,7 @@ mod tests {
     fn due_by(wakeups: &Wakeups, now: Millis) -> Vec<String> {
         let mut state = wakeups.lock();
         std::iter::from_fn(|| state.take_due(now))
-            .map(|k| token_of(&k).name)
+            .map(|k| k.trim_start_matches("ns/").to_owned())
             .collect()
     }
 
@@ -259,7 +245,7 @@ mod tests {
         let start = now_millis();
         wakeups.set(&token("a"), start + secs(10));
         wakeups.set(&token("b"), start + secs(10));
-        wakeups.clear(&token("a"));
+        wakeups.clear("ns/a");
         assert_eq!(due_by(&wakeups, start + secs(10)), ["b"]);
         assert!(wakeups.is_empty());
     }
@@ -277,12 +263,6 @@ mod tests {
     }
 
     #[test]
-    fn keys_come_back_as_the_token_they_name() {
-        let t = token("tok-1");
-        assert_eq!(token_of(&key_of(&t)), t);
-    }
-
-    #[test]
     fn a_decision_repeated_by_later_reconciles_keeps_one_entry() {
         let wakeups = Wakeups::default();
         let at = now_millis() + secs(3600);
@@ -295,18 +275,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_stream_yields_tokens_when_due_and_skips_deleted_ones() {
         use futures::StreamExt;
-        let (reader, mut writer) = kube::runtime::reflector::store::<TokenObject>();
-        let spec = serde_json::from_value(serde_json::json!({"role": "reader"})).unwrap();
-        let mut kept = crate::api::ApiToken::new("kept", spec);
-        kept.metadata.namespace = Some("ns".into());
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(TokenObject::from(
-            kept,
-        )));
         let wakeups = Arc::new(Wakeups::on(paused_clock));
         let start = paused_clock();
         wakeups.set(&token("gone"), start + secs(1));
         wakeups.set(&token("kept"), start + secs(10));
-        let mut due = Box::pin(wakeups.clone().due(reader));
+        let mut due = Box::pin(wakeups.clone().due(|key: &str| key == "ns/kept"));
         // Set while the stream sleeps towards a later one: not missed.
         let early = wakeups.clone();
         tokio::spawn(async move {

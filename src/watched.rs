@@ -8,7 +8,7 @@
 //! so [`crate::telemetry`] silences it).
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -19,15 +19,10 @@ use crate::api::{ApiToken, ApiTokenSpec, ApiTokenStatus, Phase};
 use crate::compact::{self, Dictionary};
 
 /// One watched ApiToken.
-// The kept variant is the one nearly every cached object takes, inside the cache's own `Arc`:
-// boxing it would cost an allocation each. The rare ones are boxed.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum TokenObject {
     /// Decoded as an [`ApiToken`], as the watch delivers it.
     Decoded(Box<ApiToken>),
-    /// A decoded token as the cache keeps it ([`TokenObject::keep_what_is_read`]).
-    Kept(Kept),
     /// A token that does not fit our types.
     Undecodable(Box<Undecodable>),
 }
@@ -42,17 +37,28 @@ pub struct Undecodable {
     pub field: String,
 }
 
-/// A token as the cache keeps it: its identity, its spec and status as JSON (decoded again by the
-/// one reconcile that needs them), and the few fields every `/metrics` scrape and every verifier
-/// render read of every token. Decoded, an `ApiToken` is 1,024 bytes before its twenty-odd strings;
-/// kept, about 460 bytes and one allocation for spec and status.
-#[derive(Clone)]
-pub struct Kept {
-    metadata: ObjectMeta,
-    /// `{"spec": ..., "status": ...}`, as serialized from the decoded token, compressed
-    /// ([`crate::compact`]).
-    body: Box<[u8]>,
-    summary: Summary,
+/// A token as the cache keeps it: its `namespace/name` (the one string that names it in the cache,
+/// the queue and the wake-ups), its resourceVersion, the few fields every `/metrics` scrape and every
+/// verifier render read of every token, and the rest (metadata, spec, status) as compressed JSON,
+/// decoded again by the one reconcile or render that needs it. Decoded, an `ApiToken` is 1,024
+/// bytes before its twenty-odd strings; kept, a 120-byte entry and two or three small allocations.
+pub struct Cached {
+    key: Arc<str>,
+    resource_version: Option<Box<str>>,
+    form: Form,
+}
+
+enum Form {
+    /// `{"metadata": ..., "spec": ..., "status": ...}` as serialized from the decoded token,
+    /// compressed ([`crate::compact`]).
+    Kept {
+        body: Box<[u8]>,
+        summary: Summary,
+    },
+    /// A decoded token whose JSON did not come back as it was (it always should: both directions
+    /// are the same derived serde code), kept as it is.
+    Decoded(Box<ApiToken>),
+    Undecodable(Box<Undecodable>),
 }
 
 /// The fields of a token read for every token at once.
@@ -95,6 +101,7 @@ impl Summary {
 
 #[derive(Serialize)]
 struct BodyRef<'a> {
+    metadata: &'a ObjectMeta,
     spec: &'a ApiTokenSpec,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: &'a Option<ApiTokenStatus>,
@@ -102,14 +109,16 @@ struct BodyRef<'a> {
 
 #[derive(Deserialize)]
 struct Body {
+    metadata: ObjectMeta,
     spec: ApiTokenSpec,
     #[serde(default)]
     status: Option<ApiTokenStatus>,
 }
 
-/// Spec and status as JSON.
+/// Metadata, spec and status as JSON.
 fn body_of(token: &ApiToken) -> Option<Vec<u8>> {
     serde_json::to_vec(&BodyRef {
+        metadata: &token.metadata,
         spec: &token.spec,
         status: &token.status,
     })
@@ -123,78 +132,136 @@ fn dictionary() -> &'static Dictionary {
     &BODIES
 }
 
-impl Kept {
-    /// `token` as kept; `None` if it does not come back exactly as it was (it always should:
-    /// both directions are the same derived serde code).
-    fn new(token: &ApiToken) -> Option<Self> {
-        let body = dictionary().pack(&body_of(token)?);
-        let kept = Kept {
-            metadata: token.metadata.clone(),
-            body,
-            summary: Summary::of(token),
+fn unpack(body: &[u8]) -> Option<ApiToken> {
+    let Body {
+        metadata,
+        spec,
+        status,
+    } = serde_json::from_slice(&dictionary().unpack(body)?).ok()?;
+    Some(ApiToken {
+        metadata,
+        spec,
+        status,
+    })
+}
+
+/// `namespace/name` of an object, as the token cache keys it.
+pub fn key_of(meta: &ObjectMeta) -> Box<str> {
+    crate::cache::key_from(
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+impl Cached {
+    /// `object` (as [`TokenObject::keep_what_is_read`] left it) as kept under `key`.
+    pub fn new(key: Arc<str>, object: &TokenObject) -> Self {
+        let resource_version = object.meta().resource_version.as_deref().map(Into::into);
+        let form = match object {
+            TokenObject::Decoded(token) => {
+                let body = body_of(token).map(|json| dictionary().pack(&json));
+                let same = |back: ApiToken| {
+                    (back.metadata, back.spec, back.status)
+                        == (
+                            token.metadata.clone(),
+                            token.spec.clone(),
+                            token.status.clone(),
+                        )
+                };
+                match body {
+                    Some(body) if unpack(&body).is_some_and(same) => Form::Kept {
+                        body,
+                        summary: Summary::of(token),
+                    },
+                    _ => Form::Decoded(token.clone()),
+                }
+            }
+            TokenObject::Undecodable(u) => Form::Undecodable(u.clone()),
         };
-        let back = kept.decode()?;
-        (back.spec == token.spec && back.status == token.status).then_some(kept)
-    }
-
-    fn decode(&self) -> Option<ApiToken> {
-        let Body { spec, status } =
-            serde_json::from_slice(&dictionary().unpack(&self.body)?).ok()?;
-        Some(ApiToken {
-            metadata: self.metadata.clone(),
-            spec,
-            status,
-        })
-    }
-}
-
-impl std::fmt::Debug for Kept {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kept")
-            .field("metadata", &self.metadata)
-            .field("body_bytes", &self.body.len())
-            .field("summary", &self.summary)
-            .finish()
-    }
-}
-
-impl TokenObject {
-    /// The token, when it decoded (decoded again from what the cache keeps).
-    pub fn token(&self) -> Option<Cow<'_, ApiToken>> {
-        match self {
-            TokenObject::Decoded(token) => Some(Cow::Borrowed(token)),
-            TokenObject::Kept(kept) => kept.decode().map(Cow::Owned),
-            TokenObject::Undecodable(_) => None,
+        Cached {
+            key,
+            resource_version,
+            form,
         }
     }
 
-    /// The fields read of every token at once, without decoding it; `None` when it did not decode.
-    pub fn summary(&self) -> Option<Cow<'_, Summary>> {
-        match self {
-            TokenObject::Decoded(token) => Some(Cow::Owned(Summary::of(token))),
-            TokenObject::Kept(kept) => Some(Cow::Borrowed(&kept.summary)),
-            TokenObject::Undecodable(_) => None,
+    /// `namespace/name`.
+    pub fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.key.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    pub fn name(&self) -> &str {
+        self.key
+            .split_once('/')
+            .map_or(&*self.key, |(_, name)| name)
+    }
+
+    pub fn resource_version(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+
+    /// The token, when it decoded (decoded again from what the cache keeps).
+    pub fn token(&self) -> Option<ApiToken> {
+        match &self.form {
+            Form::Kept { body, .. } => unpack(body),
+            Form::Decoded(token) => Some((**token).clone()),
+            Form::Undecodable(_) => None,
+        }
+    }
+
+    /// What is known of a token that does not decode.
+    pub fn undecodable(&self) -> Option<&Undecodable> {
+        match &self.form {
+            Form::Undecodable(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// The fields read of every token at once, without decoding it; for a token that did not
+    /// decode, what its status tells.
+    pub fn summary(&self) -> Cow<'_, Summary> {
+        match &self.form {
+            Form::Kept { summary, .. } => Cow::Borrowed(summary),
+            Form::Decoded(token) => Cow::Owned(Summary::of(token)),
+            Form::Undecodable(u) => Cow::Owned(Summary::of_status(u.status.as_ref())),
         }
     }
 
     /// The name of the token's Secret ([`ApiToken::secret_name`]), without decoding it; `None` when
     /// it did not decode.
     pub fn secret_name(&self) -> Option<&str> {
-        let spec_name = match self {
-            TokenObject::Decoded(token) => token.spec.secret_name.as_deref(),
-            TokenObject::Kept(kept) => kept.summary.secret_name.as_deref(),
-            TokenObject::Undecodable(_) => return None,
+        let spec_name = match &self.form {
+            Form::Kept { summary, .. } => summary.secret_name.as_deref(),
+            Form::Decoded(token) => token.spec.secret_name.as_deref(),
+            Form::Undecodable(_) => return None,
         };
-        Some(
-            spec_name
-                .or(self.meta().name.as_deref())
-                .unwrap_or_default(),
-        )
+        Some(spec_name.unwrap_or(self.name()))
     }
 
     /// Whether the spec names any verifier in `audiences`, without decoding it.
     pub fn names_audiences(&self) -> bool {
-        self.summary().is_some_and(|s| s.names_audiences)
+        self.undecodable().is_none() && self.summary().names_audiences
+    }
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = f.debug_struct("Cached");
+        shown
+            .field("key", &self.key)
+            .field("resource_version", &self.resource_version);
+        match &self.form {
+            Form::Kept { body, summary } => shown
+                .field("body_bytes", &body.len())
+                .field("summary", summary),
+            Form::Decoded(token) => shown.field("decoded", &token.metadata),
+            Form::Undecodable(u) => shown.field("undecodable", u),
+        };
+        shown.finish()
     }
 }
 
@@ -204,9 +271,8 @@ const READ_ANNOTATIONS: &str = "tokenmint.dev/";
 impl TokenObject {
     /// Drops what no reconcile reads before the object goes into the cache: managed fields, labels,
     /// other tools' annotations (`kubectl apply` keeps a whole copy of the manifest in one), owner
-    /// references, finalizers and timestamps; then keeps a decoded token as a [`Kept`]. At 10,000
-    /// tokens the first is a third of the token cache for a plain create, more for applied
-    /// manifests.
+    /// references, finalizers and timestamps. At 10,000 tokens the first is a third of the token
+    /// cache for a plain create, more for applied manifests.
     pub fn keep_what_is_read(&mut self) {
         let meta = self.meta_mut();
         let annotations = meta.annotations.take().map(|all| {
@@ -223,11 +289,6 @@ impl TokenObject {
             annotations: annotations.filter(|a| !a.is_empty()),
             ..ObjectMeta::default()
         };
-        if let TokenObject::Decoded(token) = self
-            && let Some(kept) = Kept::new(token)
-        {
-            *self = TokenObject::Kept(kept);
-        }
     }
 }
 
@@ -281,7 +342,6 @@ impl Resource for TokenObject {
     fn meta(&self) -> &ObjectMeta {
         match self {
             TokenObject::Decoded(token) => &token.metadata,
-            TokenObject::Kept(kept) => &kept.metadata,
             TokenObject::Undecodable(u) => &u.metadata,
         }
     }
@@ -289,7 +349,6 @@ impl Resource for TokenObject {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
             TokenObject::Decoded(token) => &mut token.metadata,
-            TokenObject::Kept(kept) => &mut kept.metadata,
             TokenObject::Undecodable(u) => &mut u.metadata,
         }
     }
@@ -299,6 +358,13 @@ impl Resource for TokenObject {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `object` as the cache keeps it.
+    fn cached(object: serde_json::Value) -> Cached {
+        let mut object: TokenObject = serde_json::from_value(object).unwrap();
+        object.keep_what_is_read();
+        Cached::new(key_of(object.meta()).into(), &object)
+    }
 
     fn object(expires_at: &str) -> serde_json::Value {
         json!({
@@ -317,7 +383,7 @@ mod tests {
             object("9999-12-31T23:59:59Z")
         ]);
         let tokens: Vec<TokenObject> = serde_json::from_value(list).unwrap();
-        assert!(tokens[0].token().is_some());
+        assert!(matches!(tokens[0], TokenObject::Decoded(_)));
         let TokenObject::Undecodable(undecodable) = &tokens[1] else {
             panic!("{:?}", tokens[1])
         };
@@ -343,9 +409,7 @@ mod tests {
             "kubectl.kubernetes.io/last-applied-configuration": "{...}"
         });
         full["metadata"]["managedFields"] = json!([{"manager": "kubectl"}]);
-        let mut token: TokenObject = serde_json::from_value(full).unwrap();
-        token.keep_what_is_read();
-        let token = token.token().unwrap();
+        let token = cached(full).token().unwrap();
         assert_eq!(token.rotate_request(), Some("r1"));
         let meta = &token.metadata;
         assert_eq!(
@@ -398,9 +462,8 @@ mod tests {
     #[test]
     fn a_kept_token_decodes_to_exactly_what_was_kept() {
         let decoded: ApiToken = serde_json::from_value(full()).unwrap();
-        let mut object: TokenObject = serde_json::from_value(full()).unwrap();
-        object.keep_what_is_read();
-        assert!(matches!(object, TokenObject::Kept(_)), "{object:?}");
+        let object = cached(full());
+        assert!(matches!(object.form, Form::Kept { .. }), "{object:?}");
         let back = object.token().unwrap();
         assert_eq!(
             (&back.metadata, &back.spec, &back.status),
@@ -409,7 +472,8 @@ mod tests {
         // What the reconcile compares its status against, byte for byte after a round trip.
         let again = serde_json::to_value(object.token().unwrap().status.clone()).unwrap();
         assert_eq!(again, full()["status"]);
-        assert_eq!(object.meta().resource_version.as_deref(), Some("9"));
+        assert_eq!(object.resource_version(), Some("9"));
+        assert_eq!((object.namespace(), object.name()), ("ns", "t"));
     }
 
     #[test]
@@ -419,16 +483,20 @@ mod tests {
         let status = token.status.as_mut().unwrap();
         status.access_key = Some("tmK7Q2XRZ4PL9WD3".into());
         status.fingerprint = Some("sha256:9f2c4e1ab07d3865".into());
+        token.metadata.uid = Some("5b0c6f3e-9a41-4d2b-8f7e-2c1d0a9b8e7f".into());
+        token.metadata.resource_version = Some("48213".into());
         let json = body_of(&token).unwrap();
-        let mut object = TokenObject::from(token.clone());
-        object.keep_what_is_read();
-        let TokenObject::Kept(kept) = &object else {
+        let object = Cached::new(
+            "sample-namespace/payments-api".into(),
+            &token.clone().into(),
+        );
+        let Form::Kept { body, .. } = &object.form else {
             panic!("{object:?}")
         };
         assert!(
-            kept.body.len() * 2 < json.len(),
+            body.len() * 2 < json.len(),
             "{} of {}",
-            kept.body.len(),
+            body.len(),
             json.len()
         );
         assert_eq!(object.token().unwrap().status, token.status);
@@ -436,11 +504,10 @@ mod tests {
 
     #[test]
     fn the_summary_answers_without_decoding() {
-        let mut token: TokenObject = serde_json::from_value(full()).unwrap();
-        let from_decoded = token.summary().unwrap().into_owned();
-        token.keep_what_is_read();
-        let summary = token.summary().unwrap();
-        assert_eq!(*summary, from_decoded);
+        let decoded: ApiToken = serde_json::from_value(full()).unwrap();
+        let token = cached(full());
+        let summary = token.summary();
+        assert_eq!(*summary, Summary::of(&decoded));
         assert_eq!(
             (&*summary.role, summary.phase),
             ("writer", Some(Phase::Active))
@@ -452,16 +519,16 @@ mod tests {
 
         let mut plain = object("2027-01-01T00:00:00Z");
         plain["spec"]["audiences"] = json!([]);
-        let mut plain: TokenObject = serde_json::from_value(plain).unwrap();
-        plain.keep_what_is_read();
+        let plain = cached(plain);
         assert_eq!(
             plain.secret_name(),
             Some("t"),
             "defaults to the token's name"
         );
         assert!(!plain.names_audiences());
-        let bad: TokenObject = serde_json::from_value(object("9999-12-31T23:59:59Z")).unwrap();
-        assert!(bad.summary().is_none() && bad.secret_name().is_none());
+        let bad = cached(object("9999-12-31T23:59:59Z"));
+        assert!(bad.undecodable().is_some() && bad.secret_name().is_none());
+        assert!(!bad.names_audiences());
         let status: ApiTokenStatus = serde_json::from_value(full()["status"].clone()).unwrap();
         let known = Summary::of_status(Some(&status));
         assert_eq!(

@@ -33,12 +33,11 @@ use super::api::{
 use super::render::{self, Entry, ObservedOutputs, Rendering, TokenCredentials, TokenRef};
 use super::trust::{Candidate, Trust, Verdict};
 use crate::api::{ApiToken, MANAGER};
-use crate::cache::SecretCache;
+use crate::cache::{SecretCache, TokenCache, key_from};
 use crate::htpasswd;
 use crate::plan::Rules;
 use crate::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
 use crate::token::Credential;
-use crate::watched::TokenObject;
 
 /// What can go wrong in one verifier reconcile. Messages name objects, never credentials.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +54,13 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Shared {
     pub client: Client,
-    pub tokens: Store<TokenObject>,
+    pub tokens: Arc<TokenCache>,
     pub secrets: Arc<SecretCache>,
     pub rules: Rules,
     pub lookup: Lookup,
     /// Tokens whose staged credential an output just took: the token controller looks at them
     /// again, to promote it.
-    pub published: futures::channel::mpsc::UnboundedSender<ObjectRef<TokenObject>>,
+    pub published: futures::channel::mpsc::UnboundedSender<Box<str>>,
 }
 
 /// The verifier and namespace stores, also read by the token controller for `status.audiences`.
@@ -333,7 +332,7 @@ async fn render_outputs(
         let Some(secret_name) = object.secret_name() else {
             continue;
         };
-        let token_ns = object.meta().namespace.as_deref().unwrap_or_default();
+        let token_ns = object.namespace();
         if token_ns == ns
             && let Some(i) = valid
                 .outputs
@@ -342,7 +341,7 @@ async fn render_outputs(
         {
             let message = format!(
                 "spec.outputs[{i}].secretName: {secret_name} is the Secret of ApiToken {}; choose another name",
-                object.name_any()
+                object.name()
             );
             return Ok((
                 stalled(None, 0, "InvalidSpec", message),
@@ -467,7 +466,7 @@ async fn render_outputs(
     }
     if wrote {
         for staged in accepted.iter().filter(|t| t.next.is_some()) {
-            let token = ObjectRef::new(&staged.token.name).within(&staged.token.namespace);
+            let token = key_from(Some(&staged.token.namespace), &staged.token.name);
             let _ = shared.published.unbounded_send(token);
         }
     }
