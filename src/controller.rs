@@ -140,8 +140,8 @@ pub async fn run(
     let synced = Arc::new(Synced::new(metrics.clone()));
     let secrets_synced = synced.clone();
     // Every complete (re)list of either kind reconciles every token: requests for tokens that were
-    // not yet in the re-listed cache are dropped by the runtime, and a Secret deleted while the
-    // watch was down sends no event at all.
+    // not yet in the re-listed cache are given up after a few retries ([`Dropped`]), and a Secret
+    // deleted while the watch was down sends no event at all.
     let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
     let secrets_relisted = relisted.clone();
     let (listed, secrets_listed) = tokio::sync::watch::channel(false);
