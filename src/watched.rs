@@ -41,7 +41,8 @@ pub struct Undecodable {
 /// the queue and the wake-ups), its resourceVersion, the few fields every `/metrics` scrape and every
 /// verifier render read of every token, and the rest (metadata, spec, status) as compressed JSON,
 /// decoded again by the one reconcile or render that needs it. Decoded, an `ApiToken` is 1,024
-/// bytes before its twenty-odd strings; kept, a 120-byte entry and two or three small allocations.
+/// bytes before its twenty-odd strings; kept, the summary's fields, three pointers and two or three
+/// small allocations.
 pub struct Cached {
     key: Arc<str>,
     resource_version: Option<Box<str>>,
