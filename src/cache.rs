@@ -16,6 +16,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -24,7 +25,7 @@ use crate::api::{ApiToken, GROUP};
 use crate::compact::{self, Dictionary};
 use crate::secret::Packed;
 use crate::verifier::api::ApiTokenVerifier;
-use crate::watched::{self, Cached, TokenObject};
+use crate::watched::{Cached, TokenObject};
 
 /// Where a cache keeps its objects.
 pub trait Storage<K: Resource<DynamicType = ()>>: Send {
@@ -98,16 +99,6 @@ impl TokenCache {
     pub fn keys(&self) -> Vec<Arc<str>> {
         self.lock().tokens.keys().cloned().collect()
     }
-
-    /// How many tokens are kept.
-    pub fn len(&self) -> usize {
-        self.lock().tokens.len()
-    }
-
-    /// Whether no token is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Tokens as [`Cached`], with a relist swapped in only when complete (as a reflector does).
@@ -122,7 +113,7 @@ impl CachedTokens {
     /// `object` as kept, under the key string the cache already holds for it if any, so that the
     /// queue and the wake-ups keep sharing it.
     fn entry(&self, object: &TokenObject) -> (Arc<str>, Arc<Cached>) {
-        let key = watched::key_of(object.meta());
+        let key = meta_key(object.meta());
         let key = match self.tokens.get_key_value(&*key) {
             Some((shared, _)) => shared.clone(),
             None => Arc::from(key),
@@ -139,7 +130,7 @@ impl Storage<TokenObject> for CachedTokens {
                 self.tokens.insert(key, cached);
             }
             watcher::Event::Delete(object) => {
-                self.tokens.remove(&*watched::key_of(object.meta()));
+                self.tokens.remove(&*meta_key(object.meta()));
             }
             watcher::Event::Init => self.relisting = Some(HashMap::new()),
             watcher::Event::InitApply(object) => {
@@ -153,9 +144,7 @@ impl Storage<TokenObject> for CachedTokens {
     }
 
     fn version(&self, key: &ObjectRef<TokenObject>) -> Option<Option<String>> {
-        let cached = self
-            .tokens
-            .get(&*key_from(key.namespace.as_deref(), &key.name))?;
+        let cached = self.tokens.get(&*key_of(key))?;
         Some(cached.resource_version().map(Into::into))
     }
 }
@@ -200,17 +189,30 @@ pub struct JsonSecrets {
     relisting: Option<HashMap<Key, StoredSecret>>,
 }
 
-/// A Secret's `namespace/name`: one 16-byte pointer in the table where an `ObjectRef` takes 96
+/// An object's `namespace/name`: one 16-byte pointer in the table where an `ObjectRef` takes 96
 /// bytes and two strings.
 type Key = Box<str>;
 
-fn key_of(key: &ObjectRef<Secret>) -> Key {
+fn key_of<K: kube::runtime::reflector::Lookup>(key: &ObjectRef<K>) -> Key {
     key_from(key.namespace.as_deref(), &key.name)
 }
 
 /// `namespace/name`, the compact key of a namespaced object (neither part can hold a `/`).
 pub(crate) fn key_from(namespace: Option<&str>, name: &str) -> Key {
     format!("{}/{name}", namespace.unwrap_or_default()).into()
+}
+
+/// The key of the object `meta` describes.
+pub(crate) fn meta_key(meta: &ObjectMeta) -> Key {
+    key_from(
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// A key's namespace and name.
+pub(crate) fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
 }
 
 /// What Secrets' JSON is compressed against: an issued token's Secret, as kept.
@@ -232,11 +234,7 @@ struct StoredSecret {
 
 impl JsonSecrets {
     fn key(secret: &Secret) -> Key {
-        let meta = &secret.metadata;
-        key_from(
-            meta.namespace.as_deref(),
-            meta.name.as_deref().unwrap_or_default(),
-        )
+        meta_key(&secret.metadata)
     }
 
     /// Only a Secret controlled by an ApiToken or an ApiTokenVerifier keeps its data: any other Secret that carries our label
@@ -320,7 +318,7 @@ impl Storage<Secret> for JsonSecrets {
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use std::collections::BTreeMap;
 
     fn secret(name: &str, version: &str, owned: bool) -> Secret {
@@ -507,7 +505,7 @@ mod tests {
         cache.advance(&key, Some("1"), watcher::Event::Apply(token("t", "9")));
         assert_eq!(token_version(&cache, "t").as_deref(), Some("2"));
         cache.advance(&key, Some("2"), watcher::Event::Delete(token("t", "2")));
-        assert!(cache.is_empty());
+        assert!(cache.keys().is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
-use crate::cache::{SecretCache, TokenCache, key_from};
+use crate::cache::{SecretCache, TokenCache, key_from, meta_key, split_key};
 use crate::metrics::{Metrics, TokenView};
 use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Servers, Wake};
 use crate::queue::{self, Request};
@@ -24,8 +24,8 @@ use crate::schedule;
 use crate::secret::{self, TOKEN_LABEL};
 use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
-use crate::wakeups::{Wakeups, now_millis};
-use crate::watched::{Cached, TokenObject, key_of};
+use crate::wakeups::Wakeups;
+use crate::watched::{Cached, TokenObject};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,7 @@ pub async fn run(
         .inspect_ok(move |event| {
             token_writer.apply(event);
             if let watcher::Event::Delete(token) = event {
-                forget.clear(&key_of(token.meta()));
+                forget.clear(&meta_key(token.meta()));
             }
             let _ = inputs_changed.unbounded_send(());
             synced.observe(Synced::TOKENS, event);
@@ -246,7 +246,7 @@ pub async fn run(
             .filter_map(watch_errors)
             .map({
                 let one = one.clone();
-                move |token| one(key_of(token.meta()))
+                move |token| one(meta_key(token.meta()))
             })
             .boxed(),
         // Mapped by label rather than ownerReference, so a Secret left by a deleted namesake still
@@ -465,7 +465,7 @@ impl Dropped {
             *attempt
         };
         self.metrics.dropped();
-        let (namespace, name) = key.split_once('/').unwrap_or(("", &key));
+        let (namespace, name) = split_key(&key);
         if attempt > Self::RETRIES {
             self.attempts().remove(&key);
             tracing::info!(
@@ -552,10 +552,7 @@ async fn reconcile(key: Arc<str>, ctx: Arc<Context>) {
             ctx.failures().remove(key);
             match wake {
                 Wake::OnChange => ctx.wakeups.clear(key),
-                Wake::After(delay) => {
-                    let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                    ctx.wakeups.set(key, now_millis().saturating_add(delay));
-                }
+                Wake::After(delay) => ctx.wakeups.set_after(key, *delay),
                 Wake::At(at) => ctx.wakeups.set(key, at.as_millisecond()),
             }
         }
@@ -677,9 +674,7 @@ fn retry_after(object: &Cached, error: &Error, failures: u32, ctx: &Context) {
     let delay = schedule::backoff(failures, rand::Rng::random(&mut os_rng()));
     tracing::warn!(namespace = object.namespace(), name = object.name(), %error,
         failures, retry_in = ?delay, "reconcile failed");
-    let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-    ctx.wakeups
-        .set(object.key(), now_millis().saturating_add(delay));
+    ctx.wakeups.set_after(object.key(), delay);
 }
 
 fn read_error(name: &str) -> impl FnOnce(kube::Error) -> Error + '_ {

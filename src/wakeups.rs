@@ -122,6 +122,13 @@ impl Wakeups {
         }
     }
 
+    /// Wakes the token `key` once `delay` has passed (on this clock), instead of whenever it was to
+    /// wake before.
+    pub fn set_after(&self, key: &Arc<str>, delay: Duration) {
+        let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        self.set(key, (self.now)().saturating_add(delay));
+    }
+
     /// The token `key` needs no wake-up: it waits for a change, or it is gone.
     pub fn clear(&self, key: &str) {
         self.lock().due.remove(key);

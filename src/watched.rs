@@ -16,6 +16,7 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::api::{ApiToken, ApiTokenSpec, ApiTokenStatus, Phase};
+use crate::cache::split_key;
 use crate::compact::{self, Dictionary};
 
 /// One watched ApiToken.
@@ -146,14 +147,6 @@ fn unpack(body: &[u8]) -> Option<ApiToken> {
     })
 }
 
-/// `namespace/name` of an object, as the token cache keys it.
-pub fn key_of(meta: &ObjectMeta) -> Box<str> {
-    crate::cache::key_from(
-        meta.namespace.as_deref(),
-        meta.name.as_deref().unwrap_or_default(),
-    )
-}
-
 impl Cached {
     /// `object` (as [`TokenObject::keep_what_is_read`] left it) as kept under `key`.
     pub fn new(key: Arc<str>, object: &TokenObject) -> Self {
@@ -162,12 +155,8 @@ impl Cached {
             TokenObject::Decoded(token) => {
                 let body = body_of(token).map(|json| dictionary().pack(&json));
                 let same = |back: ApiToken| {
-                    (back.metadata, back.spec, back.status)
-                        == (
-                            token.metadata.clone(),
-                            token.spec.clone(),
-                            token.status.clone(),
-                        )
+                    (&back.metadata, &back.spec, &back.status)
+                        == (&token.metadata, &token.spec, &token.status)
                 };
                 match body {
                     Some(body) if unpack(&body).is_some_and(same) => Form::Kept {
@@ -192,13 +181,11 @@ impl Cached {
     }
 
     pub fn namespace(&self) -> &str {
-        self.key.split_once('/').map_or("", |(ns, _)| ns)
+        split_key(&self.key).0
     }
 
     pub fn name(&self) -> &str {
-        self.key
-            .split_once('/')
-            .map_or(&*self.key, |(_, name)| name)
+        split_key(&self.key).1
     }
 
     pub fn resource_version(&self) -> Option<&str> {
@@ -364,7 +351,7 @@ mod tests {
     fn cached(object: serde_json::Value) -> Cached {
         let mut object: TokenObject = serde_json::from_value(object).unwrap();
         object.keep_what_is_read();
-        Cached::new(key_of(object.meta()).into(), &object)
+        Cached::new(crate::cache::meta_key(object.meta()).into(), &object)
     }
 
     fn object(expires_at: &str) -> serde_json::Value {
