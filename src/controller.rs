@@ -25,6 +25,7 @@ use crate::secret::{self, TOKEN_LABEL};
 use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
 use crate::wakeups::Wakeups;
+use crate::watch::{WatchBackoff, watch_errors};
 use crate::watched::{Cached, TokenObject};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
@@ -352,42 +353,6 @@ async fn publish(client: &Client, reporter: &Reporter, event: Event, reference: 
     }
 }
 
-/// How a watch retries after an error: from half a second, doubling, at most 2 s, starting over after
-/// 10 s without an error. The runtime's default grows to 30 s and starts over only after 120 s, so
-/// the connection errors of an API server restart and the `410 Gone` that follows it kept tokens
-/// waiting for up to half a minute after the API was back. Two watches retrying every 2 s is one
-/// request a second while the API server is away.
-#[derive(Default)]
-struct WatchBackoff {
-    failures: u32,
-    last: Option<Instant>,
-}
-
-impl WatchBackoff {
-    const MAX: Duration = Duration::from_secs(2);
-    const RESET_AFTER: Duration = Duration::from_secs(10);
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        if self.last.is_some_and(|at| at.elapsed() > Self::RESET_AFTER) {
-            self.failures = 0;
-        }
-        self.last = Some(Instant::now());
-        self.failures += 1;
-        let jitter = rand::Rng::random(&mut os_rng());
-        Some(schedule::backoff(self.failures, jitter).min(Self::MAX))
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 /// The series one token shows on `/metrics`, from what the cache keeps without decoding it.
 fn token_view(object: &Cached) -> TokenView {
     let summary = object.summary();
@@ -398,30 +363,6 @@ fn token_view(object: &Cached) -> TokenView {
         phase: summary.phase.unwrap_or(Phase::Pending),
         next_rotation: summary.next_rotation,
         expiry: summary.expiry,
-    }
-}
-
-/// The objects of a watch, its errors logged (the watch retries them itself).
-fn watch_errors<K>(event: Result<K, watcher::Error>) -> futures::future::Ready<Option<K>> {
-    if let Err(e) = &event {
-        tracing::warn!(error = %describe_watch_error(e), "watch failed; retrying with backoff");
-    }
-    futures::future::ready(event.ok())
-}
-
-/// A watch error in words that never carry an object: a decoding error would quote the response.
-fn describe_watch_error(error: &watcher::Error) -> String {
-    let source = match error {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => Some(e),
-        _ => None,
-    };
-    match source {
-        Some(kube::Error::SerdeError(_)) => {
-            "a response from the API server could not be decoded".to_owned()
-        }
-        _ => error.to_string(),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod token;
 pub mod validate;
 pub mod verifier;
 pub mod wakeups;
+pub mod watch;
 pub mod watched;
 
 use kube::CustomResourceExt;

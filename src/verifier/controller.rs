@@ -38,6 +38,7 @@ use crate::htpasswd;
 use crate::plan::Rules;
 use crate::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
 use crate::token::Credential;
+use crate::watch::WatchBackoff;
 
 /// What can go wrong in one verifier reconcile. Messages name objects, never credentials.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
     let (changed_tx, changed) = futures::channel::mpsc::unbounded::<()>();
     let on_verifier = changed_tx.clone();
     let verifiers = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|v: &mut ApiTokenVerifier| v.metadata.managed_fields = None)
         .reflect(writer)
         .inspect_ok(move |_| {
@@ -115,7 +116,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher::Config::default(),
             )
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .reflect(ns_writer)
             .filter_map(move |event| {
                 let _ = changed_tx.unbounded_send(());

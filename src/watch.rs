@@ -1,0 +1,85 @@
+//! How every watch of tokenmint retries and reports errors: the operator's token and Secret watches,
+//! the verifier controller's, and `tokenmint authz`'s watch on its output. No decisions, no state
+//! beyond one backoff.
+
+use std::time::{Duration, Instant};
+
+use kube::runtime::watcher;
+
+use crate::schedule;
+use crate::token::os_rng;
+
+/// How a watch retries after an error: from half a second, doubling, at most 2 s, starting over after
+/// 10 s without an error. The runtime's default grows to 30 s and starts over only after 120 s, so
+/// the connection errors of an API server restart and the `410 Gone` that follows it kept tokens
+/// waiting for up to half a minute after the API was back. Two watches retrying every 2 s is one
+/// request a second while the API server is away.
+#[derive(Default)]
+pub struct WatchBackoff {
+    failures: u32,
+    last: Option<Instant>,
+}
+
+impl WatchBackoff {
+    const MAX: Duration = Duration::from_secs(2);
+    const RESET_AFTER: Duration = Duration::from_secs(10);
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.last.is_some_and(|at| at.elapsed() > Self::RESET_AFTER) {
+            self.failures = 0;
+        }
+        self.last = Some(Instant::now());
+        self.failures += 1;
+        let jitter = rand::Rng::random(&mut os_rng());
+        Some(schedule::backoff(self.failures, jitter).min(Self::MAX))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The objects of a watch, its errors logged (the watch retries them itself).
+pub fn watch_errors<K>(event: Result<K, watcher::Error>) -> futures::future::Ready<Option<K>> {
+    if let Err(e) = &event {
+        tracing::warn!(error = %describe_watch_error(e), "watch failed; retrying with backoff");
+    }
+    futures::future::ready(event.ok())
+}
+
+/// A watch error in words that never carry an object: a decoding error would quote the response.
+pub fn describe_watch_error(error: &watcher::Error) -> String {
+    let source = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => Some(e),
+        _ => None,
+    };
+    match source {
+        Some(kube::Error::SerdeError(_)) => {
+            "a response from the API server could not be decoded".to_owned()
+        }
+        _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_stays_within_two_seconds_and_starts_over_on_reset() {
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<Duration> = (&mut backoff).take(10).collect();
+        assert!(delays.iter().all(|d| *d <= WatchBackoff::MAX), "{delays:?}");
+        assert!(delays[9] >= delays[0], "{delays:?}");
+        kube::runtime::utils::Backoff::reset(&mut backoff);
+        assert!(backoff.next().unwrap() <= delays[9]);
+    }
+}
