@@ -236,6 +236,11 @@ pub struct ApiTokenStatus {
     /// During a rotation overlap only: the credential that is still valid until `retiresAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousCredential>,
+    /// While a rotation is staged only: the credential that verifiers publish now and that becomes
+    /// current at `promoteAt`. Recorded so that, under a missing or foreign seal, a staged credential
+    /// that status does not record is known to be planted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextCredential>,
     /// Last value of the tokenmint.dev/retire-previous annotation that was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retire_request: Option<String>,
@@ -263,6 +268,18 @@ pub struct PreviousCredential {
     pub fingerprint: String,
     /// When the previous credential stops being valid.
     pub retires_at: Time,
+}
+
+/// A staged credential, published by verifiers before it becomes current. Never its secret key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NextCredential {
+    /// Public half of the staged credential.
+    pub access_key: String,
+    /// Fingerprint of the staged credential.
+    pub fingerprint: String,
+    /// The earliest instant it becomes current.
+    pub promote_at: Time,
 }
 
 /// Lifecycle phase of a token.

@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{ApiToken, ApiTokenStatus, Phase, PreviousCredential};
+use crate::api::{ApiToken, ApiTokenStatus, NextCredential, Phase, PreviousCredential};
 use crate::schedule::{self, Period};
 use crate::seal::SealKey;
 use crate::secret::{self, Held, Next, Observed, Previous, Redacted, Seal};
@@ -392,14 +392,45 @@ fn replayed(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
 /// A Secret no current seal vouches for (sealed before the seal existed, or under a key since lost or
 /// replaced) is believed only when every sealed fact agrees with what status recorded: status is written
 /// only by the operator, so someone who can edit the Secret but not the status cannot plant a credential
-/// or move `issued-at` this way.
+/// (current, previous or staged), move `issued-at` or `retires-at`, or mark a request as handled this way.
+/// A staged or previous credential is a credential that verifiers publish, so it must be exactly the one
+/// status records, not merely consistent with itself.
 fn unvouched(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
-    let agrees = last.fingerprint.as_deref() == Some(held.fingerprint().as_str())
+    let current = last.fingerprint.as_deref() == Some(held.fingerprint().as_str())
         && last.issued_at.as_ref().map(|t| t.0) == Some(held.issued_at)
         && last.rotations.unwrap_or(0) == held.rotations
-        && last.last_rotate_request == held.rotate_request;
-    (!agrees).then_some(
-        "it is not sealed by tokenmint's current key and does not match the token's recorded status",
+        && last.last_rotate_request == held.rotate_request
+        && last.last_retire_request == held.retire_request;
+    if !current {
+        return Some(
+            "it is not sealed by tokenmint's current key and does not match the token's recorded status",
+        );
+    }
+    let previous = match (&last.previous, &held.previous) {
+        (None, None) => true,
+        (Some(recorded), Some(held)) => {
+            recorded.access_key == held.credential.access_key
+                && recorded.fingerprint == held.credential.fingerprint()
+                && recorded.retires_at.0 == held.retires_at
+        }
+        _ => false,
+    };
+    if !previous {
+        return Some(
+            "it is not sealed by tokenmint's current key and holds a previous credential the token's status does not record",
+        );
+    }
+    let next = match (&last.next, &held.next) {
+        (None, None) => true,
+        (Some(recorded), Some(held)) => {
+            recorded.access_key == held.credential.access_key
+                && recorded.fingerprint == held.credential.fingerprint()
+                && recorded.promote_at.0 == held.promote_at
+        }
+        _ => false,
+    };
+    (!next).then_some(
+        "it is not sealed by tokenmint's current key and holds a staged credential the token's status does not record",
     )
 }
 
@@ -666,6 +697,11 @@ fn active_status(
             fingerprint: p.credential.fingerprint(),
             retires_at: Time(p.retires_at),
         }),
+        next: held.next.as_ref().map(|n| NextCredential {
+            access_key: n.credential.access_key.clone(),
+            fingerprint: n.credential.fingerprint(),
+            promote_at: Time(n.promote_at),
+        }),
         last_retire_request: held.retire_request.clone(),
         // Which verifiers accept the token is the controller's to fill in: it sees the verifiers.
         audiences: last.audiences.clone(),
@@ -737,8 +773,9 @@ fn end(
         last_rotate_request: held
             .and_then(|h| h.rotate_request.clone())
             .or(last.last_rotate_request.clone()),
-        // Revocation and expiry remove the previous credential with the current one.
+        // Revocation and expiry remove the previous and the staged credential with the current one.
         previous: None,
+        next: None,
         last_retire_request: held
             .and_then(|h| h.retire_request.clone())
             .or(last.last_retire_request.clone()),
@@ -1718,6 +1755,144 @@ mod tests {
         match secret::observe(&overlapping(), Some(secret), &rules().key) {
             Observed::Owned { held: Ok(h), .. } => h.next,
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The Secret without its seal: what a tenant who may edit it can always do.
+    fn strip_seal(secret: &Secret) -> Secret {
+        let unsealed = annotate_secret(secret, crate::seal::SEAL_ANNOTATION, None);
+        annotate_secret(&unsealed, crate::seal::SEAL_KEY_ID_ANNOTATION, None)
+    }
+
+    /// `into` with the data keys and annotations of `from` whose names start with `prefix` (the
+    /// `previous-` or `next-` credential), as a tenant copying them in would write them.
+    fn transplant(from: &Secret, into: &Secret, prefix: &str) -> Secret {
+        let mut s = into.clone();
+        let data = s.data.get_or_insert_with(BTreeMap::new);
+        for (k, v) in from.data.iter().flatten() {
+            if k.starts_with(prefix) {
+                data.insert(k.clone(), v.clone());
+            }
+        }
+        let annotations = s.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        for (k, v) in from.metadata.annotations.iter().flatten() {
+            if k.starts_with(&format!("tokenmint.dev/{prefix}")) {
+                annotations.insert(k.clone(), v.clone());
+            }
+        }
+        s
+    }
+
+    /// `secret` with a consistent staged credential that tokenmint never minted.
+    fn plant_next(secret: &Secret) -> Secret {
+        let credential = crate::token::Credential {
+            prefix: "tm-".into(),
+            access_key: "PLANTED".into(),
+            secret_key: "x".repeat(32),
+        };
+        let mut s = secret.clone();
+        let data = s.data.get_or_insert_with(BTreeMap::new);
+        for (k, v) in [
+            ("next-username", credential.access_key.clone()),
+            ("next-password", credential.secret_key.clone()),
+            ("next-token", credential.bearer()),
+        ] {
+            data.insert(k.into(), ByteString(v.into_bytes()));
+        }
+        annotate_secret(
+            &s,
+            secret::NEXT_FINGERPRINT_ANNOTATION,
+            Some(&credential.fingerprint()),
+        )
+    }
+
+    /// A re-issue after tampering carries neither a staged nor a previous credential.
+    fn expect_reissued_clean(p: &Plan, t: &ApiToken, secret: &Secret) {
+        expect_compromised(p, t, secret);
+        let SecretWrite::Update { secret: new, .. } = &p.write else {
+            unreachable!()
+        };
+        let data = new.data.as_ref().unwrap();
+        assert!(
+            data.keys()
+                .all(|k| !k.starts_with("next-") && !k.starts_with("previous-")),
+            "{:?}",
+            data.keys()
+        );
+        assert_eq!((&p.status.previous, &p.status.next), (&None, &None));
+    }
+
+    #[test]
+    fn under_a_stripped_seal_only_the_staged_and_previous_credentials_status_records_are_believed()
+    {
+        // A legitimately staged rotation, recorded in status.
+        let (t, secret) = issue(&overlapping(), at(0));
+        let stage = run_served(&t, Some(&secret), 90, None, at(3500));
+        let (staged_t, with_next) = applied(&t, stage, "2");
+        let recorded = staged_t.status.as_ref().unwrap().next.clone().unwrap();
+        assert_eq!(recorded.promote_at, Time(at(3600)));
+        // A legitimate overlap, recorded in status.
+        let promote = run_served(&staged_t, Some(&with_next), 90, Some(3501), at(3600));
+        let (overlap_t, promoted) = applied(&staged_t, promote, "3");
+        assert!(overlap_t.status.as_ref().unwrap().previous.is_some());
+        assert_eq!(overlap_t.status.as_ref().unwrap().next, None);
+
+        // What status records survives a stripped seal: re-sealed, nothing minted.
+        for (t, secret, now) in [(&staged_t, &with_next, 3550), (&overlap_t, &promoted, 3601)] {
+            let p = run_served(t, Some(&strip_seal(secret)), 90, Some(3501), at(now));
+            assert!(!p.mints && p.event.is_none(), "{:?}", p.event);
+            assert!(
+                matches!(p.write, SecretWrite::Update { .. }),
+                "{:?}",
+                p.write
+            );
+        }
+
+        // What a tenant plants under a stripped seal is tampering: re-issued, nothing kept.
+        let retire_later = annotate_secret(
+            &promoted,
+            secret::PREVIOUS_RETIRES_AT_ANNOTATION,
+            Some("8999-01-01T00:00:00Z"),
+        );
+        let promote_sooner = annotate_secret(
+            &with_next,
+            secret::NEXT_PROMOTE_AT_ANNOTATION,
+            Some(&secret::rfc3339(at(3501))),
+        );
+        let handled = annotate_secret(&secret, secret::RETIRE_REQUEST_ANNOTATION, Some("leak-1"));
+        let planted: [(&str, &ApiToken, Secret); 6] = [
+            (
+                "a staged credential status does not record",
+                &t,
+                transplant(&with_next, &secret, "next-"),
+            ),
+            (
+                "a previous credential status does not record",
+                &t,
+                transplant(&promoted, &secret, "previous-"),
+            ),
+            (
+                "a previous credential that retires later",
+                &overlap_t,
+                retire_later,
+            ),
+            (
+                "a staged credential promoted sooner",
+                &staged_t,
+                promote_sooner,
+            ),
+            ("a retire request marked handled", &t, handled),
+            (
+                "another staged credential in place of the recorded one",
+                &staged_t,
+                plant_next(&with_next),
+            ),
+        ];
+        for (what, t, secret) in planted {
+            let unsealed = strip_seal(&secret);
+            let p = run_served(t, Some(&unsealed), 90, Some(3501), at(3601));
+            assert!(p.mints, "{what}: {:?}", p.write);
+            expect_reissued_clean(&p, t, &unsealed);
         }
     }
 

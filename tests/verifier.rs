@@ -638,3 +638,136 @@ async fn bad_references_end_as_conditions_naming_the_field() {
     assert!(secret(&ns, "overlong").await.is_none());
     ns.cleanup().await;
 }
+
+/// Issue 19: a tenant who may edit its own Secret strips the seal and plants a staged credential
+/// (promoted a second later) and a previous one (retiring in the year 8999), each consistent in all
+/// its forms. Neither may reach the verifier's output, not even for one render: the operator takes
+/// the Secret as tampered with and re-issues, with a Warning, and nginx lets in only the new credential.
+#[tokio::test]
+async fn planted_staged_and_previous_credentials_under_a_stripped_seal_never_reach_an_output() {
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    use tokenmint::token::{Credential, fingerprint_of};
+
+    let ns = TestNs::new("verify-planted").await;
+    let (_op, nginx, _mirror) = serve(&ns).await;
+    create(
+        &ns,
+        "tenant",
+        spec_of(json!({"role": "reader", "audiences": ["web"],
+            "rotation": {"period": "1h", "overlap": "10m"}})),
+    )
+    .await;
+    active(&ns, "tenant").await;
+    let (user, password) = userpass(&ns, "tenant").await;
+    wait_status(&nginx, &user, &password, 200, "the issued credential").await;
+
+    // Every version of the output from here on.
+    let versions = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = {
+        let (versions, secrets) = (versions.clone(), ns.api::<Secret>());
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=web-htpasswd");
+            let mut outputs = std::pin::pin!(watcher(secrets, config).applied_objects());
+            while let Some(Ok(secret)) = outputs.next().await {
+                let data = secret.data.unwrap_or_default();
+                let text = data
+                    .get("htpasswd")
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+                versions.lock().unwrap().push(text.unwrap_or_default());
+            }
+        })
+    };
+    wait_for("the output recorded", Duration::from_secs(20), || async {
+        (!versions.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+
+    let planted = |access_key: &str| Credential {
+        prefix: "tm_".into(),
+        access_key: access_key.into(),
+        secret_key: "plantedplantedplantedplanted0000".into(),
+    };
+    let (next, previous) = (planted("PLANTEDNEXT00001"), planted("PLANTEDPREV00001"));
+    let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let soon = jiff::Timestamp::from_second(soon.as_second())
+        .unwrap()
+        .to_string();
+    ns.api::<Secret>()
+        .patch(
+            "tenant",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({
+                "metadata": {"annotations": {
+                    "tokenmint.dev/seal": null,
+                    "tokenmint.dev/seal-key-id": null,
+                    "tokenmint.dev/next-fingerprint": fingerprint_of(&next.bearer()),
+                    "tokenmint.dev/next-promote-at": soon,
+                    "tokenmint.dev/previous-fingerprint": fingerprint_of(&previous.bearer()),
+                    "tokenmint.dev/previous-retires-at": "8999-01-01T00:00:00Z",
+                }},
+                "stringData": {
+                    "next-username": next.access_key, "next-password": next.secret_key,
+                    "next-token": next.bearer(),
+                    "previous-username": previous.access_key,
+                    "previous-password": previous.secret_key, "previous-token": previous.bearer(),
+                },
+            })),
+        )
+        .await
+        .unwrap();
+
+    let t = wait_phase(&ns, "tenant", Phase::Active, |t| {
+        status_of(t).rotations == Some(1)
+    })
+    .await;
+    wait_event(&ns, "tenant", "Rotated", "Warning").await;
+    assert_eq!(
+        (&status_of(&t).previous, &status_of(&t).next),
+        (&None, &None)
+    );
+    let (new_user, new_password) = userpass(&ns, "tenant").await;
+    assert_ne!(new_user, user);
+    wait_status(
+        &nginx,
+        &new_user,
+        &new_password,
+        200,
+        "the re-issued credential",
+    )
+    .await;
+    for (who, user, password) in [
+        ("the replaced credential", &user, &password),
+        (
+            "the planted staged credential",
+            &next.access_key,
+            &next.secret_key,
+        ),
+        (
+            "the planted previous credential",
+            &previous.access_key,
+            &previous.secret_key,
+        ),
+    ] {
+        assert_eq!(status(&nginx, user, password), 401, "{who}");
+    }
+    // The output as the re-issue left it was recorded too; no version ever held a planted key.
+    wait_for("the re-issue recorded", Duration::from_secs(20), || async {
+        let versions = versions.lock().unwrap();
+        versions
+            .last()
+            .is_some_and(|v| v.contains(&new_user))
+            .then_some(())
+    })
+    .await;
+    recorder.abort();
+    let versions = versions.lock().unwrap().clone();
+    for version in &versions {
+        assert!(
+            !version.contains("PLANTED"),
+            "a planted credential reached the output in one of {} versions",
+            versions.len()
+        );
+    }
+    ns.cleanup().await;
+}
