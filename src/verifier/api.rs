@@ -230,6 +230,11 @@ pub struct ApiTokenVerifierStatus {
     /// How many tokens name this verifier in spec.audiences but are not trusted by spec.trust; each says why in its status.audiences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<u32>,
+    /// How many trusted tokens are left out of the outputs because a credential of theirs is malformed
+    /// or cannot be told apart from another token's; the Ready condition's message names them. One such
+    /// token never keeps the others out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<u32>,
     /// Standard conditions, one per type; `Ready` is always present once reconciled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

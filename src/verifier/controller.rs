@@ -284,6 +284,7 @@ fn salt_seed(rules: &Rules, entry: &Entry) -> Vec<u8> {
 struct Outcome {
     tokens: Option<u32>,
     rejected: u32,
+    excluded: u32,
     reason: String,
     message: String,
     ok: bool,
@@ -309,6 +310,7 @@ async fn render_outputs(
     let stalled = |tokens, rejected, reason: &str, message: String| Outcome {
         tokens,
         rejected,
+        excluded: 0,
         reason: reason.to_owned(),
         message,
         ok: false,
@@ -427,21 +429,17 @@ async fn render_outputs(
             })
             .clone()
     });
-    let rendered = match rendered {
-        Ok(rendered) => rendered,
-        Err(e) => {
-            let outcome = Outcome {
-                tokens: None,
-                rejected,
-                reason: e.reason().to_owned(),
-                message: e.to_string(),
-                ok: false,
-                stalled: false,
-            };
-            return Ok((outcome, Action::requeue(Duration::from_secs(30))));
-        }
+    // A token that cannot be rendered is left out alone, and said so; the rest are written.
+    let excluded = u32::try_from(rendered.excluded.len()).unwrap_or(u32::MAX);
+    let left_out = match rendered.excluded.as_slice() {
+        [] => String::new(),
+        [first, ..] => format!(
+            "; {} left out ({}: {first}{})",
+            rendered.excluded.len(),
+            first.reason(),
+            if excluded > 1 { ", and more" } else { "" }
+        ),
     };
-
     let mut overflow = None;
     let mut wrote = false;
     for (output, out) in valid.outputs.iter().zip(&rendered.outputs) {
@@ -482,6 +480,7 @@ async fn render_outputs(
         Outcome {
             tokens,
             rejected,
+            excluded,
             reason: render::Overflow::REASON.to_owned(),
             message,
             ok: false,
@@ -491,9 +490,10 @@ async fn render_outputs(
         Outcome {
             tokens,
             rejected,
+            excluded,
             reason: "Rendered".to_owned(),
             message: format!(
-                "{} credentials of {} tokens in {} outputs",
+                "{} credentials of {} tokens in {} outputs{left_out}",
                 rendered.credentials,
                 rendered.tokens,
                 valid.outputs.len()
@@ -743,6 +743,7 @@ fn status(
         observed_generation: generation,
         tokens: outcome.tokens.or(last.tokens),
         rejected: Some(outcome.rejected),
+        excluded: (outcome.excluded > 0).then_some(outcome.excluded),
         conditions,
     }
 }

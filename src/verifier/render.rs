@@ -190,6 +190,9 @@ pub struct Rendered {
     /// The earliest `notAfter` still ahead: the outputs change then without any other change, so
     /// render again at that instant.
     pub next_change: Option<Timestamp>,
+    /// Tokens left out of the outputs, and why: one bad or ambiguous token excludes itself (and a
+    /// token it cannot be told apart from), never the rest of the outputs.
+    pub excluded: Vec<RenderError>,
 }
 
 /// One output Secret's data. `Debug` shows names and sizes only: the data holds hashes of credentials.
@@ -242,7 +245,7 @@ impl Overflow {
     pub const REASON: &'static str = "OutputTooLarge";
 }
 
-/// Why nothing can be rendered. Names outputs and tokens, never a credential.
+/// Why a token is left out of the outputs. Names outputs and tokens, never a credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
     #[error(
@@ -289,9 +292,9 @@ pub fn render(
     observed: &ObservedOutputs<'_>,
     now: Timestamp,
     mut htpasswd_line: impl FnMut(&Entry, HtpasswdHash) -> String,
-) -> Result<Rendered, RenderError> {
-    let valid = valid_entries(entries, now)?;
-    let mut lines: BTreeMap<HtpasswdHash, Vec<String>> = BTreeMap::new();
+) -> Rendered {
+    let (valid, mut excluded) = valid_entries(entries, now);
+    let mut lines: BTreeMap<HtpasswdHash, Vec<Option<String>>> = BTreeMap::new();
     let mut rendered = Vec::with_capacity(outputs.len());
     for output in outputs {
         let encoding = match output.rendering {
@@ -303,7 +306,8 @@ pub fn render(
                     hash,
                     &output.secret_name,
                     &mut htpasswd_line,
-                )?),
+                    &mut excluded,
+                )),
             }),
         };
         rendered.push(render_output(output, &valid, &encoding, observed));
@@ -311,17 +315,19 @@ pub fn render(
     let mut tokens: Vec<&TokenRef> = valid.iter().map(|v| &v.entry.token).collect();
     tokens.sort();
     tokens.dedup();
-    Ok(Rendered {
+    Rendered {
         outputs: rendered,
         tokens: tokens.len(),
         credentials: valid.len(),
         next_change: valid.iter().filter_map(|v| v.entry.not_after).min(),
-    })
+        excluded,
+    }
 }
 
 /// How to turn entries into bytes; htpasswd lines are made once per hash, parallel to the entries.
 enum Encoding<'l> {
-    Htpasswd(&'l [String]),
+    /// `None` where the hasher's line for that entry was malformed: that credential is left out.
+    Htpasswd(&'l [Option<String>]),
     Sha256Map,
 }
 
@@ -331,8 +337,8 @@ impl Encoding<'_> {
         match self {
             Encoding::Htpasswd(lines) => {
                 let mut data = Vec::new();
-                for &i in chosen {
-                    data.extend_from_slice(lines[i].as_bytes());
+                for line in chosen.iter().filter_map(|&i| lines[i].as_deref()) {
+                    data.extend_from_slice(line.as_bytes());
                     data.push(b'\n');
                 }
                 data
@@ -455,19 +461,27 @@ struct Valid<'e> {
     basic_hash: String,
 }
 
-/// The entries still valid at `now`, sorted by access key, one per credential; an error when two
-/// different entries would present the same access key or credential.
-fn valid_entries(entries: &[Entry], now: Timestamp) -> Result<Vec<Valid<'_>>, RenderError> {
+/// The entries still valid at `now`, sorted by access key, one per credential, and the tokens left
+/// out: a token whose access key is malformed, and both tokens wherever two different entries would
+/// present the same access key or credential (neither can be told apart, so neither is believed).
+/// Excluding tokens never makes the rest collide, so one pass finds them all.
+fn valid_entries(entries: &[Entry], now: Timestamp) -> (Vec<Valid<'_>>, Vec<RenderError>) {
+    let live: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.not_after.is_none_or(|t| t > now))
+        .collect();
+    let mut excluded: Vec<RenderError> = Vec::new();
+    let mut out: BTreeSet<&TokenRef> = BTreeSet::new();
     let mut by_access_key: BTreeMap<&str, &Entry> = BTreeMap::new();
-    for entry in entries {
-        if entry.not_after.is_some_and(|t| t <= now) {
-            continue;
-        }
+    for &entry in &live {
         let key = entry.access_key();
         if !(1..=64).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(RenderError::BadAccessKey {
-                token: entry.token.clone(),
-            });
+            if out.insert(&entry.token) {
+                excluded.push(RenderError::BadAccessKey {
+                    token: entry.token.clone(),
+                });
+            }
+            continue;
         }
         match by_access_key.entry(key) {
             Slot::Vacant(slot) => {
@@ -475,15 +489,13 @@ fn valid_entries(entries: &[Entry], now: Timestamp) -> Result<Vec<Valid<'_>>, Re
             }
             Slot::Occupied(slot) if *slot.get() == entry => {}
             Slot::Occupied(slot) => {
-                return Err(RenderError::Ambiguous {
-                    first: slot.get().token.clone(),
-                    second: entry.token.clone(),
-                });
+                ambiguous(slot.get(), entry, &mut out, &mut excluded);
             }
         }
     }
     let valid: Vec<Valid<'_>> = by_access_key
         .into_values()
+        .filter(|entry| !out.contains(&entry.token))
         .map(|entry| Valid {
             entry,
             bearer_hash: presented_hash(&entry.credential.bearer()),
@@ -496,23 +508,44 @@ fn valid_entries(entries: &[Entry], now: Timestamp) -> Result<Vec<Valid<'_>>, Re
     for v in &valid {
         for hash in [&v.bearer_hash, &v.basic_hash] {
             if let Some(first) = presented.insert(hash, v.entry) {
-                return Err(RenderError::Ambiguous {
-                    first: first.token.clone(),
-                    second: v.entry.token.clone(),
-                });
+                ambiguous(first, v.entry, &mut out, &mut excluded);
             }
         }
     }
-    Ok(valid)
+    let valid = valid
+        .into_iter()
+        .filter(|v| !out.contains(&v.entry.token))
+        .collect();
+    (valid, excluded)
 }
 
-/// One checked line per valid entry, in the same order.
+/// Leaves out both tokens of two entries that cannot be told apart, reporting the pair once.
+fn ambiguous<'e>(
+    first: &'e Entry,
+    second: &'e Entry,
+    out: &mut BTreeSet<&'e TokenRef>,
+    excluded: &mut Vec<RenderError>,
+) {
+    let newly = [&first.token, &second.token]
+        .map(|t| out.insert(t))
+        .contains(&true);
+    if newly {
+        excluded.push(RenderError::Ambiguous {
+            first: first.token.clone(),
+            second: second.token.clone(),
+        });
+    }
+}
+
+/// One checked line per valid entry, in the same order; `None` (and a reason in `excluded`) where
+/// the hasher's line is malformed.
 fn htpasswd_lines(
     valid: &[Valid<'_>],
     hash: HtpasswdHash,
     secret_name: &str,
     htpasswd_line: &mut impl FnMut(&Entry, HtpasswdHash) -> String,
-) -> Result<Vec<String>, RenderError> {
+    excluded: &mut Vec<RenderError>,
+) -> Vec<Option<String>> {
     valid
         .iter()
         .map(|Valid { entry, .. }| {
@@ -524,12 +557,13 @@ fn htpasswd_lines(
                 .and_then(|rest| rest.strip_prefix(':'))
                 .is_some_and(|hash| !hash.is_empty() && !hash.chars().any(char::is_control));
             if well_formed {
-                Ok(line)
+                Some(line)
             } else {
-                Err(RenderError::BadHtpasswdLine {
+                excluded.push(RenderError::BadHtpasswdLine {
                     secret_name: secret_name.to_owned(),
                     token: entry.token.clone(),
-                })
+                });
+                None
             }
         })
         .collect()
@@ -667,8 +701,7 @@ mod tests {
             &ObservedOutputs::new(),
             at(NOW),
             fake_line,
-        )
-        .unwrap();
+        );
         for (output, out) in outputs().iter().zip(&r.outputs) {
             let next = credential("NEXTnextNEXT0001");
             assert!(
@@ -733,7 +766,6 @@ mod tests {
             at(NOW),
             fake_line,
         )
-        .unwrap()
     }
 
     fn text(r: &Rendered, i: usize) -> &str {
@@ -927,57 +959,62 @@ mod tests {
     }
 
     #[test]
-    fn two_tokens_with_one_access_key_are_refused_naming_both() {
+    fn two_tokens_with_one_access_key_are_both_left_out_naming_both_and_the_rest_rendered() {
         let entries: Vec<Entry> = [
             issued("a", "AAAAAAAAAAAAAAA1"),
             issued("b", "AAAAAAAAAAAAAAA1"),
+            issued("c", "CCCCCCCCCCCCCCC1"),
         ]
         .iter()
         .flat_map(|t| t.entries())
         .collect();
-        let err = render(
-            &outputs(),
-            &entries,
-            &ObservedOutputs::new(),
-            at(NOW),
-            fake_line,
-        )
-        .unwrap_err();
+        let r = run(&entries);
         assert_eq!(
-            err,
-            RenderError::Ambiguous {
+            r.excluded,
+            vec![RenderError::Ambiguous {
                 first: token("analytics", "a"),
                 second: token("analytics", "b")
-            }
+            }]
         );
-    }
-
-    #[test]
-    fn an_access_key_that_could_forge_a_line_is_refused() {
-        for bad in ["", "a:b", "a\nb", "a b", &"a".repeat(65)] {
-            let mut t = issued("a", "x");
-            t.current.access_key = bad.into();
-            let err = render(
-                &outputs(),
-                &t.entries(),
-                &ObservedOutputs::new(),
-                at(NOW),
-                fake_line,
-            )
-            .unwrap_err();
-            assert_eq!(
-                err,
-                RenderError::BadAccessKey {
-                    token: token("analytics", "a")
-                },
-                "{bad:?}"
-            );
+        assert_eq!((r.tokens, r.credentials), (1, 1));
+        for (output, out) in outputs().iter().zip(&r.outputs) {
+            assert!(holds(
+                output.rendering,
+                &out.data,
+                &credential("CCCCCCCCCCCCCCC1")
+            ));
+            assert!(!holds(
+                output.rendering,
+                &out.data,
+                &credential("AAAAAAAAAAAAAAA1")
+            ));
         }
     }
 
     #[test]
-    fn a_malformed_htpasswd_line_from_the_hasher_is_refused() {
-        let entries = issued("a", "AAAAAAAAAAAAAAA1").entries();
+    fn an_access_key_that_could_forge_a_line_leaves_out_its_token_alone() {
+        for bad in ["", "a:b", "a\nb", "a b", &"a".repeat(65)] {
+            let mut t = issued("a", "x");
+            t.current.access_key = bad.into();
+            let mut entries = t.entries();
+            entries.extend(issued("c", "CCCCCCCCCCCCCCC1").entries());
+            let r = run(&entries);
+            assert_eq!(
+                r.excluded,
+                vec![RenderError::BadAccessKey {
+                    token: token("analytics", "a")
+                }],
+                "{bad:?}"
+            );
+            assert_eq!((r.tokens, r.credentials), (1, 1), "{bad:?}");
+            assert!(text(&r, 0).starts_with("CCCCCCCCCCCCCCC1:"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_htpasswd_line_from_the_hasher_leaves_out_that_credential_alone() {
+        let mut entries = issued("a", "AAAAAAAAAAAAAAA1").entries();
+        entries.extend(issued("c", "CCCCCCCCCCCCCCC1").entries());
         let bad_lines: [fn(&Entry, HtpasswdHash) -> String; 4] = [
             |e, _| format!("{}:hash\n", e.access_key()),
             |e, _| format!("{}:hash\nmallory:x", e.access_key()),
@@ -985,15 +1022,30 @@ mod tests {
             |e, _| format!("{}:", e.access_key()),
         ];
         for line in bad_lines {
-            let err =
-                render(&outputs(), &entries, &ObservedOutputs::new(), at(NOW), line).unwrap_err();
+            let for_a = |e: &Entry, h: HtpasswdHash| {
+                if e.access_key() == "AAAAAAAAAAAAAAA1" {
+                    line(e, h)
+                } else {
+                    fake_line(e, h)
+                }
+            };
+            let r = render(
+                &outputs(),
+                &entries,
+                &ObservedOutputs::new(),
+                at(NOW),
+                for_a,
+            );
             assert_eq!(
-                err,
-                RenderError::BadHtpasswdLine {
+                r.excluded,
+                vec![RenderError::BadHtpasswdLine {
                     secret_name: "pinot-htpasswd".into(),
                     token: token("analytics", "a")
-                }
+                }]
             );
+            let htpasswd = text(&r, 0);
+            assert!(htpasswd.starts_with("CCCCCCCCCCCCCCC1:"), "{htpasswd}");
+            assert!(!htpasswd.contains("AAAAAAAAAAAAAAA1") && !htpasswd.contains("mallory"));
         }
     }
 
@@ -1037,8 +1089,7 @@ mod tests {
         let r = render(&many, &entries, &ObservedOutputs::new(), at(NOW), |e, h| {
             calls.push((e.access_key().to_owned(), h));
             fake_line(e, h)
-        })
-        .unwrap();
+        });
         assert_eq!(calls.len(), 4, "{calls:?}");
         assert_eq!(r.outputs[0].data, r.outputs[1].data);
         assert_ne!(r.outputs[0].data, r.outputs[2].data);
@@ -1050,8 +1101,7 @@ mod tests {
             &ObservedOutputs::new(),
             at(NOW),
             |_, _| unreachable!("no htpasswd output"),
-        )
-        .unwrap();
+        );
     }
 
     /// `n` tokens with distinct 16-character access keys, three scopes, and an expiry.
@@ -1098,7 +1148,7 @@ mod tests {
         let before = run(&fleet[..1000]).outputs[1].data.clone();
         // Token 0 is revoked (gone from the entries) while 1000 more arrive.
         let observed = ObservedOutputs::from([("pinot-map", before.as_slice())]);
-        let r = render(&outputs(), &fleet[1..], &observed, at(NOW), fake_line).unwrap();
+        let r = render(&outputs(), &fleet[1..], &observed, at(NOW), fake_line);
         let map = &r.outputs[1];
         assert_eq!(map.credentials, 999);
         assert_eq!(map.overflow.as_ref().unwrap().left_out, 1999 - 999);
@@ -1133,7 +1183,7 @@ mod tests {
         let mut entries: Vec<Entry> = fleet.clone();
         entries.remove(5);
         entries.extend(rotated.entries());
-        let r = render(&outputs(), &entries, &observed, at(NOW), fake_line).unwrap();
+        let r = render(&outputs(), &entries, &observed, at(NOW), fake_line);
         let map = &r.outputs[1];
         assert!(map.overflow.is_some());
         assert_eq!(map.credentials, 1001);
@@ -1154,10 +1204,10 @@ mod tests {
     fn an_overflow_that_cannot_keep_everything_it_had_keeps_what_fits_in_order() {
         let fleet = fleet(2000);
         // Claim the output already holds everything: the kept set alone is too large.
-        let all = valid_entries(&fleet, at(NOW)).unwrap();
+        let (all, _) = valid_entries(&fleet, at(NOW));
         let everything = Encoding::Sha256Map.encode(&all, &(0..all.len()).collect::<Vec<_>>());
         let observed = ObservedOutputs::from([("pinot-map", everything.as_slice())]);
-        let r = render(&outputs(), &fleet, &observed, at(NOW), fake_line).unwrap();
+        let r = render(&outputs(), &fleet, &observed, at(NOW), fake_line);
         let map = &r.outputs[1];
         assert!(map.data.len() <= MAX_OUTPUT_BYTES);
         let overflow = map.overflow.as_ref().unwrap();
@@ -1202,8 +1252,7 @@ mod tests {
                 &ObservedOutputs::new(),
                 at(NOW),
                 line_of_real_length,
-            )
-            .unwrap();
+            );
             assert_eq!(r.outputs[0].data.len(), 1000 * per_credential, "{hash:?}");
             assert_eq!(MAX_OUTPUT_BYTES / per_credential, capacity, "{hash:?}");
         }
