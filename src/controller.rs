@@ -138,7 +138,10 @@ pub async fn run(
 
     // Ready once both caches have their first full list. (Counted from the streams: several tasks
     // awaiting `Store::wait_until_ready` at once are not all woken in kube-runtime 5.)
-    let synced = Arc::new(Synced::new(metrics.clone()));
+    // Both caches complete: before that a verifier render would leave out every credential it has
+    // not seen yet, and its servers would refuse them.
+    let (caches_listed, caches_listed_rx) = tokio::sync::watch::channel(false);
+    let synced = Arc::new(Synced::new(metrics.clone(), caches_listed));
     let secrets_synced = synced.clone();
     // Every complete (re)list of either kind reconciles every token: requests for tokens that were
     // not yet in the re-listed cache are given up after a few retries ([`Dropped`]), and a Secret
@@ -229,6 +232,7 @@ pub async fn run(
     let shutdown = futures::FutureExt::shared(shutdown);
     let verifier_controller = verifiers::run(
         verifier_shared,
+        caches_listed_rx,
         verifier_events,
         namespace_events,
         inputs,
@@ -432,21 +436,24 @@ impl Dropped {
     }
 }
 
-/// Marks the operator ready once each watched kind has delivered its first complete list.
+/// Marks the operator ready, and lets verifiers render, once each watched kind has delivered its
+/// first complete list.
 struct Synced {
     /// One bit per kind that has listed.
     listed: std::sync::atomic::AtomicU8,
     metrics: Arc<Metrics>,
+    both: tokio::sync::watch::Sender<bool>,
 }
 
 impl Synced {
     const TOKENS: u8 = 0b01;
     const SECRETS: u8 = 0b10;
 
-    fn new(metrics: Arc<Metrics>) -> Self {
+    fn new(metrics: Arc<Metrics>, both: tokio::sync::watch::Sender<bool>) -> Self {
         Synced {
             listed: std::sync::atomic::AtomicU8::new(0),
             metrics,
+            both,
         }
     }
 
@@ -459,6 +466,7 @@ impl Synced {
             .fetch_or(kind, std::sync::atomic::Ordering::AcqRel);
         if before != Self::TOKENS | Self::SECRETS && before | kind == Self::TOKENS | Self::SECRETS {
             self.metrics.set_ready(true);
+            self.both.send_replace(true);
             tracing::info!("caches synced");
         }
     }

@@ -139,6 +139,9 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
 
 struct Context {
     shared: Shared,
+    /// True once the token and Secret caches have both listed: no render before, or it would leave
+    /// out every credential not seen yet.
+    caches_listed: tokio::sync::watch::Receiver<bool>,
     /// htpasswd lines by (fingerprint, hash): bcrypt costs milliseconds, so a line is made once per
     /// credential and process, and stays byte-identical while the credential is unchanged.
     lines: Mutex<HashMap<(String, HtpasswdHash), String>>,
@@ -159,6 +162,7 @@ struct Read {
 /// Secret changed.
 pub async fn run(
     shared: Shared,
+    caches_listed: tokio::sync::watch::Receiver<bool>,
     verifiers: BoxStream<'static, watcher::Result<ApiTokenVerifier>>,
     namespaces: BoxStream<'static, ()>,
     inputs: impl futures::Stream<Item = ()> + Send + 'static,
@@ -167,6 +171,7 @@ pub async fn run(
     let store = shared.lookup.verifiers.clone();
     let context = Arc::new(Context {
         shared,
+        caches_listed,
         lines: Mutex::default(),
         read: Mutex::default(),
     });
@@ -292,6 +297,8 @@ struct Outcome {
 }
 
 async fn reconcile(verifier: Arc<ApiTokenVerifier>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Err only when the sender is gone, that is when the operator is shutting down.
+    let _ = ctx.caches_listed.clone().wait_for(|listed| *listed).await;
     let now = now_seconds();
     let (outcome, action) = render_outputs(&verifier, &ctx, now).await?;
     let last = verifier.status.clone().unwrap_or_default();
