@@ -1053,3 +1053,114 @@ async fn apiserver_killed_mid_rotation_wave_rotates_each_token_once() {
     }
     run.finish().await;
 }
+
+/// CPU time of process `pid` (user + system) in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based, as in proc(5)).
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(14) + field(15)
+}
+
+/// Issue 19: an idle `tokenmint authz` whose API server restarts resumes its watch with a few
+/// requests, then stays idle: it does not get, watch and fail again in a loop (as it once did, 200
+/// times a second, when it watched from its Secret's own, too old, resourceVersion). Revocations
+/// still arrive afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_restart_costs_an_idle_authz_a_few_requests_not_a_loop() {
+    use common::authz::Authz;
+    use common::tokens::{active, create, data, secret, set_spec, spec_of};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = ControlPlane::local().await;
+    let ns = TestNs::new("fault-authz").await;
+    let op = Operator::start(&ns).await;
+    common::verifiers::create_map_verifier(&ns, "api", "api-tokens").await;
+    let bearer_of = |name: &'static str| {
+        let ns = &ns;
+        async move {
+            create(
+                ns,
+                name,
+                spec_of(json!({"role": "reader", "audiences": ["api"]})),
+            )
+            .await;
+            active(ns, name).await;
+            format!("Bearer {}", data(&secret(ns, name).await.unwrap())["token"])
+        }
+    };
+    let before = bearer_of("before").await;
+    let authz = Authz::for_output(&ns.name, "api", "api-tokens").await;
+    let pid = authz.pid().unwrap();
+    let let_in = |bearer: String, status: u16, what: &'static str| {
+        let authz = &authz;
+        async move {
+            common::wait_for(what, Duration::from_secs(60), || async {
+                (authz.verify("", Some(&bearer)).status == status).then_some(())
+            })
+            .await
+        }
+    };
+    let_in(before.clone(), 200, "the first credential let in").await;
+    let requests = || {
+        ["list", "watch", "get"]
+            .iter()
+            .map(|verb| {
+                authz.metric(&format!(
+                    "tokenmint_authz_api_requests_total{{verb=\"{verb}\"}}"
+                ))
+            })
+            .sum::<f64>()
+    };
+    let at_start = requests();
+
+    let outage = cluster.kill("kube-apiserver").await;
+    tokio::time::sleep(DOWN_FOR).await;
+    outage.restore().await;
+    // Barrier: a token issued after the restart reaches authz, so its watch is back.
+    let after = bearer_of("after").await;
+    let_in(after, 200, "a credential issued after the restart let in").await;
+    let (back, cpu_back) = (requests(), cpu_ticks(pid));
+    // A window that a loop would fill: a revocation travels operator -> verifier -> authz.
+    set_spec(&ns, "before", json!({"revoked": true}))
+        .await
+        .unwrap();
+    let_in(
+        before,
+        401,
+        "the credential revoked after the restart refused",
+    )
+    .await;
+    let (end, cpu_end) = (requests(), cpu_ticks(pid));
+    eprintln!(
+        "faults[authz idle]: {} API requests to resume after the restart, {} during the revocation \
+         that followed; {} CPU ticks in it",
+        back - at_start,
+        end - back,
+        cpu_end - cpu_back
+    );
+    assert!(
+        back - at_start <= 12.0,
+        "authz made {} requests to resume its watch after an API server restart",
+        back - at_start
+    );
+    assert!(
+        end - back <= 2.0,
+        "authz made {} requests while nothing but one revocation happened: a loop",
+        end - back
+    );
+    assert!(
+        !authz.log().contains("went silent"),
+        "a live watch was taken for a dead one"
+    );
+    drop(authz);
+    drop(op);
+    ns.cleanup().await;
+}

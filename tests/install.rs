@@ -731,7 +731,7 @@ fn authz_values(namespace: &str) -> [String; 4] {
 }
 
 #[test]
-fn authz_is_off_by_default_and_on_may_only_get_and_watch_its_output_secret() {
+fn authz_is_off_by_default_and_on_may_only_list_and_watch_its_output_secret_and_get_its_verifier() {
     let defaults = render("tokenmint", "tokenmint-system", &[]);
     assert!(
         defaults
@@ -747,7 +747,10 @@ fn authz_is_off_by_default_and_on_may_only_get_and_watch_its_output_secret() {
     assert_eq!(role["metadata"]["namespace"], "data");
     assert_eq!(
         rules(role),
-        BTreeSet::from([row("", "secrets", &["api-tokens"], &["get", "watch"])])
+        BTreeSet::from([
+            row("", "secrets", &["api-tokens"], &["list", "watch"]),
+            row("tokenmint.dev", "apitokenverifiers", &["api"], &["get"]),
+        ])
     );
     let binding = named(&docs, "RoleBinding", name);
     assert_eq!(binding["metadata"]["namespace"], "data");
@@ -821,7 +824,7 @@ async fn authz_under_the_chart_role_serves_its_output_and_can_read_nothing_else(
         (authz.verify("", Some(&bearer)).status == 200).then_some(())
     })
     .await;
-    // The watch works under get+watch: a revocation arrives.
+    // The watch works under list+watch by name: a revocation arrives.
     common::tokens::set_spec(&ns, "app", json!({"revoked": true}))
         .await
         .unwrap();
@@ -833,10 +836,19 @@ async fn authz_under_the_chart_role_serves_its_output_and_can_read_nothing_else(
     let log = authz.log();
     assert!(!log.contains("failed") && !log.contains("broke"), "{log}");
 
-    // With the same identity: no other Secret, no list, nothing but that one Secret.
+    // With the same identity: no other Secret, no list but of that one name, nothing but that
+    // one Secret and its verifier.
     let as_authz = common::client_for_token(&token).await;
     let secrets: Api<Secret> = Api::namespaced(as_authz.clone(), &ns.name);
-    assert_eq!(status_code(secrets.get("api-tokens").await), 200);
+    assert_eq!(
+        status_code(
+            secrets
+                .list(&ListParams::default().fields("metadata.name=api-tokens"))
+                .await
+        ),
+        200,
+        "list of that one name"
+    );
     assert_eq!(
         status_code(secrets.get("app").await),
         403,
@@ -855,11 +867,19 @@ async fn authz_under_the_chart_role_serves_its_output_and_can_read_nothing_else(
     assert_eq!(
         status_code(
             secrets
-                .list(&ListParams::default().fields("metadata.name=api-tokens"))
+                .list(&ListParams::default().fields("metadata.name=app"))
                 .await
         ),
         403,
-        "list, even of that one name"
+        "list of another name"
+    );
+    let verifiers: Api<tokenmint::verifier::api::ApiTokenVerifier> =
+        Api::namespaced(as_authz.clone(), &ns.name);
+    assert_eq!(status_code(verifiers.get("api").await), 200, "its verifier");
+    assert_eq!(
+        status_code(verifiers.list(&ListParams::default()).await),
+        403,
+        "other verifiers"
     );
     let tokens: Api<ApiToken> = Api::namespaced(as_authz.clone(), &ns.name);
     assert_eq!(

@@ -48,8 +48,8 @@ pub struct AuthzArgs {
     /// Address for /verify, /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// How long the API server may be out of reach before every check is refused (a revocation
-    /// would not arrive). Not in --file mode.
+    /// How long authz may go without the API server confirming its output (an error, a refused or a
+    /// silent watch) before every check is refused: a revocation might not arrive. Not in --file mode.
     #[arg(long, default_value = "60s", value_parser = crate::operator::parse_seconds)]
     pub max_stale: Duration,
     /// Log format.
@@ -91,7 +91,7 @@ pub enum NotReady {
     Absent,
     #[error("the output cannot be used: {0}")]
     Invalid(String),
-    #[error("the API server has been out of reach for {0:?}; a revocation would not arrive")]
+    #[error("the API server has not confirmed the output for {0:?}; a revocation might not arrive")]
     Stale(Duration),
 }
 
@@ -107,24 +107,27 @@ pub struct Shared {
 #[derive(Debug)]
 struct State {
     output: Output,
-    unreachable_since: Option<Instant>,
+    /// When the source last proved that what is served is current (a read, an accepted watch, an
+    /// event, a bookmark, a watch that ended on time). `--max-stale` counts from here, so every way
+    /// updates can stop (an error, a refused watch, a connection that went silent) ends in refusal.
+    confirmed_at: Instant,
 }
 
 impl Shared {
-    /// `max_stale`: how long the source may be out of reach before checks are refused (`None`: no
-    /// limit, for a file).
+    /// `max_stale`: how long the source may go without confirming what is served before checks are
+    /// refused (`None`: no limit, for a file).
     pub fn new(max_stale: Option<Duration>) -> Shared {
         Shared {
             state: RwLock::new(State {
                 output: Output::Waiting,
-                unreachable_since: None,
+                confirmed_at: Instant::now(),
             }),
             max_stale,
             metrics: server::AuthzMetrics::new(),
         }
     }
 
-    /// Replaces what is served, and counts the load.
+    /// Replaces what is served, and counts the load. What was just read is current.
     pub fn set(&self, output: Output) {
         let (result, credentials) = match &output {
             Output::Waiting => ("waiting", 0),
@@ -147,28 +150,27 @@ impl Shared {
         self.metrics.loaded(result, credentials);
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.output = output;
-        state.unreachable_since = None;
+        state.confirmed_at = Instant::now();
     }
 
-    /// The source answered (a watch is open): what was read is current.
-    pub fn reachable(&self) {
+    /// How long what is served may go unconfirmed (`None` for a file).
+    pub fn max_stale(&self) -> Option<Duration> {
+        self.max_stale
+    }
+
+    /// The source proved that what is served is still current.
+    pub fn confirmed(&self) {
         self.state
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .unreachable_since = None;
-    }
-
-    /// The source did not answer; from `--max-stale` after the first such moment, checks are refused.
-    pub fn unreachable(&self) {
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        state.unreachable_since.get_or_insert_with(Instant::now);
+            .confirmed_at = Instant::now();
     }
 
     /// The credentials to check against, or why there are none.
     pub fn serving(&self) -> Result<Arc<Credentials>, NotReady> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        if let (Some(since), Some(max)) = (state.unreachable_since, self.max_stale) {
-            let for_ = since.elapsed();
+        if let Some(max) = self.max_stale {
+            let for_ = state.confirmed_at.elapsed();
             if for_ > max {
                 return Err(NotReady::Stale(for_));
             }
@@ -234,18 +236,16 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_api_server_refuses_checks_after_max_stale() {
+    fn an_unconfirmed_output_is_refused_after_max_stale() {
         let shared = Shared::new(Some(Duration::from_millis(20)));
         shared.set(loaded());
-        shared.unreachable();
         assert!(shared.serving().is_ok(), "within max-stale");
         std::thread::sleep(Duration::from_millis(30));
         assert!(matches!(shared.serving(), Err(NotReady::Stale(_))));
-        shared.reachable();
+        shared.confirmed();
         assert!(shared.serving().is_ok());
         let unlimited = Shared::new(None);
         unlimited.set(loaded());
-        unlimited.unreachable();
         std::thread::sleep(Duration::from_millis(30));
         assert!(unlimited.serving().is_ok(), "a file has no max-stale");
     }

@@ -39,6 +39,11 @@ struct LoadLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: &'static str,
+}
+
 /// authz's metrics, under `tokenmint_authz_`.
 #[derive(Debug)]
 pub struct AuthzMetrics {
@@ -47,6 +52,7 @@ pub struct AuthzMetrics {
     duration: Histogram,
     loads: Family<LoadLabels, Counter>,
     credentials: Gauge,
+    api_requests: Family<RequestLabels, Counter>,
 }
 
 impl Default for AuthzMetrics {
@@ -63,6 +69,7 @@ impl AuthzMetrics {
         let duration = Histogram::new(exponential_buckets(0.00001, 2.0, 16));
         let loads = Family::<LoadLabels, Counter>::default();
         let credentials = Gauge::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "checks",
             "Checks by result (allowed, unauthorized, forbidden, unavailable) and reason",
@@ -83,12 +90,18 @@ impl AuthzMetrics {
             "Credentials in the output being served (0 when none is)",
             credentials.clone(),
         );
+        registry.register(
+            "api_requests",
+            "Requests to the API server by verb (list, watch, get): a few an hour when idle",
+            api_requests.clone(),
+        );
         AuthzMetrics {
             registry,
             checks,
             duration,
             loads,
             credentials,
+            api_requests,
         }
     }
 
@@ -103,6 +116,13 @@ impl AuthzMetrics {
         self.loads.get_or_create(&LoadLabels { result }).inc();
         self.credentials
             .set(i64::try_from(credentials).unwrap_or(i64::MAX));
+    }
+
+    /// One request to the API server (`list`, `watch` or `get`).
+    pub(super) fn requested(&self, verb: &'static str) {
+        self.api_requests
+            .get_or_create(&RequestLabels { verb })
+            .inc();
     }
 
     pub fn encode(&self) -> String {
