@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod authz;
+pub mod caddy;
 pub mod nginx;
 pub mod tokens;
 pub mod verifiers;
