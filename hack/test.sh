@@ -26,8 +26,10 @@ TOKENMINT_HELM="$(hack/install-tools.sh)"   # pinned helm for the chart tests; c
 export TOKENMINT_HELM
 TOKENMINT_PROMTOOL="$(hack/install-tools.sh promtool)"   # pinned promtool for the alert rules' tests
 export TOKENMINT_PROMTOOL
-TOKENMINT_NGINX="$(hack/install-nginx.sh)"   # Debian's nginx for the htpasswd tests; installed only when missing
+TOKENMINT_NGINX="$(hack/install-nginx.sh)"   # Debian's nginx for the htpasswd, authz and gateway-snippet tests; installed only when missing
 export TOKENMINT_NGINX
+TOKENMINT_CADDY="$(hack/install-caddy.sh)"   # Debian's Caddy for the gateway-snippet tests; installed only when missing
+export TOKENMINT_CADDY
 
 start=$(date +%s)
 # --workspace: the harness's unit tests run and the bench builds too (neither has cluster tests).

@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use super::nginx::{Connection, Reply, Site};
-use super::{free_addr, kubeconfig_path, spawn_logged, wait_for, wait_listening};
+use super::{free_addr, kubeconfig_path, spawn_logged, stop_and_report, wait_for, wait_listening};
 
 /// The headers authz sets and nginx forwards, as `auth_request_set` variable suffixes.
 const FORWARDED: [&str; 4] = ["token", "role", "scope", "filter"];
@@ -213,13 +213,9 @@ impl Authz {
 
 impl Drop for Authz {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("----- authz log -----\n{}", self.log());
-        }
+        stop_and_report(self.child.take(), || {
+            format!("----- authz log -----\n{}", self.log())
+        });
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod authz;
+pub mod caddy;
 pub mod nginx;
 pub mod tokens;
 pub mod verifiers;
@@ -328,6 +329,39 @@ pub fn spawn_logged(command: &mut Command, log_path: &Path) -> Child {
     harness::log_to(command, log_path)
         .and_then(|command| command.spawn())
         .unwrap_or_else(|e| panic!("starting {command:?}: {e}"))
+}
+
+/// An external tool the tests run: the path in `var` (which must exist), else `name` on PATH, else
+/// `fallback` (a package's path that may not be on a user's PATH); panics with `missing` otherwise.
+pub fn tool_bin(var: &str, name: &str, fallback: &str, missing: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(var) {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "{var}={} does not exist; {missing}",
+            bin.display()
+        );
+        return bin;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    on_path
+        .chain([PathBuf::from(fallback)])
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| panic!("{missing}"))
+}
+
+/// For a Drop: kills and reaps `child` if it still runs, and prints `logs()` if the test is failing.
+pub fn stop_and_report(child: Option<Child>, logs: impl FnOnce() -> String) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if std::thread::panicking() {
+        eprintln!("{}", logs());
+    }
 }
 
 pub fn free_addr() -> SocketAddr {

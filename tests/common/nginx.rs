@@ -15,7 +15,7 @@ use std::{
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::free_addr;
+use super::{free_addr, stop_and_report, tool_bin};
 
 const MISSING: &str =
     "nginx not found: run `hack/install-nginx.sh` (or set TOKENMINT_NGINX to the binary)";
@@ -27,25 +27,7 @@ pub const OPEN: &str = "/ok.txt";
 /// TOKENMINT_NGINX, else `nginx` on PATH, else Debian's /usr/sbin/nginx (not on a user's PATH).
 pub fn nginx_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("TOKENMINT_NGINX") {
-            let bin = PathBuf::from(bin);
-            assert!(
-                bin.is_file(),
-                "TOKENMINT_NGINX={} does not exist; {MISSING}",
-                bin.display()
-            );
-            return bin;
-        }
-        let on_path = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .map(|dir| dir.join("nginx"));
-        on_path
-            .chain([PathBuf::from("/usr/sbin/nginx")])
-            .find(|bin| bin.is_file())
-            .unwrap_or_else(|| panic!("{MISSING}"))
-    })
+    BIN.get_or_init(|| tool_bin("TOKENMINT_NGINX", "nginx", "/usr/sbin/nginx", MISSING))
 }
 
 /// `Authorization` header value for Basic credentials.
@@ -170,13 +152,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
+        stop_and_report(self.child.take(), || self.logs());
     }
 }
 
@@ -267,7 +243,7 @@ impl Connection {
         let addr = self.addr;
         let stream = self.stream.get_or_insert_with(|| {
             let stream = TcpStream::connect(addr)
-                .unwrap_or_else(|e| panic!("connecting to nginx at {addr}: {e}"));
+                .unwrap_or_else(|e| panic!("connecting to the gateway at {addr}: {e}"));
             stream
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
