@@ -745,11 +745,14 @@ async fn write_secret(
                         .map(|k| (k.clone(), serde_json::Value::Null))
                         .collect::<serde_json::Map<_, _>>()
                 };
-                let patch = json!({"metadata": {
-                    "resourceVersion": resource_version,
-                    "labels": nulls(&removed.labels),
-                    "annotations": nulls(&removed.annotations),
-                }});
+                let patch = json!({
+                    "metadata": {
+                        "resourceVersion": resource_version,
+                        "labels": nulls(&removed.labels),
+                        "annotations": nulls(&removed.annotations),
+                    },
+                    "data": nulls(&removed.data),
+                });
                 result = api
                     .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await

@@ -659,22 +659,46 @@ fn template_keys<'k>(
     labels.chain(annotations).collect::<Vec<_>>().join(",")
 }
 
-/// Template keys tokenmint put on a Secret that its template no longer has.
+/// Keys an update removes explicitly: template keys tokenmint put on a Secret that its template no
+/// longer has, and credential keys and sealed annotations that the desired Secret lacks. A
+/// server-side apply removes only the fields its own manager set; a key someone else planted
+/// (`next-password` under a stripped seal, say) would survive the re-issue, break the new seal and
+/// make the token re-issue for ever.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     pub labels: Vec<String>,
     pub annotations: Vec<String>,
+    pub data: Vec<String>,
 }
 
 impl Removed {
     /// Nothing to remove.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.annotations.is_empty()
+        self.labels.is_empty() && self.annotations.is_empty() && self.data.is_empty()
     }
 }
 
+/// What an update from `observed` to `desired` must remove explicitly (see [`Removed`]).
+pub fn removed_keys(observed: &Secret, desired: &Secret) -> Removed {
+    let mut removed = removed_template_keys(observed, desired);
+    let desired_data = desired.data.as_ref();
+    for key in observed.data.iter().flatten().map(|(k, _)| k) {
+        let ours = CREDENTIAL_KEYS.contains(&key.as_str()) || NEXT_KEYS.contains(&key.as_str());
+        if ours && !desired_data.is_some_and(|d| d.contains_key(key)) {
+            removed.data.push(key.clone());
+        }
+    }
+    let sealed = SEALED_ANNOTATIONS.iter().chain(&NEXT_ANNOTATIONS);
+    for name in sealed {
+        if annotation(observed, name).is_some() && annotation(desired, name).is_none() {
+            removed.annotations.push((*name).to_owned());
+        }
+    }
+    removed
+}
+
 /// The keys `observed` records as put there by its template that `desired`'s template lacks.
-pub fn removed_template_keys(observed: &Secret, desired: &Secret) -> Removed {
+fn removed_template_keys(observed: &Secret, desired: &Secret) -> Removed {
     let listed = |secret: &Secret| -> Vec<(String, String)> {
         annotation(secret, TEMPLATE_KEYS_ANNOTATION)
             .into_iter()
