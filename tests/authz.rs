@@ -539,6 +539,140 @@ async fn authz_waits_for_its_output_and_fails_closed_when_it_is_malformed_or_del
     ns.cleanup().await;
 }
 
+/// A TCP proxy to the API server that can go silent: while frozen it forwards nothing and closes
+/// nothing, as a NAT or load balancer that dropped the connection's state does.
+struct FreezableProxy {
+    addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    async fn to(upstream: String) -> FreezableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pump(client_read, server_write, watch.clone()));
+                tokio::spawn(Self::pump(server_read, client_write, watch.clone()));
+            }
+        });
+        FreezableProxy { addr, frozen, task }
+    }
+
+    /// Copies `from` to `to`; while frozen, holds what it read and waits.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let Ok(n) = from.read(&mut buffer).await else {
+                return;
+            };
+            if n == 0 || frozen.wait_for(|f| !*f).await.is_err() {
+                return;
+            }
+            if to.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection to the API server that goes silent without a reset (no error, no close) must not
+/// keep authz serving: it refuses within `--max-stale`, and serves again once the path is back.
+#[tokio::test]
+async fn a_silent_connection_to_the_api_server_ends_in_refusal_within_max_stale() {
+    const MAX_STALE: Duration = Duration::from_secs(6);
+    let ns = TestNs::new("authz-silent").await;
+    let op = Operator::start(&ns).await;
+    create_map_verifier(&ns, VERIFIER, OUTPUT).await;
+    create(
+        &ns,
+        "app",
+        spec_of(json!({"role": "reader", "audiences": [VERIFIER]})),
+    )
+    .await;
+    active(&ns, "app").await;
+    let app = creds(&ns, "app").await;
+
+    let (server, _) = common::admin_server_and_ca();
+    let upstream = server.trim_start_matches("https://").to_owned();
+    let proxy = FreezableProxy::to(upstream.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("proxied.kubeconfig");
+    let admin = std::fs::read_to_string(common::kubeconfig_path()).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        admin.replace(&upstream, &proxy.addr.to_string()),
+    )
+    .unwrap();
+    let verifier = format!("{}/{VERIFIER}", ns.name);
+    let max_stale = format!("{}s", MAX_STALE.as_secs());
+    let authz = Authz::start(
+        &[
+            "--verifier",
+            &verifier,
+            "--output",
+            OUTPUT,
+            "--max-stale",
+            &max_stale,
+        ],
+        &kubeconfig,
+    )
+    .await;
+    wait_for("let in through the proxy", WAIT, || async {
+        (authz.verify("", Some(&app.bearer())).status == 200).then_some(())
+    })
+    .await;
+
+    proxy.freeze(true);
+    let frozen_at = Instant::now();
+    wait_for(
+        "refused while the API server is silent",
+        MAX_STALE * 3,
+        || async { (authz.verify("", Some(&app.bearer())).status == 503).then_some(()) },
+    )
+    .await;
+    let refused_after = frozen_at.elapsed();
+    eprintln!(
+        "authz refused {refused_after:?} after its connection went silent (max-stale {MAX_STALE:?})"
+    );
+    assert_eq!(authz.readyz(), 503);
+    assert!(
+        authz.metrics().contains("tokenmint_authz_checks_total"),
+        "still answering /metrics"
+    );
+
+    proxy.freeze(false);
+    wait_for("let in again once the path is back", WAIT * 2, || async {
+        (authz.verify("", Some(&app.bearer())).status == 200).then_some(())
+    })
+    .await;
+    authz.assert_never_shows(&app.secrets());
+    drop(op);
+    ns.cleanup().await;
+}
+
 // ---------------------------------------------------------------- no cluster
 
 fn issued(name: &str, access_key: &str, secret_key: &str) -> TokenCredentials {

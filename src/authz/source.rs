@@ -28,6 +28,8 @@ const FILE_POLL: Duration = Duration::from_millis(250);
 const WATCH_SECONDS_MAX: u64 = 290;
 /// The shortest, whatever `--max-stale` says.
 const WATCH_SECONDS_MIN: u64 = 5;
+/// A watch the API server ends sooner than this counts as failed, and the next waits.
+const SHORTEST_WATCH: Duration = Duration::from_secs(1);
 /// How long past its own end a watch may stay silent before its connection counts as dead.
 const SILENCE_MARGIN: Duration = Duration::from_secs(5);
 
@@ -146,6 +148,7 @@ impl Follow {
         let silence = Duration::from_secs(seconds) + SILENCE_MARGIN;
         let mut backoff = WatchBackoff::default();
         let mut version: Option<String> = None;
+        let mut relisted = false;
         loop {
             let from = match version.take() {
                 Some(from) => from,
@@ -161,6 +164,10 @@ impl Follow {
             let (ended, held) = self.watch(&params, from, silence, shared).await;
             match ended {
                 Ended::Resume => kube::runtime::utils::Backoff::reset(&mut backoff),
+                // Once at once; a list whose own version is gone again waits like an error.
+                Ended::Relist if relisted => {
+                    tokio::time::sleep(backoff.next().unwrap_or(SILENCE_MARGIN)).await
+                }
                 Ended::Relist => {
                     tracing::debug!(
                         "the output's version is gone from the API server; listing again"
@@ -168,6 +175,7 @@ impl Follow {
                 }
                 Ended::Failed => tokio::time::sleep(backoff.next().unwrap_or(SILENCE_MARGIN)).await,
             }
+            relisted = matches!(ended, Ended::Relist);
             version = match ended {
                 Ended::Relist => None,
                 Ended::Resume | Ended::Failed => held,
@@ -203,6 +211,7 @@ impl Follow {
             }
         };
         shared.confirmed();
+        let started = std::time::Instant::now();
         futures::pin_mut!(events);
         let mut version = Some(from);
         loop {
@@ -216,6 +225,11 @@ impl Follow {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the watch on the output Secret broke; retrying");
+                    return (Ended::Failed, version);
+                }
+                // Ended by the API server: on time, or so soon that it counts as an error (a
+                // server that closes every watch at once must not be asked again at once).
+                Ok(Ok(None)) if started.elapsed() < SHORTEST_WATCH => {
                     return (Ended::Failed, version);
                 }
                 Ok(Ok(None)) => {
