@@ -132,6 +132,9 @@ pub struct ApiTokenSpec {
 #[x_kube(validation = Rule::new("!has(self.filter) || has(self.resource)")
     .message("filter needs resource: a row filter applies to one resource")
     .field_path(".filter"))]
+#[x_kube(validation = Rule::new("!has(self.resource) || self.type.contains(':') || !self.resource.matches('^[A-Z][A-Z_]*$')")
+    .message("an upper-case resource of a one-word type reads as part of the type (PIPES with resource READ is PIPES:READ); use a two-word type or another resource name")
+    .field_path(".resource"))]
 pub struct Scope {
     /// Scope type, e.g. `ADMIN`, `TOKENS`, `DATASOURCES:READ`, `DATASOURCES:APPEND`, `PIPES:READ`.
     #[serde(rename = "type")]

@@ -195,7 +195,7 @@ pub fn is_role(role: &str) -> bool {
 }
 
 /// `^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$`.
-fn is_scope_type(type_: &str) -> bool {
+pub fn is_scope_type(type_: &str) -> bool {
     let word = |w: &str| {
         w.as_bytes().first().is_some_and(u8::is_ascii_uppercase)
             && w.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
@@ -207,7 +207,7 @@ fn is_scope_type(type_: &str) -> bool {
 }
 
 /// 1-253 characters of `[A-Za-z0-9_.-]`.
-fn is_resource(resource: &str) -> bool {
+pub fn is_resource(resource: &str) -> bool {
     (1..=253).contains(&resource.len())
         && resource
             .bytes()
@@ -228,6 +228,18 @@ fn check_scope(scope: &Scope) -> Result<(), InvalidSpec> {
         return Err(invalid(
             "resource",
             "must be 1-253 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    // The canonical string `TYPE:resource` must read back one way: `PIPES` with resource `READ`
+    // would be `PIPES:READ`, the two-word type.
+    if let Some(resource) = &scope.resource
+        && !scope.type_.contains(':')
+        && is_scope_type(resource)
+        && !resource.contains(':')
+    {
+        return Err(invalid(
+            "resource",
+            "an upper-case resource of a one-word type reads as part of the type (PIPES with resource READ is PIPES:READ)",
         ));
     }
     match (&scope.resource, &scope.filter) {
@@ -313,6 +325,36 @@ mod tests {
         let err = validate(&s, Policy::default()).unwrap_err();
         assert_eq!(err.field, "spec.rotation.period");
         assert!(err.to_string().contains("at least 1m"));
+    }
+
+    #[test]
+    fn a_resource_that_would_read_as_part_of_the_type_is_rejected() {
+        let mut s = spec();
+        s.scopes = Some(vec![Scope {
+            type_: "PIPES".into(),
+            resource: Some("READ".into()),
+            filter: None,
+        }]);
+        assert_eq!(
+            validate(&s, Policy::default()).unwrap_err().field,
+            "spec.scopes[0].resource"
+        );
+        // Unambiguous: a two-word type, or a resource that is not an upper-case word.
+        for (type_, resource) in [
+            ("PIPES:READ", "TOP"),
+            ("PIPES", "top_pages"),
+            ("PIPES", "Read"),
+        ] {
+            s.scopes = Some(vec![Scope {
+                type_: type_.into(),
+                resource: Some(resource.into()),
+                filter: None,
+            }]);
+            assert!(
+                validate(&s, Policy::default()).is_ok(),
+                "{type_} {resource}"
+            );
+        }
     }
 
     #[test]

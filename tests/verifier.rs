@@ -280,6 +280,95 @@ async fn untrusted_namespaces_and_roles_are_never_let_in() {
     other.cleanup().await;
 }
 
+/// Issue 19: the server's owner decides which scopes a trusted token may claim. A token that asks
+/// for more than its trust entry grants is not accepted (never trimmed), says which scope in its
+/// status, and is counted; a tenant that widens its own token's scopes loses its place in the output.
+#[tokio::test]
+async fn a_token_claiming_scopes_its_trust_entry_does_not_grant_is_not_let_in() {
+    let ns = TestNs::new("verify-scopes").await;
+    let _op = Operator::start(&ns).await;
+    let nginx = Nginx::start();
+    let _mirror = Mirror::start(&ns, "web-htpasswd", "htpasswd", &nginx);
+    create_verifier(
+        &ns,
+        "web",
+        json!({"trust": [{"roles": ["reader"], "scopes": [
+                    {"type": "PIPES:READ", "resources": ["top_pages"]},
+                    {"type": "DATASOURCES:READ", "resources": ["events"], "requireFilter": true}]}],
+               "publishDelay": "2s",
+               "outputs": [{"secretName": "web-htpasswd", "format": "htpasswd", "hash": "ssha"}]}),
+    )
+    .await;
+    let scoped = |scopes: serde_json::Value| {
+        spec_of(json!({"role": "reader", "audiences": ["web"], "scopes": scopes}))
+    };
+    create(
+        &ns,
+        "granted",
+        scoped(json!([{"type": "PIPES:READ", "resource": "top_pages"},
+            {"type": "DATASOURCES:READ", "resource": "events", "filter": "tenant_id = 42"}])),
+    )
+    .await;
+    create(
+        &ns,
+        "widened",
+        scoped(json!([{"type": "PIPES:READ", "resource": "top_pages"}, {"type": "ADMIN"}])),
+    )
+    .await;
+    create(
+        &ns,
+        "unfiltered",
+        scoped(json!([{"type": "DATASOURCES:READ", "resource": "events"}])),
+    )
+    .await;
+    for name in ["granted", "widened", "unfiltered"] {
+        active(&ns, name).await;
+    }
+    let (user, password) = userpass(&ns, "granted").await;
+    wait_status(&nginx, &user, &password, 200, "the granted token").await;
+    for (name, message) in [
+        ("widened", "spec.scopes[1] (ADMIN) is not granted"),
+        (
+            "unfiltered",
+            "spec.scopes[0] (DATASOURCES:READ:events) is not granted",
+        ),
+    ] {
+        let t = wait_phase(&ns, name, Phase::Active, |t| {
+            status_of(t).audiences.first().is_some_and(|a| !a.accepted)
+        })
+        .await;
+        let audience = &status_of(&t).audiences[0];
+        assert_eq!(audience.reason, "ScopeNotTrusted", "{name}");
+        let shown = audience.message.as_deref().unwrap_or_default();
+        assert!(shown.starts_with(message), "{name}: {shown}");
+        let (user, password) = userpass(&ns, name).await;
+        assert_eq!(status(&nginx, &user, &password), 401, "{name}");
+    }
+    wait_for("verifier counts", WAIT, || async {
+        let s = ns.api::<ApiTokenVerifier>().get("web").await.ok()?.status?;
+        (s.tokens == Some(1) && s.rejected == Some(2)).then_some(())
+    })
+    .await;
+
+    // The tenant widens its own token: it leaves the output, it does not gain ADMIN there.
+    set_spec(
+        &ns,
+        "granted",
+        json!({"scopes": [{"type": "PIPES:READ", "resource": "top_pages"}, {"type": "ADMIN"}]}),
+    )
+    .await
+    .unwrap();
+    wait_status(&nginx, &user, &password, 401, "the widened token refused").await;
+
+    // `PIPES` with resource `READ` would read back as the type `PIPES:READ`: refused at apply.
+    let ambiguous = "apiVersion: tokenmint.dev/v1alpha1\nkind: ApiToken\nmetadata: {name: twin}\n\
+        spec: {role: reader, scopes: [{type: PIPES, resource: READ}]}\n";
+    let out = apply_yaml(&ns.name, ambiguous);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reads as part of the type"));
+    ns.cleanup().await;
+}
+
 #[tokio::test]
 async fn the_sha256_map_holds_hashes_of_both_forms_and_nothing_secret() {
     let ns = TestNs::new("verify-map").await;

@@ -140,7 +140,48 @@ pub struct TrustEntry {
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub roles: Option<Vec<String>>,
+
+    /// The scopes a token trusted by this entry may claim: every item of its `spec.scopes` must be
+    /// granted here, or the token is not accepted (never trimmed). Absent: with `namespaceSelector`,
+    /// no scope at all (another namespace's authors get only what is granted); without it (this
+    /// verifier's own namespace), any scope. At most 64 grants, one per type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub scopes: Option<Vec<ScopeGrant>>,
 }
+
+/// What a trust entry lets a token claim of one scope type.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeGrant {
+    /// The scope type, e.g. `PIPES:READ` or `DATASOURCES:READ`.
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 64), pattern(GRANT_TYPE_PATTERN))]
+    pub type_: String,
+    /// The resources a scope of this type may name. Absent: any resource it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 1, max = 253), pattern(GRANT_RESOURCE_PATTERN))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub resources: Option<Vec<String>>,
+    /// Whether a scope of this type may name no resource, which covers every resource of the type.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any_resource: Option<bool>,
+    /// Whether a scope of this type must carry a row filter (`filter`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_filter: Option<bool>,
+}
+
+/// A grant's scope type: the grammar of `spec.scopes[].type`.
+const GRANT_TYPE_PATTERN: &str = r"^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$";
+/// A grant's resource: the grammar of `spec.scopes[].resource`.
+const GRANT_RESOURCE_PATTERN: &str = r"^[A-Za-z0-9_.-]+$";
+/// Grants per trust entry, and resources per grant.
+pub const MAX_SCOPE_GRANTS: usize = 64;
 
 /// One Secret the verifier writes: its name, its format and the data key that holds the rendering.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -416,8 +457,12 @@ pub struct AudienceStatus {
     pub accepted: bool,
     /// Why, in CamelCase: `Accepted`, `VerifierNotFound`, `VerifierInvalid` (its spec is invalid, so it
     /// renders nothing), `NamespaceNotTrusted` (no trust entry selects the token's namespace) or
-    /// `RoleNotTrusted` (entries select the namespace, none lists the token's role).
+    /// `RoleNotTrusted` (entries select the namespace, none lists the token's role) or
+    /// `ScopeNotTrusted` (entries select the namespace and role, none grants one of the token's scopes).
     pub reason: String,
+    /// Which scope, for `ScopeNotTrusted`: `spec.scopes[i]` and its canonical string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The reasons of [`AudienceStatus`]. Status carries the string, so a new reason is no schema change.
@@ -428,6 +473,7 @@ pub enum AudienceReason {
     VerifierInvalid,
     NamespaceNotTrusted,
     RoleNotTrusted,
+    ScopeNotTrusted,
 }
 
 impl AudienceReason {
@@ -439,6 +485,7 @@ impl AudienceReason {
             AudienceReason::VerifierInvalid => "VerifierInvalid",
             AudienceReason::NamespaceNotTrusted => "NamespaceNotTrusted",
             AudienceReason::RoleNotTrusted => "RoleNotTrusted",
+            AudienceReason::ScopeNotTrusted => "ScopeNotTrusted",
         }
     }
 }
@@ -450,6 +497,7 @@ impl AudienceStatus {
             name: name.0.clone(),
             accepted: reason == AudienceReason::Accepted,
             reason: reason.as_str().to_owned(),
+            message: None,
         }
     }
 }

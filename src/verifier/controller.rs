@@ -240,6 +240,7 @@ fn verdict(trust: &Trust, token: &ApiToken, lookup: &Lookup) -> Verdict {
         namespace,
         role: &token.spec.role,
         audiences: token.spec.audiences.as_deref().unwrap_or_default(),
+        scopes: token.spec.scopes.as_deref().unwrap_or_default(),
         namespace_labels: labels,
     })
 }
@@ -259,14 +260,24 @@ pub fn audiences_of(token: &ApiToken, lookup: &Lookup) -> Vec<AudienceStatus> {
                 let key = ObjectRef::new(&target.name).within(&target.namespace);
                 lookup.verifiers.get(&key)
             });
-            let reason = match found.as_deref().map(super::validate) {
-                None => AudienceReason::VerifierNotFound,
-                Some(Err(_)) => AudienceReason::VerifierInvalid,
-                Some(Ok(valid)) => verdict(&valid.trust, token, lookup)
-                    .audience_reason()
-                    .unwrap_or(AudienceReason::VerifierNotFound),
+            let (reason, message) = match found.as_deref().map(super::validate) {
+                None => (AudienceReason::VerifierNotFound, None),
+                Some(Err(_)) => (AudienceReason::VerifierInvalid, None),
+                Some(Ok(valid)) => {
+                    let verdict = verdict(&valid.trust, token, lookup);
+                    let scopes = token.spec.scopes.as_deref().unwrap_or_default();
+                    (
+                        verdict
+                            .audience_reason()
+                            .unwrap_or(AudienceReason::VerifierNotFound),
+                        verdict.audience_message(scopes),
+                    )
+                }
             };
-            AudienceStatus::new(audience, reason)
+            AudienceStatus {
+                message,
+                ..AudienceStatus::new(audience, reason)
+            }
         })
         .collect()
 }

@@ -2,19 +2,21 @@
 //!
 //! Consent is two-sided. The token's owner consents by naming the verifier in `spec.audiences`
 //! (resolved relative to the token's namespace); the server's owner consents with a `spec.trust`
-//! entry that matches the token's namespace and role. Neither side alone puts a credential into an
-//! output, so nobody can push a token into someone else's server, nor pull someone else's token in.
+//! entry that matches the token's namespace and role and grants every scope the token claims. Neither
+//! side alone puts a credential into an output, so nobody can push a token into someone else's server,
+//! nor pull someone else's token in, nor widen what a trusted token may do by editing it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 use super::api::{
-    AudienceReason, AudienceRef, MAX_AUDIENCES, MAX_ROLES, MAX_SELECTOR_TERMS, MAX_SELECTOR_VALUES,
-    MAX_TRUST_ENTRIES, TrustEntry, VerifierRef,
+    AudienceReason, AudienceRef, MAX_AUDIENCES, MAX_ROLES, MAX_SCOPE_GRANTS, MAX_SELECTOR_TERMS,
+    MAX_SELECTOR_VALUES, MAX_TRUST_ENTRIES, ScopeGrant, TrustEntry, VerifierRef,
 };
 use super::{invalid, names};
-use crate::validate::{InvalidSpec, is_role};
+use crate::api::Scope;
+use crate::validate::{InvalidSpec, is_resource, is_role, is_scope_type};
 
 /// A verifier's `spec.trust`, checked: every selector parsed, every role valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +31,47 @@ struct Rule {
     namespaces: Namespaces,
     /// `None`: any role.
     roles: Option<BTreeSet<String>>,
+    scopes: Grants,
+}
+
+/// What scopes a trust entry lets a token claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Grants {
+    /// Any scope: an entry for the verifier's own namespace that lists none.
+    Any,
+    /// Only these, by type (none at all for an entry that selects other namespaces and lists none).
+    Listed(BTreeMap<String, Grant>),
+}
+
+/// One [`ScopeGrant`], checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    /// `None`: any resource a scope names.
+    resources: Option<BTreeSet<String>>,
+    any_resource: bool,
+    require_filter: bool,
+}
+
+impl Grants {
+    /// The index of the first of `scopes` not granted, if any.
+    fn first_not_granted(&self, scopes: &[Scope]) -> Option<usize> {
+        let Grants::Listed(grants) = self else {
+            return None;
+        };
+        scopes.iter().position(|scope| {
+            let Some(grant) = grants.get(&scope.type_) else {
+                return true;
+            };
+            let resource_ok = match &scope.resource {
+                None => grant.any_resource,
+                Some(resource) => grant
+                    .resources
+                    .as_ref()
+                    .is_none_or(|r| r.contains(resource)),
+            };
+            !resource_ok || (grant.require_filter && scope.filter.is_none())
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +205,7 @@ impl Trust {
                 rules: vec![Rule {
                     namespaces: Namespaces::Own,
                     roles: None,
+                    scopes: Grants::Any,
                 }],
             });
         };
@@ -195,7 +239,8 @@ impl Trust {
         if !named {
             return Verdict::NotNamed;
         }
-        let mut namespace_trusted = false;
+        // The most specific reason wins: a scope not granted, else a role, else the namespace.
+        let mut rejection = Rejection::NamespaceNotTrusted;
         for rule in &self.rules {
             let namespace_matches = match &rule.namespaces {
                 Namespaces::Own => token.namespace == self.verifier.namespace,
@@ -207,16 +252,22 @@ impl Trust {
             if !namespace_matches {
                 continue;
             }
-            namespace_trusted = true;
-            if rule.roles.as_ref().is_none_or(|r| r.contains(token.role)) {
-                return Verdict::Accepted;
+            if !rule.roles.as_ref().is_none_or(|r| r.contains(token.role)) {
+                if rejection == Rejection::NamespaceNotTrusted {
+                    rejection = Rejection::RoleNotTrusted;
+                }
+                continue;
+            }
+            match rule.scopes.first_not_granted(token.scopes) {
+                None => return Verdict::Accepted,
+                Some(index) => {
+                    if !matches!(rejection, Rejection::ScopeNotTrusted { .. }) {
+                        rejection = Rejection::ScopeNotTrusted { index };
+                    }
+                }
             }
         }
-        Verdict::Rejected(if namespace_trusted {
-            Rejection::RoleNotTrusted
-        } else {
-            Rejection::NamespaceNotTrusted
-        })
+        Verdict::Rejected(rejection)
     }
 }
 
@@ -228,35 +279,101 @@ fn rule(entry: &TrustEntry, field: &str) -> Result<Rule, InvalidSpec> {
             &format!("{field}.namespaceSelector"),
         )?),
     };
-    let roles = match &entry.roles {
-        None => None,
-        Some(roles) => {
-            let here = format!("{field}.roles");
-            if roles.is_empty() || roles.len() > MAX_ROLES {
-                return Err(invalid(
-                    here,
-                    format!("1 to {MAX_ROLES} roles; omit the field to accept any role"),
-                ));
-            }
-            let mut set = BTreeSet::new();
-            for (i, role) in roles.iter().enumerate() {
-                if !is_role(role) {
-                    return Err(invalid(
-                        format!("{here}[{i}]"),
+    let roles = entry
+        .roles
+        .as_deref()
+        .map(|roles| {
+            allow_list(
+                roles,
+                &format!("{field}.roles"),
+                MAX_ROLES,
+                "role",
+                |role| {
+                    is_role(role).then_some(()).ok_or(
                         "must be 1-63 characters of [a-z0-9._-], starting and ending with [a-z0-9]",
-                    ));
-                }
-                if !set.insert(role.clone()) {
-                    return Err(invalid(
-                        format!("{here}[{i}]"),
-                        "duplicates an earlier role",
-                    ));
-                }
-            }
-            Some(set)
-        }
+                    )
+                },
+            )
+        })
+        .transpose()?;
+    let scopes = match (&entry.scopes, &namespaces) {
+        (None, Namespaces::Own) => Grants::Any,
+        (None, Namespaces::Selected(_)) => Grants::Listed(BTreeMap::new()),
+        (Some(grants), _) => Grants::Listed(grants_of(grants, &format!("{field}.scopes"))?),
     };
-    Ok(Rule { namespaces, roles })
+    Ok(Rule {
+        namespaces,
+        roles,
+        scopes,
+    })
+}
+
+/// A list given as an allow-list (`roles`, a grant's `resources`): 1 to `max` items, each valid by
+/// `check`, none twice. Errors name the list or the item under `field`.
+fn allow_list(
+    items: &[String],
+    field: &str,
+    max: usize,
+    what: &str,
+    check: impl Fn(&str) -> Result<(), &'static str>,
+) -> Result<BTreeSet<String>, InvalidSpec> {
+    if items.is_empty() || items.len() > max {
+        return Err(invalid(
+            field,
+            format!("1 to {max} {what}s; omit the field to allow any"),
+        ));
+    }
+    let mut set = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        check(item).map_err(|reason| invalid(format!("{field}[{i}]"), reason))?;
+        if !set.insert(item.clone()) {
+            return Err(invalid(
+                format!("{field}[{i}]"),
+                format!("duplicates an earlier {what}"),
+            ));
+        }
+    }
+    Ok(set)
+}
+
+fn grants_of(grants: &[ScopeGrant], field: &str) -> Result<BTreeMap<String, Grant>, InvalidSpec> {
+    if grants.len() > MAX_SCOPE_GRANTS {
+        return Err(invalid(field, format!("at most {MAX_SCOPE_GRANTS} grants")));
+    }
+    let mut by_type = BTreeMap::new();
+    for (i, grant) in grants.iter().enumerate() {
+        let here = format!("{field}[{i}]");
+        if !is_scope_type(&grant.type_) {
+            return Err(invalid(
+                format!("{here}.type"),
+                "must match ^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$ (e.g. PIPES:READ)",
+            ));
+        }
+        let resources = grant
+            .resources
+            .as_deref()
+            .map(|list| {
+                let here = format!("{here}.resources");
+                allow_list(list, &here, MAX_SCOPE_GRANTS, "resource", |resource| {
+                    is_resource(resource)
+                        .then_some(())
+                        .ok_or("must be 1-253 characters of [A-Za-z0-9_.-]")
+                })
+            })
+            .transpose()?;
+        let checked = Grant {
+            resources,
+            any_resource: grant.any_resource.unwrap_or(false),
+            require_filter: grant.require_filter.unwrap_or(false),
+        };
+        if by_type.insert(grant.type_.clone(), checked).is_some() {
+            return Err(invalid(
+                format!("{here}.type"),
+                "duplicates an earlier grant of the same type",
+            ));
+        }
+    }
+    Ok(by_type)
 }
 
 /// What [`Trust::decide`] needs to know about a token.
@@ -268,6 +385,8 @@ pub struct Candidate<'a> {
     pub role: &'a str,
     /// The token's `spec.audiences`.
     pub audiences: &'a [AudienceRef],
+    /// The token's `spec.scopes`.
+    pub scopes: &'a [Scope],
     /// Labels of the token's namespace; `None` while the namespace is not known, which no selector matches.
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
 }
@@ -291,6 +410,8 @@ pub enum Rejection {
     NamespaceNotTrusted,
     /// Entries select the namespace, but none lists the token's role.
     RoleNotTrusted,
+    /// Entries select the namespace and the role, but none grants `spec.scopes[index]`.
+    ScopeNotTrusted { index: usize },
 }
 
 impl Verdict {
@@ -303,7 +424,22 @@ impl Verdict {
                 Some(AudienceReason::NamespaceNotTrusted)
             }
             Verdict::Rejected(Rejection::RoleNotTrusted) => Some(AudienceReason::RoleNotTrusted),
+            Verdict::Rejected(Rejection::ScopeNotTrusted { .. }) => {
+                Some(AudienceReason::ScopeNotTrusted)
+            }
         }
+    }
+
+    /// Which scope was not granted, as `spec.scopes[i] (<canonical>)`, for the token's
+    /// `status.audiences` item.
+    pub fn audience_message(self, scopes: &[Scope]) -> Option<String> {
+        let Verdict::Rejected(Rejection::ScopeNotTrusted { index }) = self else {
+            return None;
+        };
+        let canonical = scopes.get(index).map(Scope::canonical).unwrap_or_default();
+        Some(format!(
+            "spec.scopes[{index}] ({canonical}) is not granted by the verifier's trust"
+        ))
     }
 }
 
@@ -379,6 +515,7 @@ mod tests {
         TrustEntry {
             namespace_selector: selector,
             roles: roles.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            scopes: None,
         }
     }
 
@@ -391,6 +528,7 @@ mod tests {
         role: &'static str,
         audiences: Vec<AudienceRef>,
         labels: Option<BTreeMap<String, String>>,
+        scopes: Vec<Scope>,
     }
 
     fn token(namespace: &'static str, role: &'static str, audiences: &[&str]) -> Token {
@@ -399,6 +537,7 @@ mod tests {
             role,
             audiences: audiences.iter().map(|a| AudienceRef::from(*a)).collect(),
             labels: Some(labels(&[("kubernetes.io/metadata.name", namespace)])),
+            scopes: Vec::new(),
         }
     }
 
@@ -414,8 +553,132 @@ mod tests {
             namespace: t.namespace,
             role: t.role,
             audiences: &t.audiences,
+            scopes: &t.scopes,
             namespace_labels: t.labels.as_ref(),
         })
+    }
+
+    fn claiming(mut t: Token, scopes: &[&str]) -> Token {
+        t.scopes = scopes
+            .iter()
+            .map(|s| crate::validate::parse_scope(s).unwrap())
+            .collect();
+        t
+    }
+
+    fn grant(type_: &str, resources: Option<&[&str]>, any: bool, filter: bool) -> ScopeGrant {
+        ScopeGrant {
+            type_: type_.into(),
+            resources: resources.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            any_resource: any.then_some(true),
+            require_filter: filter.then_some(true),
+        }
+    }
+
+    fn not_scope(index: usize) -> Verdict {
+        Verdict::Rejected(Rejection::ScopeNotTrusted { index })
+    }
+
+    #[test]
+    fn another_namespace_gets_only_the_scopes_its_entry_grants() {
+        let team = || selector(&[("team", "analytics")], vec![]);
+        let tenant = |scopes: &[&str]| {
+            claiming(
+                with_labels(
+                    token("analytics", "reader", &["data/pinot"]),
+                    &[("team", "analytics")],
+                ),
+                scopes,
+            )
+        };
+        // No grants: a token of another namespace may claim no scope at all; its own namespace any.
+        let bare = trust(Some(vec![entry(Some(team()), None), entry(None, None)]));
+        assert_eq!(decide(&bare, &tenant(&[])), ACCEPTED);
+        assert_eq!(decide(&bare, &tenant(&["ADMIN"])), not_scope(0));
+        let own = claiming(token("data", "reader", &["pinot"]), &["ADMIN"]);
+        assert_eq!(decide(&bare, &own), ACCEPTED);
+
+        let mut granted = entry(Some(team()), None);
+        granted.scopes = Some(vec![
+            grant("PIPES:READ", Some(&["top_pages"]), false, false),
+            grant("DATASOURCES:READ", Some(&["events"]), false, true),
+            grant("TOKENS", None, true, false),
+        ]);
+        let t = trust(Some(vec![granted]));
+        for (scopes, verdict) in [
+            (&["PIPES:READ:top_pages"][..], ACCEPTED),
+            (&["DATASOURCES:READ:events:tenant_id = 42"], ACCEPTED),
+            (&["TOKENS"], ACCEPTED),
+            (&["TOKENS:anything"], ACCEPTED),
+            // Another type, another resource, no resource (every resource), no required filter.
+            (&["PIPES:READ:top_pages", "ADMIN"], not_scope(1)),
+            (&["PIPES:READ:other"], not_scope(0)),
+            (&["PIPES:READ"], not_scope(0)),
+            (&["DATASOURCES:READ:events"], not_scope(0)),
+            (&["DATASOURCES:APPEND:events"], not_scope(0)),
+        ] {
+            assert_eq!(decide(&t, &tenant(scopes)), verdict, "{scopes:?}");
+        }
+        let message = not_scope(1).audience_message(&tenant(&["TOKENS", "ADMIN"]).scopes);
+        assert_eq!(
+            message.as_deref(),
+            Some("spec.scopes[1] (ADMIN) is not granted by the verifier's trust")
+        );
+    }
+
+    #[test]
+    fn a_scope_rejection_outranks_a_role_rejection_and_any_entry_may_accept() {
+        let team = || selector(&[("team", "analytics")], vec![]);
+        let mut readers = entry(Some(team()), Some(&["reader"]));
+        readers.scopes = Some(vec![grant("PIPES:READ", None, false, false)]);
+        let mut admins = entry(Some(team()), Some(&["admin"]));
+        admins.scopes = Some(vec![grant("ADMIN", None, true, false)]);
+        let t = trust(Some(vec![readers, admins]));
+        let tenant = |role, scopes: &[&str]| {
+            claiming(
+                with_labels(
+                    token("analytics", role, &["data/pinot"]),
+                    &[("team", "analytics")],
+                ),
+                scopes,
+            )
+        };
+        assert_eq!(decide(&t, &tenant("reader", &["ADMIN"])), not_scope(0));
+        assert_eq!(decide(&t, &tenant("admin", &["ADMIN"])), ACCEPTED);
+        assert_eq!(decide(&t, &tenant("writer", &["ADMIN"])), NOT_ROLE);
+        assert_eq!(
+            not_scope(0).audience_reason(),
+            Some(AudienceReason::ScopeNotTrusted)
+        );
+    }
+
+    #[test]
+    fn grants_are_checked_and_name_their_field() {
+        let bad = |g: ScopeGrant| {
+            let mut e = entry(Some(LabelSelector::default()), None);
+            e.scopes = Some(vec![grant("TOKENS", None, false, false), g]);
+            Trust::parse(verifier(), Some(&[e])).unwrap_err().field
+        };
+        assert_eq!(
+            bad(grant("pipes", None, false, false)),
+            "spec.trust[0].scopes[1].type"
+        );
+        assert_eq!(
+            bad(grant("TOKENS", None, false, false)),
+            "spec.trust[0].scopes[1].type"
+        );
+        assert_eq!(
+            bad(grant("PIPES:READ", Some(&[]), false, false)),
+            "spec.trust[0].scopes[1].resources"
+        );
+        assert_eq!(
+            bad(grant("PIPES:READ", Some(&["a", "a"]), false, false)),
+            "spec.trust[0].scopes[1].resources[1]"
+        );
+        assert_eq!(
+            bad(grant("PIPES:READ", Some(&["a b"]), false, false)),
+            "spec.trust[0].scopes[1].resources[0]"
+        );
     }
 
     const ACCEPTED: Verdict = Verdict::Accepted;
