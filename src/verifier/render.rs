@@ -28,6 +28,15 @@ use crate::validate::InvalidSpec;
 /// overlap takes two.
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
+/// Most bytes one token's role and canonical scope strings may take in an output, per credential.
+/// The schema lets a token carry 64 scopes with 1 KiB filters (about 86 KB, written twice per
+/// credential in a sha256-map): a few such tokens would fill a shared output, and then other
+/// tenants' new tokens would wait. Over this budget a token is left out of the outputs alone
+/// (`OverBudget`). With it, one token takes at most about 14 KB of a sha256-map (three credentials
+/// during a staged rotation in an overlap, each under two digests), so one output holds at least
+/// 70 tokens of the largest kind, and 1,826 typical ones.
+pub const MAX_TOKEN_SCOPE_BYTES: usize = 2048;
+
 /// Version of the `sha256-map` JSON layout, written as its `version`.
 pub const SHA256_MAP_VERSION: u32 = 1;
 
@@ -255,6 +264,10 @@ pub enum RenderError {
     #[error("token {token}: its access key is not 1-64 characters of [A-Za-z0-9]")]
     BadAccessKey { token: TokenRef },
     #[error(
+        "token {token}: its role and scopes take {bytes} bytes, over the {MAX_TOKEN_SCOPE_BYTES} each token may take in an output"
+    )]
+    OverBudget { token: TokenRef, bytes: usize },
+    #[error(
         "output {secret_name}: the htpasswd line for token {token} is not `<accessKey>:<hash>` on one line"
     )]
     BadHtpasswdLine {
@@ -271,6 +284,7 @@ impl RenderError {
                 "AmbiguousCredential"
             }
             RenderError::BadHtpasswdLine { .. } => "Error",
+            RenderError::OverBudget { .. } => "OverBudget",
         }
     }
 }
@@ -474,6 +488,16 @@ fn valid_entries(entries: &[Entry], now: Timestamp) -> (Vec<Valid<'_>>, Vec<Rend
     let mut out: BTreeSet<&TokenRef> = BTreeSet::new();
     let mut by_access_key: BTreeMap<&str, &Entry> = BTreeMap::new();
     for &entry in &live {
+        let bytes = entry.role.len() + entry.scopes.iter().map(String::len).sum::<usize>();
+        if bytes > MAX_TOKEN_SCOPE_BYTES {
+            if out.insert(&entry.token) {
+                excluded.push(RenderError::OverBudget {
+                    token: entry.token.clone(),
+                    bytes,
+                });
+            }
+            continue;
+        }
         let key = entry.access_key();
         if !(1..=64).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
             if out.insert(&entry.token) {
@@ -989,6 +1013,27 @@ mod tests {
                 &credential("AAAAAAAAAAAAAAA1")
             ));
         }
+    }
+
+    #[test]
+    fn a_token_over_its_byte_budget_is_left_out_alone() {
+        let mut greedy = issued("greedy", "GGGGGGGGGGGGGGG1");
+        greedy.scopes = (0..64)
+            .map(|i| format!("DATASOURCES:READ:t{i}:{}", "x".repeat(1000)))
+            .collect();
+        let mut modest = issued("modest", "MMMMMMMMMMMMMMM1");
+        modest.scopes = vec![format!("DATASOURCES:READ:t:{}", "x".repeat(1000))];
+        let mut entries = greedy.entries();
+        entries.extend(modest.entries());
+        let r = run(&entries);
+        assert!(
+            matches!(&r.excluded[..], [RenderError::OverBudget { token, bytes }]
+                if *token == greedy.token && *bytes > MAX_TOKEN_SCOPE_BYTES),
+            "{:?}",
+            r.excluded
+        );
+        assert_eq!((r.tokens, r.credentials), (1, 1));
+        assert!(text(&r, 0).starts_with("MMMMMMMMMMMMMMM1:"));
     }
 
     #[test]
