@@ -35,3 +35,5 @@ start=$(date +%s)
 # --workspace: the harness's unit tests run and the bench builds too (neither has cluster tests).
 cargo test --workspace --all-targets --no-fail-fast "$@"
 echo "test: cargo test took $(( $(date +%s) - start ))s"
+# The suite leaves nothing behind: no test namespace, no orphaned token object in etcd.
+hack/check-clean.sh

@@ -48,6 +48,30 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the token's namespace is gone or being deleted: nothing can be written there, and
+    /// retrying at the usual pace would only load the API server (and a cluster-wide operator
+    /// once kept hundreds of such tokens of a deleted namespace retrying for ever).
+    pub fn namespace_gone(&self) -> bool {
+        let source = match self {
+            Error::ReadSecret { source, .. }
+            | Error::WriteSecret { source, .. }
+            | Error::DeleteSecret { source, .. }
+            | Error::WriteStatus(source) => source,
+            _ => return false,
+        };
+        let kube::Error::Api(status) = source else {
+            return false;
+        };
+        let details = status.details.as_ref();
+        let namespace_missing =
+            status.code == 404 && details.is_some_and(|d| d.kind == "namespaces");
+        let terminating = status.code == 403
+            && details.is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"));
+        namespace_missing
+            || terminating
+            || status.message.contains("because it is being terminated")
+    }
+
     /// A fixed label for the error metric.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -89,6 +113,9 @@ pub struct Context {
     rules: Rules,
     /// Consecutive failures per token: the backoff, and when an error is reported in status.
     failures: Mutex<HashMap<Arc<str>, u32>>,
+    /// Tokens whose namespace is gone or terminating, with the resourceVersion they were seen at and
+    /// when to look again: until then no request, not even a relist's, reaches the API server for them.
+    parked: Mutex<HashMap<Arc<str>, Parked>>,
     /// Requests for tokens not in the cache (yet).
     dropped: Dropped,
     /// True once the Secret cache has its first full list: planning before that would mint
@@ -118,6 +145,31 @@ impl Context {
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `object` waits for its namespace: parked at its current version, and not due yet.
+    fn parked(&self, object: &Cached) -> bool {
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        match parked.get(object.key()) {
+            Some((version, until))
+                if version.as_deref() == object.resource_version() && Instant::now() < *until =>
+            {
+                true
+            }
+            Some(_) => {
+                parked.remove(object.key());
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn park(&self, object: &Cached, delay: Duration) {
+        let version = object.resource_version().map(str::to_owned);
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(object.key().clone(), (version, Instant::now() + delay));
     }
 }
 
@@ -223,6 +275,7 @@ pub async fn run(
         metrics: metrics.clone(),
         rules: settings.rules.clone(),
         failures: Mutex::default(),
+        parked: Mutex::default(),
         dropped: Dropped::new(retry, metrics.clone()),
         secrets_listed,
         lookup,
@@ -370,6 +423,9 @@ fn token_view(object: &Cached) -> TokenView {
     }
 }
 
+/// A token waiting for its namespace: the resourceVersion it was parked at, and when to look again.
+type Parked = (Option<String>, Instant);
+
 /// Reconcile requests for a token not in the cache (yet): each is counted and retried a few times
 /// with growing delays before it is given up as deleted. A Secret's event, a relist of the other
 /// kind or a verifier's publication can name a token before its own watch event arrives.
@@ -484,6 +540,9 @@ async fn reconcile(key: Arc<str>, ctx: Arc<Context>) {
         return;
     };
     ctx.dropped.settled(&key);
+    if ctx.parked(&object) {
+        return;
+    }
     let mut listed = ctx.secrets_listed.clone();
     // Err only when the sender is gone, that is when the controller is shutting down.
     let _ = listed.wait_for(|listed| *listed).await;
@@ -512,6 +571,17 @@ async fn reconcile(key: Arc<str>, ctx: Arc<Context>) {
                 *failures += 1;
                 *failures
             };
+            if error.namespace_gone() {
+                // Nothing to report to: the status write would fail too. Wait, growing, and let
+                // no relist wake the token before then.
+                let delay = schedule::backoff(failures, rand::Rng::random(&mut os_rng()));
+                ctx.metrics.error(error.kind());
+                tracing::debug!(namespace = object.namespace(), name = object.name(), failures,
+                    retry_in = ?delay, "the token's namespace is gone or terminating; waiting");
+                ctx.park(&object, delay);
+                ctx.wakeups.set_after(object.key(), delay);
+                return;
+            }
             if let (Some(token), true) = (&token, failures >= REPORT_AFTER_FAILURES)
                 && !matches!(error, Error::Contended { .. })
             {
@@ -893,4 +963,36 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
     }
 
     Ok(plan.wake)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal as the API server sends it.
+    fn failed(code: u16, kind: &str, cause: Option<&str>) -> Error {
+        let causes: Vec<serde_json::Value> = cause
+            .map(|reason| json!({"reason": reason, "message": "m"}))
+            .into_iter()
+            .collect();
+        let status = serde_json::from_value(json!({
+            "code": code, "message": "refused", "reason": "x", "status": "Failure",
+            "details": {"kind": kind, "name": "n", "causes": causes},
+        }))
+        .unwrap();
+        Error::WriteSecret {
+            name: "s".into(),
+            source: kube::Error::Api(Box::new(status)),
+        }
+    }
+
+    #[test]
+    fn a_missing_or_terminating_namespace_is_told_apart_from_other_refusals() {
+        assert!(failed(404, "namespaces", None).namespace_gone());
+        assert!(failed(403, "secrets", Some("NamespaceTerminating")).namespace_gone());
+        assert!(!failed(404, "secrets", None).namespace_gone());
+        assert!(!failed(403, "secrets", None).namespace_gone());
+        assert!(!failed(409, "secrets", None).namespace_gone());
+        assert!(!Error::NoNamespace.namespace_gone());
+    }
 }

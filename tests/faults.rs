@@ -123,7 +123,29 @@ impl ControlPlane {
         );
         let cluster = ControlPlane { state };
         cluster.wait_ready(Duration::from_secs(60)).await;
+        cluster.wait_no_namespace_terminating().await;
         cluster
+    }
+
+    /// Waits until no namespace is being deleted. A namespace emptied while the API server restarts
+    /// can lose its custom resources' deletion: the namespace controller sees no ApiTokens in
+    /// discovery until the CRDs are served again, removes the namespace, and leaves them in etcd
+    /// (seen here: a namespace another test had just deleted). So no fault strikes while one is.
+    async fn wait_no_namespace_terminating(&self) {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+            Api::all(common::client().await);
+        common::wait_for(
+            "no namespace left terminating before a fault",
+            Duration::from_secs(180),
+            || async {
+                let all = namespaces.list(&ListParams::default()).await.ok()?;
+                let terminating = all.items.iter().any(|n| {
+                    n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+                });
+                (!terminating).then_some(())
+            },
+        )
+        .await
     }
 
     /// The recorded PID of `component`, checked to be that binary started from this state.
