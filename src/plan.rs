@@ -395,7 +395,7 @@ fn replayed(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
 /// (current, previous or staged), move `issued-at` or `retires-at`, or mark a request as handled this way.
 /// A staged or previous credential is a credential that verifiers publish, so it must be exactly the one
 /// status records, not merely consistent with itself.
-fn unvouched(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
+pub fn unvouched(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
     let current = last.fingerprint.as_deref() == Some(held.fingerprint().as_str())
         && last.issued_at.as_ref().map(|t| t.0) == Some(held.issued_at)
         && last.rotations.unwrap_or(0) == held.rotations

@@ -734,8 +734,6 @@ async fn bad_references_end_as_conditions_naming_the_field() {
 /// the Secret as tampered with and re-issues, with a Warning, and nginx lets in only the new credential.
 #[tokio::test]
 async fn planted_staged_and_previous_credentials_under_a_stripped_seal_never_reach_an_output() {
-    use futures::StreamExt as _;
-    use kube::runtime::{WatchStreamExt as _, watcher};
     use tokenmint::token::{Credential, fingerprint_of};
 
     let ns = TestNs::new("verify-planted").await;
@@ -752,21 +750,7 @@ async fn planted_staged_and_previous_credentials_under_a_stripped_seal_never_rea
     wait_status(&nginx, &user, &password, 200, "the issued credential").await;
 
     // Every version of the output from here on.
-    let versions = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let recorder = {
-        let (versions, secrets) = (versions.clone(), ns.api::<Secret>());
-        tokio::spawn(async move {
-            let config = watcher::Config::default().fields("metadata.name=web-htpasswd");
-            let mut outputs = std::pin::pin!(watcher(secrets, config).applied_objects());
-            while let Some(Ok(secret)) = outputs.next().await {
-                let data = secret.data.unwrap_or_default();
-                let text = data
-                    .get("htpasswd")
-                    .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-                versions.lock().unwrap().push(text.unwrap_or_default());
-            }
-        })
-    };
+    let (versions, recorder) = record_output(&ns, "web-htpasswd", "htpasswd");
     wait_for("the output recorded", Duration::from_secs(20), || async {
         (!versions.lock().unwrap().is_empty()).then_some(())
     })
@@ -857,6 +841,142 @@ async fn planted_staged_and_previous_credentials_under_a_stripped_seal_never_rea
             "a planted credential reached the output in one of {} versions",
             versions.len()
         );
+    }
+    ns.cleanup().await;
+}
+
+/// Records every version of the data key `key` of output `name`, as its watch delivers them, until
+/// the task is aborted.
+fn record_output(
+    ns: &TestNs,
+    name: &str,
+    key: &str,
+) -> (
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let versions = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (recorded, secrets) = (versions.clone(), ns.api::<Secret>());
+    let (config, key) = (
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+        key.to_owned(),
+    );
+    let task = tokio::spawn(async move {
+        let mut outputs = std::pin::pin!(watcher(secrets, config).applied_objects());
+        while let Some(Ok(secret)) = outputs.next().await {
+            let data = secret.data.unwrap_or_default();
+            let text = data
+                .get(&key)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+            recorded.lock().unwrap().push(text.unwrap_or_default());
+        }
+    });
+    (versions, task)
+}
+
+/// Issue 19: replacing the seal key (the documented procedure: delete its Secret, restart the
+/// operator) under live traffic refuses no request and never writes an output missing a valid
+/// credential: under the new key each Secret is believed where its token's status vouches for it,
+/// in the outputs as in the planner, until it is re-sealed.
+#[tokio::test]
+async fn replacing_the_seal_key_under_traffic_refuses_no_request() {
+    let ns = TestNs::new("verify-rekey").await;
+    let (mut op, nginx, _mirror) = serve(&ns).await;
+    let names = ["a", "b", "c"];
+    for name in names {
+        create(
+            &ns,
+            name,
+            spec_of(json!({"role": "reader", "audiences": ["web"]})),
+        )
+        .await;
+    }
+    let mut users = Vec::new();
+    for name in names {
+        active(&ns, name).await;
+        let (user, password) = userpass(&ns, name).await;
+        wait_status(&nginx, &user, &password, 200, name).await;
+        users.push((user, password));
+    }
+    let (versions, recorder) = record_output(&ns, "web-htpasswd", "htpasswd");
+    wait_for("the output recorded", WAIT, || async {
+        (!versions.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let old_id = common::tokens::secret(&ns, "a")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap()["tokenmint.dev/seal-key-id"]
+        .clone();
+
+    // A client for every token, without pause, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (stop, users, addr) = (stop.clone(), users.clone(), nginx.addr());
+        tokio::task::spawn_blocking(move || {
+            let (mut sent, mut refused) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                for (user, password) in &users {
+                    let header = basic(user, password);
+                    let status = common::nginx::Connection::open(addr)
+                        .get("/protected/ok.txt", Some(&header));
+                    sent += 1;
+                    refused += u32::from(status != 200);
+                }
+            }
+            (sent, refused)
+        })
+    };
+
+    op.stop();
+    ns.api::<Secret>()
+        .delete("tokenmint-seal-key", &Default::default())
+        .await
+        .unwrap();
+    op.restart().await;
+    for name in names {
+        wait_for("re-sealed under the new key", WAIT, || async {
+            let s = common::tokens::secret(&ns, name).await?;
+            let id = s
+                .metadata
+                .annotations?
+                .get("tokenmint.dev/seal-key-id")
+                .cloned();
+            (id.as_deref() != Some(old_id.as_str())).then_some(())
+        })
+        .await;
+    }
+    // Barrier: the operator looked at every token since (its status is unchanged: nothing minted).
+    for name in names {
+        barrier(&op, &ns, name).await;
+        assert_eq!(
+            status_of(&token(&ns, name).await).rotations,
+            Some(0),
+            "{name}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, refused) = client.await.unwrap();
+    recorder.abort();
+    eprintln!("seal key replaced under traffic: {sent} requests, {refused} refused");
+    assert!(sent > 0);
+    assert_eq!(
+        refused, 0,
+        "requests refused while the seal key was replaced"
+    );
+    let versions = versions.lock().unwrap().clone();
+    for version in &versions {
+        for (user, _) in &users {
+            assert!(
+                version.lines().any(|l| l.starts_with(&format!("{user}:"))),
+                "an output version of {} missed a valid credential",
+                versions.len()
+            );
+        }
     }
     ns.cleanup().await;
 }

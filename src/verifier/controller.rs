@@ -568,8 +568,9 @@ fn read_credentials(ctx: &Context, token: &ApiToken, now: Timestamp) -> Option<T
 }
 
 /// The valid credentials of an Active token: read from its Secret, and only if that Secret is sealed
-/// by the current key (a tampered or unsealed Secret contributes nothing until the token controller
-/// has replaced or re-sealed it).
+/// by the current key, or, under no seal or another key's, if every sealed fact equals what the
+/// token's status records (a tampered Secret contributes nothing until the token controller has
+/// replaced it).
 fn credentials_of(shared: &Shared, token: &ApiToken, now: Timestamp) -> Option<TokenCredentials> {
     let expired = token.spec.expires_at.as_ref().is_some_and(|t| t.0 <= now);
     if token.spec.revoked == Some(true) || expired {
@@ -581,12 +582,22 @@ fn credentials_of(shared: &Shared, token: &ApiToken, now: Timestamp) -> Option<T
         .get(&ObjectRef::new(token.secret_name()).within(&ns))?;
     let Observed::Owned {
         held: Ok(held),
-        seal: Seal::Valid,
+        seal,
         ..
     } = secret::observe(token, Some(&secret), &shared.rules.key)
     else {
         return None;
     };
+    // Under a lost or replaced seal key, what the token's status vouches for is believed, exactly as
+    // the planner believes it and re-seals it: a key rotation must not empty every output until
+    // each Secret is re-sealed. Anything status does not record stays out.
+    let vouched = || {
+        let status = token.status.as_ref();
+        status.is_some_and(|status| crate::plan::unvouched(status, &held).is_none())
+    };
+    if seal == Seal::Unverified && !vouched() {
+        return None;
+    }
     Some(TokenCredentials {
         token: TokenRef {
             namespace: ns,
