@@ -980,3 +980,71 @@ async fn replacing_the_seal_key_under_traffic_refuses_no_request() {
     }
     ns.cleanup().await;
 }
+
+/// Issue 19: an operator restart writes nothing to an output whose content did not change, and
+/// never an output missing a credential still valid (a render from caches not yet listed once did
+/// both). Barrier: a token created after the restart reaches the output; that is its only write.
+#[tokio::test]
+async fn an_operator_restart_rewrites_no_output() {
+    let ns = TestNs::new("verify-restart").await;
+    let (mut op, nginx, _mirror) = serve(&ns).await;
+    let mut users = Vec::new();
+    for name in ["a", "b"] {
+        create(
+            &ns,
+            name,
+            spec_of(json!({"role": "reader", "audiences": ["web"]})),
+        )
+        .await;
+        active(&ns, name).await;
+        let (user, password) = userpass(&ns, name).await;
+        wait_status(&nginx, &user, &password, 200, name).await;
+        users.push(user);
+    }
+    let (versions, recorder) = record_output(&ns, "web-htpasswd", "htpasswd");
+    wait_for("the output recorded", WAIT, || async {
+        (!versions.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    op.restart().await;
+    create(
+        &ns,
+        "c",
+        spec_of(json!({"role": "reader", "audiences": ["web"]})),
+    )
+    .await;
+    active(&ns, "c").await;
+    let (c_user, c_password) = userpass(&ns, "c").await;
+    wait_status(
+        &nginx,
+        &c_user,
+        &c_password,
+        200,
+        "the token created after the restart",
+    )
+    .await;
+    wait_for("its write recorded", WAIT, || async {
+        let v = versions.lock().unwrap();
+        v.last()
+            .is_some_and(|last| last.contains(&c_user))
+            .then_some(())
+    })
+    .await;
+    recorder.abort();
+    let versions = versions.lock().unwrap().clone();
+    assert_eq!(
+        versions.len(),
+        2,
+        "the output before the restart, then only the write that added c: {} versions",
+        versions.len()
+    );
+    for version in &versions {
+        for user in &users {
+            assert!(
+                version.contains(&format!("{user}:")),
+                "a version missed a valid credential"
+            );
+        }
+    }
+    ns.cleanup().await;
+}
