@@ -1048,3 +1048,75 @@ async fn an_operator_restart_rewrites_no_output() {
     }
     ns.cleanup().await;
 }
+
+/// Issue 19: a token whose scopes take more than its share of an output is left out alone: its
+/// own status says so, the verifier counts it, every other token stays in; trimmed, it is back.
+#[tokio::test]
+async fn a_token_over_its_byte_budget_is_left_out_alone_and_says_so() {
+    let ns = TestNs::new("verify-budget").await;
+    let (_op, nginx, _mirror) = serve(&ns).await;
+    let filter = "tenant_id = 42 AND ".repeat(50) + "1 = 1";
+    let scopes = |n: usize| -> serde_json::Value {
+        (0..n)
+            .map(|i| json!({"type": "DATASOURCES:READ", "resource": format!("t{i}"), "filter": filter}))
+            .collect()
+    };
+    create(
+        &ns,
+        "modest",
+        spec_of(json!({"role": "reader", "audiences": ["web"]})),
+    )
+    .await;
+    create(
+        &ns,
+        "greedy",
+        spec_of(json!({"role": "reader", "audiences": ["web"], "scopes": scopes(3)})),
+    )
+    .await;
+    for name in ["modest", "greedy"] {
+        active(&ns, name).await;
+    }
+    let (user, password) = userpass(&ns, "modest").await;
+    wait_status(&nginx, &user, &password, 200, "the modest token").await;
+    let greedy = wait_phase(&ns, "greedy", Phase::Active, |t| {
+        status_of(t)
+            .audiences
+            .first()
+            .is_some_and(|a| a.reason == "Excluded")
+    })
+    .await;
+    let audience = &status_of(&greedy).audiences[0];
+    assert!(!audience.accepted);
+    assert!(
+        audience
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("OverBudget"),
+        "{audience:?}"
+    );
+    let (g_user, g_password) = userpass(&ns, "greedy").await;
+    assert_eq!(status(&nginx, &g_user, &g_password), 401);
+    wait_for("the verifier counts it", WAIT, || async {
+        let s = ns.api::<ApiTokenVerifier>().get("web").await.ok()?.status?;
+        (s.tokens == Some(1) && s.excluded == Some(1)).then_some(())
+    })
+    .await;
+
+    set_spec(&ns, "greedy", json!({"scopes": scopes(1)}))
+        .await
+        .unwrap();
+    wait_status(
+        &nginx,
+        &g_user,
+        &g_password,
+        200,
+        "the trimmed token let in",
+    )
+    .await;
+    wait_phase(&ns, "greedy", Phase::Active, |t| {
+        status_of(t).audiences.first().is_some_and(|a| a.accepted)
+    })
+    .await;
+    ns.cleanup().await;
+}

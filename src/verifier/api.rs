@@ -458,9 +458,12 @@ pub struct AudienceStatus {
     /// Why, in CamelCase: `Accepted`, `VerifierNotFound`, `VerifierInvalid` (its spec is invalid, so it
     /// renders nothing), `NamespaceNotTrusted` (no trust entry selects the token's namespace) or
     /// `RoleNotTrusted` (entries select the namespace, none lists the token's role) or
-    /// `ScopeNotTrusted` (entries select the namespace and role, none grants one of the token's scopes).
+    /// `ScopeNotTrusted` (entries select the namespace and role, none grants one of the token's scopes)
+    /// or `Excluded` (trusted, but left out of the outputs: a credential that cannot be told apart
+    /// from another token's, or scopes over the per-token byte budget).
     pub reason: String,
-    /// Which scope, for `ScopeNotTrusted`: `spec.scopes[i]` and its canonical string.
+    /// Which scope, for `ScopeNotTrusted`: `spec.scopes[i]` and its canonical string; why, for
+    /// `Excluded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -474,6 +477,7 @@ pub enum AudienceReason {
     NamespaceNotTrusted,
     RoleNotTrusted,
     ScopeNotTrusted,
+    Excluded,
 }
 
 impl AudienceReason {
@@ -486,6 +490,7 @@ impl AudienceReason {
             AudienceReason::NamespaceNotTrusted => "NamespaceNotTrusted",
             AudienceReason::RoleNotTrusted => "RoleNotTrusted",
             AudienceReason::ScopeNotTrusted => "ScopeNotTrusted",
+            AudienceReason::Excluded => "Excluded",
         }
     }
 }

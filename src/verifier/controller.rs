@@ -6,7 +6,7 @@
 //! credential enters an output only once it is in its token's Secret, and it leaves in the wave in
 //! which its Secret loses it (revocation, expiry, deletion, re-issue, retirement).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -70,6 +70,37 @@ pub struct Lookup {
     pub verifiers: Store<ApiTokenVerifier>,
     /// Namespace labels for trust selectors; `None` with `--namespace` (no right to read them).
     pub namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
+    /// Trusted tokens each verifier's last render left out, and why (names and reasons, never a
+    /// credential): their `status.audiences` item says so.
+    pub excluded: Arc<Mutex<HashMap<VerifierRef, BTreeMap<TokenRef, String>>>>,
+}
+
+impl Lookup {
+    /// Why `verifier`'s last render left `token` out, if it did.
+    fn exclusion(&self, verifier: &VerifierRef, token: &TokenRef) -> Option<String> {
+        let excluded = self.excluded.lock().unwrap_or_else(PoisonError::into_inner);
+        excluded.get(verifier)?.get(token).cloned()
+    }
+
+    /// Records what `verifier`'s render left out; returns the tokens whose exclusion began or ended.
+    fn set_excluded(
+        &self,
+        verifier: &VerifierRef,
+        now: BTreeMap<TokenRef, String>,
+    ) -> Vec<TokenRef> {
+        let mut excluded = self.excluded.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = excluded.remove(verifier).unwrap_or_default();
+        let changed = before
+            .iter()
+            .filter(|(t, why)| now.get(*t) != Some(*why))
+            .chain(now.iter().filter(|(t, why)| before.get(*t) != Some(*why)))
+            .map(|(t, _)| t.clone())
+            .collect::<BTreeSet<_>>();
+        if !now.is_empty() {
+            excluded.insert(verifier.clone(), now);
+        }
+        changed.into_iter().collect()
+    }
 }
 
 /// How long changes are gathered before a verifier renders again: a storm of rotations is written
@@ -130,6 +161,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
         lookup: Lookup {
             verifiers: store,
             namespaces: namespace_store,
+            excluded: Arc::default(),
         },
         changed,
         verifiers,
@@ -266,12 +298,21 @@ pub fn audiences_of(token: &ApiToken, lookup: &Lookup) -> Vec<AudienceStatus> {
                 Some(Ok(valid)) => {
                     let verdict = verdict(&valid.trust, token, lookup);
                     let scopes = token.spec.scopes.as_deref().unwrap_or_default();
-                    (
-                        verdict
-                            .audience_reason()
-                            .unwrap_or(AudienceReason::VerifierNotFound),
-                        verdict.audience_message(scopes),
-                    )
+                    let me = TokenRef {
+                        namespace: namespace.to_owned(),
+                        name: token.name_any(),
+                    };
+                    match lookup.exclusion(valid.trust.verifier(), &me) {
+                        Some(why) if verdict == Verdict::Accepted => {
+                            (AudienceReason::Excluded, Some(why))
+                        }
+                        _ => (
+                            verdict
+                                .audience_reason()
+                                .unwrap_or(AudienceReason::VerifierNotFound),
+                            verdict.audience_message(scopes),
+                        ),
+                    }
                 }
             };
             AudienceStatus {
@@ -447,7 +488,22 @@ async fn render_outputs(
             })
             .clone()
     });
-    // A token that cannot be rendered is left out alone, and said so; the rest are written.
+    // A token that cannot be rendered is left out alone, and said so (here and in its own
+    // status.audiences); the rest are written.
+    let left_out: BTreeMap<TokenRef, String> = rendered
+        .excluded
+        .iter()
+        .flat_map(|e| {
+            e.tokens()
+                .into_iter()
+                .map(move |t| (t.clone(), format!("{}: {e}", e.reason())))
+        })
+        .collect();
+    for token in shared.lookup.set_excluded(&me, left_out) {
+        let _ = shared
+            .published
+            .unbounded_send(key_from(Some(&token.namespace), &token.name));
+    }
     let excluded = u32::try_from(rendered.excluded.len()).unwrap_or(u32::MAX);
     let left_out = match rendered.excluded.as_slice() {
         [] => String::new(),

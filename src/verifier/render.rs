@@ -277,6 +277,16 @@ pub enum RenderError {
 }
 
 impl RenderError {
+    /// The tokens this leaves out.
+    pub fn tokens(&self) -> Vec<&TokenRef> {
+        match self {
+            RenderError::Ambiguous { first, second } => vec![first, second],
+            RenderError::BadAccessKey { token }
+            | RenderError::BadHtpasswdLine { token, .. }
+            | RenderError::OverBudget { token, .. } => vec![token],
+        }
+    }
+
     /// The reason for the verifier's `Ready=False` condition.
     pub fn reason(&self) -> &'static str {
         match self {
