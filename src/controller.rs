@@ -807,24 +807,30 @@ async fn write_secret(
             secret,
             removed,
         } => {
-            let mut version = resource_version.clone();
-            let mut result = Ok(());
-            if !removed.is_empty() {
-                let nulls = |keys: &[String]| {
-                    keys.iter()
-                        .map(|k| (k.clone(), serde_json::Value::Null))
-                        .collect::<serde_json::Map<_, _>>()
-                };
-                let patch = json!({
+            let nulls = |keys: &[String]| {
+                keys.iter()
+                    .map(|k| (k.clone(), serde_json::Value::Null))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            let remove = |version: &str, removed: &secret::Removed| {
+                json!({
                     "metadata": {
-                        "resourceVersion": resource_version,
+                        "resourceVersion": version,
                         "labels": nulls(&removed.labels),
                         "annotations": nulls(&removed.annotations),
                     },
                     "data": nulls(&removed.data),
-                });
+                })
+            };
+            let mut version = resource_version.clone();
+            let mut result = Ok(());
+            if !removed.is_empty() {
                 result = api
-                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&remove(resource_version, removed)),
+                    )
                     .await
                     .map(|updated| {
                         version = updated
@@ -836,14 +842,39 @@ async fn write_secret(
                     })
                     .map_err(write_err);
             }
+            let mut applied = None;
             if result.is_ok() {
                 let mut secret = (**secret).clone();
                 secret.metadata.resource_version = Some(version.clone());
                 result = api
                     .patch(name, &apply, &Patch::Apply(&secret))
                     .await
-                    .map(|updated| cache.advance(key, Some(&version), stored(updated)))
+                    .map(|updated| applied = Some(updated))
                     .map_err(write_err);
+            }
+            // Credential keys or sealed annotations that someone else's field manager put there (a
+            // planted `next-password`) survive the apply; removed now, pinned to the apply's
+            // version. Only after the apply: removed first, the Secret would show, between the two
+            // writes, a seal that no longer matches, and a render would drop a valid credential.
+            if let Some(updated) = applied {
+                let left = secret::leftover_keys(&updated, secret);
+                let applied_version = updated
+                    .metadata
+                    .resource_version
+                    .clone()
+                    .unwrap_or_default();
+                cache.advance(key, Some(&version), stored(updated));
+                if !left.is_empty() {
+                    result = api
+                        .patch(
+                            name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&remove(&applied_version, &left)),
+                        )
+                        .await
+                        .map(|cleaned| cache.advance(key, Some(&applied_version), stored(cleaned)))
+                        .map_err(write_err);
+                }
             }
             result
         }

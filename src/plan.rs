@@ -454,7 +454,7 @@ fn unreported_rotation(last: &ApiTokenStatus, held: &Held) -> Option<Transition>
 fn update(secret: &Secret, desired: Secret) -> SecretWrite {
     SecretWrite::Update {
         resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
-        removed: secret::removed_keys(secret, &desired),
+        removed: secret::removed_template_keys(secret, &desired),
         secret: Box::new(desired),
     }
 }
@@ -1809,28 +1809,21 @@ mod tests {
     /// A re-issue after tampering carries neither a staged nor a previous credential.
     fn expect_reissued_clean(p: &Plan, t: &ApiToken, secret: &Secret) {
         expect_compromised(p, t, secret);
-        let SecretWrite::Update {
-            secret: new,
-            removed,
-            ..
-        } = &p.write
-        else {
+        let SecretWrite::Update { secret: new, .. } = &p.write else {
             unreachable!()
         };
-        // Apply would keep what another field manager planted: the write removes it by name.
+        // Apply would keep what another field manager planted: the write removes it after.
+        let left = secret::leftover_keys(secret, new);
         for (key, _) in secret.data.iter().flatten() {
             if key.starts_with("next-") || key.starts_with("previous-") {
-                assert!(removed.data.contains(key), "{key} stays: {removed:?}");
+                assert!(left.data.contains(key), "{key} stays: {left:?}");
             }
         }
         for (name, _) in secret.metadata.annotations.iter().flatten() {
             if name.starts_with("tokenmint.dev/next-")
                 || name.starts_with("tokenmint.dev/previous-")
             {
-                assert!(
-                    removed.annotations.contains(name),
-                    "{name} stays: {removed:?}"
-                );
+                assert!(left.annotations.contains(name), "{name} stays: {left:?}");
             }
         }
         let data = new.data.as_ref().unwrap();

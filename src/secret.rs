@@ -660,10 +660,10 @@ fn template_keys<'k>(
 }
 
 /// Keys an update removes explicitly: template keys tokenmint put on a Secret that its template no
-/// longer has, and credential keys and sealed annotations that the desired Secret lacks. A
-/// server-side apply removes only the fields its own manager set; a key someone else planted
-/// (`next-password` under a stripped seal, say) would survive the re-issue, break the new seal and
-/// make the token re-issue for ever.
+/// longer has (before the apply), and credential keys and sealed annotations that the desired Secret
+/// lacks ([`leftover_keys`], after it). A server-side apply removes only the fields its own manager
+/// set; a key someone else planted (`next-password` under a stripped seal, say) would survive the
+/// re-issue, break the new seal and make the token re-issue for ever.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     pub labels: Vec<String>,
@@ -678,27 +678,28 @@ impl Removed {
     }
 }
 
-/// What an update from `observed` to `desired` must remove explicitly (see [`Removed`]).
-pub fn removed_keys(observed: &Secret, desired: &Secret) -> Removed {
-    let mut removed = removed_template_keys(observed, desired);
+/// The credential keys and sealed annotations `applied` (the Secret as a server-side apply of
+/// `desired` left it) holds that `desired` lacks: another field manager's, which the apply cannot
+/// remove.
+pub fn leftover_keys(applied: &Secret, desired: &Secret) -> Removed {
+    let mut left = Removed::default();
     let desired_data = desired.data.as_ref();
-    for key in observed.data.iter().flatten().map(|(k, _)| k) {
+    for key in applied.data.iter().flatten().map(|(k, _)| k) {
         let ours = CREDENTIAL_KEYS.contains(&key.as_str()) || NEXT_KEYS.contains(&key.as_str());
         if ours && !desired_data.is_some_and(|d| d.contains_key(key)) {
-            removed.data.push(key.clone());
+            left.data.push(key.clone());
         }
     }
-    let sealed = SEALED_ANNOTATIONS.iter().chain(&NEXT_ANNOTATIONS);
-    for name in sealed {
-        if annotation(observed, name).is_some() && annotation(desired, name).is_none() {
-            removed.annotations.push((*name).to_owned());
+    for name in SEALED_ANNOTATIONS.iter().chain(&NEXT_ANNOTATIONS) {
+        if annotation(applied, name).is_some() && annotation(desired, name).is_none() {
+            left.annotations.push((*name).to_owned());
         }
     }
-    removed
+    left
 }
 
 /// The keys `observed` records as put there by its template that `desired`'s template lacks.
-fn removed_template_keys(observed: &Secret, desired: &Secret) -> Removed {
+pub fn removed_template_keys(observed: &Secret, desired: &Secret) -> Removed {
     let listed = |secret: &Secret| -> Vec<(String, String)> {
         annotation(secret, TEMPLATE_KEYS_ANNOTATION)
             .into_iter()
