@@ -115,7 +115,7 @@ pub struct Context {
     failures: Mutex<HashMap<Arc<str>, u32>>,
     /// Tokens whose namespace is gone or terminating, with the resourceVersion they were seen at and
     /// when to look again: until then no request, not even a relist's, reaches the API server for them.
-    parked: Mutex<HashMap<Arc<str>, Parked>>,
+    parked: Parking,
     /// Requests for tokens not in the cache (yet).
     dropped: Dropped,
     /// True once the Secret cache has its first full list: planning before that would mint
@@ -147,29 +147,16 @@ impl Context {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether `object` waits for its namespace: parked at its current version, and not due yet.
+    /// Whether `object` waits for its namespace.
     fn parked(&self, object: &Cached) -> bool {
-        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        match parked.get(object.key()) {
-            Some((version, until))
-                if version.as_deref() == object.resource_version() && Instant::now() < *until =>
-            {
-                true
-            }
-            Some(_) => {
-                parked.remove(object.key());
-                false
-            }
-            None => false,
-        }
+        self.parked
+            .holds(object.key(), object.resource_version(), Instant::now())
     }
 
     fn park(&self, object: &Cached, delay: Duration) {
-        let version = object.resource_version().map(str::to_owned);
+        let until = Instant::now() + delay;
         self.parked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(object.key().clone(), (version, Instant::now() + delay));
+            .park(object.key(), object.resource_version(), until);
     }
 }
 
@@ -275,7 +262,7 @@ pub async fn run(
         metrics: metrics.clone(),
         rules: settings.rules.clone(),
         failures: Mutex::default(),
-        parked: Mutex::default(),
+        parked: Parking::default(),
         dropped: Dropped::new(retry, metrics.clone()),
         secrets_listed,
         lookup,
@@ -423,8 +410,34 @@ fn token_view(object: &Cached) -> TokenView {
     }
 }
 
-/// A token waiting for its namespace: the resourceVersion it was parked at, and when to look again.
+/// Tokens waiting for their namespace (gone or terminating): the resourceVersion each was parked at,
+/// and when to look again. Until then no request, a relist's included, reaches the API server for
+/// them; a new version of the token (edited, or a namesake in a namespace made again) is looked at.
+#[derive(Default)]
+struct Parking(Mutex<HashMap<Arc<str>, Parked>>);
+
+/// The resourceVersion a token was parked at, and when it is due.
 type Parked = (Option<String>, Instant);
+
+impl Parking {
+    fn park(&self, key: &Arc<str>, version: Option<&str>, until: Instant) {
+        let mut parked = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        parked.insert(key.clone(), (version.map(str::to_owned), until));
+    }
+
+    /// Whether the token `key`, now at `version`, is still parked at `now` (a stale entry goes).
+    fn holds(&self, key: &str, version: Option<&str>, now: Instant) -> bool {
+        let mut parked = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match parked.get(key) {
+            Some((at, until)) if at.as_deref() == version && now < *until => true,
+            Some(_) => {
+                parked.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+}
 
 /// Reconcile requests for a token not in the cache (yet): each is counted and retried a few times
 /// with growing delays before it is given up as deleted. A Secret's event, a relist of the other
@@ -1015,6 +1028,29 @@ mod tests {
             name: "s".into(),
             source: kube::Error::Api(Box::new(status)),
         }
+    }
+
+    #[test]
+    fn a_parked_token_waits_until_due_or_until_it_changes() {
+        let parking = Parking::default();
+        let key: Arc<str> = "gone/t".into();
+        let now = Instant::now();
+        parking.park(&key, Some("7"), now + Duration::from_secs(60));
+        assert!(
+            parking.holds(&key, Some("7"), now),
+            "a relist of the same version"
+        );
+        assert!(!parking.holds("gone/other", Some("7"), now));
+        assert!(!parking.holds(&key, Some("8"), now), "the token changed");
+        assert!(
+            !parking.holds(&key, Some("7"), now),
+            "once released, released"
+        );
+        parking.park(&key, Some("7"), now + Duration::from_secs(60));
+        assert!(
+            !parking.holds(&key, Some("7"), now + Duration::from_secs(61)),
+            "due"
+        );
     }
 
     #[test]
