@@ -406,32 +406,45 @@ pub fn unvouched(last: &ApiTokenStatus, held: &Held) -> Option<&'static str> {
             "it is not sealed by tokenmint's current key and does not match the token's recorded status",
         );
     }
-    let previous = match (&last.previous, &held.previous) {
-        (None, None) => true,
-        (Some(recorded), Some(held)) => {
-            recorded.access_key == held.credential.access_key
-                && recorded.fingerprint == held.credential.fingerprint()
-                && recorded.retires_at.0 == held.retires_at
-        }
-        _ => false,
-    };
+    let previous = recorded_exactly(
+        last.previous
+            .as_ref()
+            .map(|p| (&*p.access_key, &*p.fingerprint, p.retires_at.0)),
+        held.previous
+            .as_ref()
+            .map(|p| (&p.credential, p.retires_at)),
+    );
     if !previous {
         return Some(
             "it is not sealed by tokenmint's current key and holds a previous credential the token's status does not record",
         );
     }
-    let next = match (&last.next, &held.next) {
-        (None, None) => true,
-        (Some(recorded), Some(held)) => {
-            recorded.access_key == held.credential.access_key
-                && recorded.fingerprint == held.credential.fingerprint()
-                && recorded.promote_at.0 == held.promote_at
-        }
-        _ => false,
-    };
+    let next = recorded_exactly(
+        last.next
+            .as_ref()
+            .map(|n| (&*n.access_key, &*n.fingerprint, n.promote_at.0)),
+        held.next.as_ref().map(|n| (&n.credential, n.promote_at)),
+    );
     (!next).then_some(
         "it is not sealed by tokenmint's current key and holds a staged credential the token's status does not record",
     )
+}
+
+/// Whether status recorded exactly the credential held (access key, fingerprint and its instant:
+/// when a previous one retires, when a staged one is promoted), or neither has one.
+fn recorded_exactly(
+    recorded: Option<(&str, &str, Timestamp)>,
+    held: Option<(&Credential, Timestamp)>,
+) -> bool {
+    match (recorded, held) {
+        (None, None) => true,
+        (Some((access_key, fingerprint, at)), Some((credential, held_at))) => {
+            access_key == credential.access_key
+                && fingerprint == credential.fingerprint()
+                && at == held_at
+        }
+        _ => false,
+    }
 }
 
 /// A rotation whose status write failed after its Secret write succeeded is reported when status

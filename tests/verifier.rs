@@ -73,6 +73,21 @@ async fn userpass(ns: &TestNs, token: &str) -> (String, String) {
     (d["username"].clone(), d["password"].clone())
 }
 
+/// Creates token `name` with `fields` (JSON of its spec), waits until it is Active and nginx lets
+/// its credential in; returns the credential's user and password.
+async fn let_in(
+    ns: &TestNs,
+    nginx: &Nginx,
+    name: &str,
+    fields: serde_json::Value,
+) -> (String, String) {
+    create(ns, name, spec_of(fields)).await;
+    active(ns, name).await;
+    let (user, password) = userpass(ns, name).await;
+    wait_status(nginx, &user, &password, 200, name).await;
+    (user, password)
+}
+
 /// Waits until nginx answers `expected` for `user:password`.
 async fn wait_status(nginx: &Nginx, user: &str, password: &str, expected: u16, what: &str) {
     let header = basic(user, password);
@@ -738,16 +753,9 @@ async fn planted_staged_and_previous_credentials_under_a_stripped_seal_never_rea
 
     let ns = TestNs::new("verify-planted").await;
     let (_op, nginx, _mirror) = serve(&ns).await;
-    create(
-        &ns,
-        "tenant",
-        spec_of(json!({"role": "reader", "audiences": ["web"],
-            "rotation": {"period": "1h", "overlap": "10m"}})),
-    )
-    .await;
-    active(&ns, "tenant").await;
-    let (user, password) = userpass(&ns, "tenant").await;
-    wait_status(&nginx, &user, &password, 200, "the issued credential").await;
+    let fields = json!({"role": "reader", "audiences": ["web"],
+        "rotation": {"period": "1h", "overlap": "10m"}});
+    let (user, password) = let_in(&ns, &nginx, "tenant", fields).await;
 
     // Every version of the output from here on.
     let (versions, recorder) = record_output(&ns, "web-htpasswd", "htpasswd");
@@ -885,20 +893,10 @@ async fn replacing_the_seal_key_under_traffic_refuses_no_request() {
     let ns = TestNs::new("verify-rekey").await;
     let (mut op, nginx, _mirror) = serve(&ns).await;
     let names = ["a", "b", "c"];
-    for name in names {
-        create(
-            &ns,
-            name,
-            spec_of(json!({"role": "reader", "audiences": ["web"]})),
-        )
-        .await;
-    }
     let mut users = Vec::new();
     for name in names {
-        active(&ns, name).await;
-        let (user, password) = userpass(&ns, name).await;
-        wait_status(&nginx, &user, &password, 200, name).await;
-        users.push((user, password));
+        let fields = json!({"role": "reader", "audiences": ["web"]});
+        users.push(let_in(&ns, &nginx, name, fields).await);
     }
     let (versions, recorder) = record_output(&ns, "web-htpasswd", "htpasswd");
     wait_for("the output recorded", WAIT, || async {
@@ -990,16 +988,8 @@ async fn an_operator_restart_rewrites_no_output() {
     let (mut op, nginx, _mirror) = serve(&ns).await;
     let mut users = Vec::new();
     for name in ["a", "b"] {
-        create(
-            &ns,
-            name,
-            spec_of(json!({"role": "reader", "audiences": ["web"]})),
-        )
-        .await;
-        active(&ns, name).await;
-        let (user, password) = userpass(&ns, name).await;
-        wait_status(&nginx, &user, &password, 200, name).await;
-        users.push(user);
+        let fields = json!({"role": "reader", "audiences": ["web"]});
+        users.push(let_in(&ns, &nginx, name, fields).await.0);
     }
     let (versions, recorder) = record_output(&ns, "web-htpasswd", "htpasswd");
     wait_for("the output recorded", WAIT, || async {
@@ -1007,22 +997,8 @@ async fn an_operator_restart_rewrites_no_output() {
     })
     .await;
     op.restart().await;
-    create(
-        &ns,
-        "c",
-        spec_of(json!({"role": "reader", "audiences": ["web"]})),
-    )
-    .await;
-    active(&ns, "c").await;
-    let (c_user, c_password) = userpass(&ns, "c").await;
-    wait_status(
-        &nginx,
-        &c_user,
-        &c_password,
-        200,
-        "the token created after the restart",
-    )
-    .await;
+    let fields = json!({"role": "reader", "audiences": ["web"]});
+    let (c_user, _) = let_in(&ns, &nginx, "c", fields).await;
     wait_for("its write recorded", WAIT, || async {
         let v = versions.lock().unwrap();
         v.last()
