@@ -38,8 +38,10 @@ lint:
 # target/release/tokenmint as its operator; the workspace shares one target/ at the root.
 bench: cluster-up
 	cargo build --release -p tokenmint -p tokenmint-bench --bin tokenmint --bin tokenmint-bench
+	@hack/stop-demo-operator.sh bench
 	target/release/tokenmint-bench $(BENCH_ARGS)
 
 # tokenmint authz behind nginx: RSS, requests/s against the no-auth ceiling, revocation -> refusal.
 bench-authz: cluster-up
+	@hack/stop-demo-operator.sh bench-authz
 	TOKENMINT_NGINX="$$(hack/install-nginx.sh)" cargo test --release --test authz_bench -- --ignored --nocapture

@@ -12,12 +12,7 @@ if ! hack/cluster-up.sh --status; then
   trap 'hack/cluster-down.sh' EXIT
 fi
 
-# A `make demo` operator watches every namespace and would race the operators the tests start.
-if pid=$(cat .cluster/operator.pid 2>/dev/null) && grep -q tokenmint "/proc/$pid/cmdline" 2>/dev/null; then
-  echo "test: stopping the demo operator (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  rm -f .cluster/operator.pid
-fi
+hack/stop-demo-operator.sh test
 
 export KUBECONFIG="$root/.cluster/kubeconfig"
 export TOKENMINT_TEST_KUBECONFIG="$KUBECONFIG"
