@@ -25,7 +25,7 @@ use crate::secret::{self, TOKEN_LABEL};
 use crate::token::{Credential, os_rng};
 use crate::verifier::controller::{self as verifiers, Lookup};
 use crate::wakeups::Wakeups;
-use crate::watch::{WatchBackoff, watch_errors};
+use crate::watch::{WatchBackoff, not_gone, watch_errors};
 use crate::watched::{Cached, TokenObject};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
@@ -200,6 +200,7 @@ pub async fn run(
         secrets,
         watcher::Config::default().labels(&secret::managed_selector()),
     )
+    .filter(not_gone)
     .backoff(WatchBackoff::default())
     .modify(|s: &mut Secret| s.metadata.managed_fields = None)
     .inspect_ok(move |event| {
@@ -218,6 +219,7 @@ pub async fn run(
     let wakeups = Arc::new(Wakeups::default());
     let forget = wakeups.clone();
     let token_events = watcher(tokens, watcher::Config::default())
+        .filter(not_gone)
         .backoff(WatchBackoff::default())
         .modify(TokenObject::keep_what_is_read)
         .inspect_ok(move |event| {

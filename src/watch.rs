@@ -45,6 +45,18 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// Whether a watch item is anything but a `410 Gone`. The watcher answers a 410 by listing again at
+/// once; passed on, the error would also make the backoff wait (up to 2 s, more the longer an outage
+/// has lasted), and after an API server restart each watch meets one or two of them. Use before
+/// `.backoff(..)`.
+pub fn not_gone<K>(event: &Result<K, watcher::Error>) -> futures::future::Ready<bool> {
+    let gone = matches!(event, Err(watcher::Error::WatchError(status)) if status.code == 410);
+    if gone {
+        tracing::debug!("watch version gone (410); listing again");
+    }
+    futures::future::ready(!gone)
+}
+
 /// The objects of a watch, its errors logged (the watch retries them itself).
 pub fn watch_errors<K>(event: Result<K, watcher::Error>) -> futures::future::Ready<Option<K>> {
     if let Err(e) = &event {
@@ -72,6 +84,20 @@ pub fn describe_watch_error(error: &watcher::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_gone_version_is_not_passed_on_to_the_backoff_but_other_errors_are() {
+        let status = |code: u16| {
+            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "code": code, "message": "m", "reason": "r", "status": "Failure"
+            }))
+            .unwrap();
+            Err::<(), _>(watcher::Error::WatchError(Box::new(status)))
+        };
+        assert!(!not_gone(&status(410)).await);
+        assert!(not_gone(&status(500)).await);
+        assert!(not_gone(&Ok::<_, watcher::Error>(())).await);
+    }
 
     #[test]
     fn the_backoff_stays_within_two_seconds_and_starts_over_on_reset() {

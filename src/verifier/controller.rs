@@ -38,7 +38,7 @@ use crate::htpasswd;
 use crate::plan::Rules;
 use crate::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
 use crate::token::Credential;
-use crate::watch::WatchBackoff;
+use crate::watch::{WatchBackoff, not_gone, watch_errors};
 
 /// What can go wrong in one verifier reconcile. Messages name objects, never credentials.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
     let (changed_tx, changed) = futures::channel::mpsc::unbounded::<()>();
     let on_verifier = changed_tx.clone();
     let verifiers = watcher(api, watcher::Config::default())
+        .filter(not_gone)
         .backoff(WatchBackoff::default())
         .modify(|v: &mut ApiTokenVerifier| v.metadata.managed_fields = None)
         .reflect(writer)
@@ -147,6 +148,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher::Config::default(),
             )
+            .filter(not_gone)
             .backoff(WatchBackoff::default())
             .reflect(ns_writer)
             .filter_map(move |event| {
@@ -208,6 +210,12 @@ pub async fn run(
         read: Mutex::default(),
     });
     let changes = coalesce(futures::stream::select(inputs, namespaces), COALESCE);
+    // The watch already retries with `WatchBackoff`; errors are logged here and not passed on, since
+    // the Controller would back its whole trigger stream off again with the runtime's default (up to
+    // 30 s, reset only after 120 s): after an API server restart a new verifier waited 7-12 s.
+    let verifiers = verifiers
+        .filter_map(watch_errors)
+        .map(Ok::<_, watcher::Error>);
     Controller::for_stream(verifiers, store)
         .reconcile_all_on(changes)
         .with_config(ControllerConfig::default().concurrency(4))
