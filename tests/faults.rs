@@ -1191,9 +1191,11 @@ async fn apiserver_restart_costs_an_idle_authz_a_few_requests_not_a_loop() {
 /// kube-runtime's default backoff twice over (on its watch, and on the Controller's trigger stream,
 /// which backs off again on every error passed through), and every watch backed off on the `410
 /// Gone`s that follow a restart: a verifier created right after a 4 s outage waited 7-12 s (four
-/// runs) before it rendered; now 1.0-3.9 s (two runs).
+/// runs) before it rendered; now 1.0-3.9 s (two runs). Named to run among the other API server
+/// restarts, not last: the controller manager's informers need a while after a restart, and the test
+/// binary after this one (`ground`) deletes namespaces and waits for the namespace controller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_verifier_controller_resumes_within_seconds_of_an_apiserver_restart() {
+async fn apiserver_restart_lets_the_verifier_controller_resume_within_seconds() {
     use common::tokens::{active, create, data, secret, spec_of};
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = ControlPlane::local().await;
