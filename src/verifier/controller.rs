@@ -524,19 +524,23 @@ async fn render_outputs(
                 .map(move |t| (t.clone(), format!("{}: {e}", e.reason())))
         })
         .collect();
+    // Tokens, not reasons: an ambiguous pair is two tokens left out for one reason.
+    let excluded = u32::try_from(left_out.len()).unwrap_or(u32::MAX);
     for token in shared.lookup.set_excluded(&me, left_out) {
         let _ = shared
             .published
             .unbounded_send(key_from(Some(&token.namespace), &token.name));
     }
-    let excluded = u32::try_from(rendered.excluded.len()).unwrap_or(u32::MAX);
-    let left_out = match rendered.excluded.as_slice() {
+    let left_out_note = match rendered.excluded.as_slice() {
         [] => String::new(),
         [first, ..] => format!(
-            "; {} left out ({}: {first}{})",
-            rendered.excluded.len(),
+            "; {excluded} left out ({}: {first}{})",
             first.reason(),
-            if excluded > 1 { ", and more" } else { "" }
+            if rendered.excluded.len() > 1 {
+                ", and more"
+            } else {
+                ""
+            }
         ),
     };
     let mut overflow = None;
@@ -592,7 +596,7 @@ async fn render_outputs(
             excluded,
             reason: "Rendered".to_owned(),
             message: format!(
-                "{} credentials of {} tokens in {} outputs{left_out}",
+                "{} credentials of {} tokens in {} outputs{left_out_note}",
                 rendered.credentials,
                 rendered.tokens,
                 valid.outputs.len()
