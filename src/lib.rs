@@ -1,71 +1,22 @@
 //! tokenmint: mints, rotates and revokes API tokens declared as `ApiToken` resources.
 //!
-//! The reconcile is a pipeline with pure steps in the middle:
-//! read ([`controller`]) → validate ([`validate`]) → decide ([`plan`], using [`secret`], [`token`],
-//! [`schedule`]) → write and report ([`controller`], [`metrics`]). [`verifier`] renders what servers
-//! check credentials with; [`authz`] is such a check for gateways.
+//! Five layers, each importing only the ones below it (`tests/layers.rs` checks this):
+//! - [`api`]: the custom resources' types and the names they share. Imports nothing of ours.
+//! - [`core`]: every decision, as pure functions: credentials, schedules, seals, scopes, the
+//!   sha256-map format; [`core::token`] (validate, read the Secret, plan) and [`core::verifier`]
+//!   (validate, trust, render, status). No API client, no watch, no tokio.
+//! - [`runtime`]: machinery that decides nothing: caches, queue, wake-ups, watch backoff, Events,
+//!   leader election, the seal key store, metrics, logging.
+//! - [`controller`]: the two controllers, each a pipeline gather → core → write; the Secret writes
+//!   they share live in [`controller::write`].
+//! - [`operator`] wires them into the process; [`authz`] is the gateway check, built on `api`,
+//!   `core` and `runtime` only.
 
 pub mod api;
 pub mod authz;
-pub mod cache;
-pub mod compact;
 pub mod controller;
-pub mod htpasswd;
-pub mod keystore;
-pub mod leader;
-pub mod metrics;
+pub mod core;
 pub mod operator;
-pub mod plan;
-pub mod queue;
-pub mod schedule;
-pub mod seal;
-pub mod secret;
-pub mod telemetry;
-pub mod token;
-pub mod validate;
-pub mod verifier;
-pub mod wakeups;
-pub mod watch;
-pub mod watched;
+pub mod runtime;
 
-use kube::CustomResourceExt;
-
-/// The ApiTokenVerifier CRD as YAML, exactly as committed under `crds/`.
-pub fn verifier_crd_yaml() -> String {
-    serde_yaml::to_string(&verifier::api::crd()).unwrap_or_default()
-}
-
-/// Every CRD, as one multi-document YAML stream.
-pub fn all_crds_yaml() -> String {
-    format!("{}---\n{}", crd_yaml(), verifier_crd_yaml())
-}
-
-/// What `kubectl explain apitoken` says about the kind itself.
-const API_TOKEN_DESCRIPTION: &str = "An API token managed by tokenmint: one credential (an access key and a secret key) \
-kept in a Secret of the token's namespace in every form an app needs (username/password, Bearer, Basic), rotated on \
-schedule or on request, and removed when the token is revoked or expires. The ApiToken stays as the record.";
-
-/// Puts `description` where kube-derive writes "Auto-generated derived type": the root of every
-/// version's schema, which `kubectl explain <kind>` shows.
-pub fn describe_kind(
-    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    description: &str,
-) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    for version in &mut crd.spec.versions {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            schema.description = Some(description.to_owned());
-        }
-    }
-    crd
-}
-
-/// The CRD as YAML, exactly as committed under `crds/`.
-pub fn crd_yaml() -> String {
-    let crd = describe_kind(api::ApiToken::crd(), API_TOKEN_DESCRIPTION);
-    // Serializing a CRD built from our own types cannot fail.
-    serde_yaml::to_string(&crd).unwrap_or_default()
-}
+pub use api::{all_crds_yaml, crd_yaml, verifier_crd_yaml};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokenmint::authz::{self, AuthzArgs};
 use tokenmint::operator::{self, RunArgs};
-use tokenmint::telemetry;
+use tokenmint::runtime::telemetry;
 
 #[derive(Parser)]
 #[command(

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 
-use crate::controller::{self, Settings};
-use crate::leader::{self, Elector};
-use crate::metrics::{self, Metrics};
-use crate::plan::Rules;
-use crate::telemetry::LogFormat;
-use crate::validate::Policy;
-use crate::{keystore, seal};
+use crate::controller::token::{self as controller, Settings};
+use crate::core::seal;
+use crate::core::token::plan::Rules;
+use crate::core::token::validate::Policy;
+use crate::runtime::keystore;
+use crate::runtime::leader::{self, Elector};
+use crate::runtime::metrics::{self, Metrics};
+use crate::runtime::telemetry::LogFormat;
 
 /// Any error, printed once by the binary.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -55,15 +56,8 @@ pub struct RunArgs {
     pub allow_replication_annotations: bool,
     /// How long a shutdown may wait for in-flight reconciles before the process exits anyway
     /// (keep it below the pod's termination grace period).
-    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10s", value_parser = crate::core::schedule::parse_seconds)]
     pub shutdown_timeout: Duration,
-}
-
-/// A duration flag in the period syntax (`10s`, `1m30s`).
-pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
-    crate::schedule::Period::parse_unbounded(text)
-        .map(|p| Duration::from_secs(p.as_secs()))
-        .map_err(|e| e.to_string())
 }
 
 /// Runs the operator until `shutdown` resolves (or the Lease is lost), then stops within

@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tokenmint::api::{ApiToken, Phase};
-use tokenmint::token::Credential;
-use tokenmint::verifier::render::{TokenCredentials, TokenRef};
+use tokenmint::core::credential::Credential;
+use tokenmint::core::verifier::render::{TokenCredentials, TokenRef};
 
 const VERIFIER: &str = "api";
 const OUTPUT: &str = "api-tokens";

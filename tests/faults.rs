@@ -31,8 +31,8 @@ use kube::{Api, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokenmint::api::{ApiToken, Phase, ROTATE_ANNOTATION};
-use tokenmint::secret::{FINGERPRINT_ANNOTATION, managed_selector};
-use tokenmint::token::fingerprint_of;
+use tokenmint::core::credential::fingerprint_of;
+use tokenmint::core::token::secret::{FINGERPRINT_ANNOTATION, managed_selector};
 
 /// Scenarios kill components every test shares, so one runs at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

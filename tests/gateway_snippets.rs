@@ -16,8 +16,8 @@ use std::time::Duration;
 use common::authz::{Authz, rendered_map};
 use common::caddy::Caddy;
 use common::nginx::{Connection, Nginx, Reply, Site};
-use tokenmint::token::Credential;
-use tokenmint::verifier::render::{TokenCredentials, TokenRef};
+use tokenmint::core::credential::Credential;
+use tokenmint::core::verifier::render::{TokenCredentials, TokenRef};
 
 const README: &str = include_str!("../README.md");
 const SECTION: &str = "## Checking tokens at the gateway: `tokenmint authz`";

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokenmint::api::{ApiToken, Phase};
-use tokenmint::token::Credential;
+use tokenmint::core::credential::Credential;
 
 const SEAL: &str = "tokenmint.dev/seal";
 const SEAL_KEY_ID: &str = "tokenmint.dev/seal-key-id";
@@ -301,7 +301,7 @@ async fn a_lost_seal_key_reseals_every_secret_without_reminting() {
 }
 
 fn fingerprint(secret: &Secret) -> String {
-    tokenmint::token::fingerprint_of(&data(secret)["token"])
+    tokenmint::core::credential::fingerprint_of(&data(secret)["token"])
 }
 
 #[tokio::test]

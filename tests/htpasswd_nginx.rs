@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::nginx::{Nginx, OPEN, PROTECTED, basic};
 use sha_crypt::CustomizedPasswordHasher as _;
-use tokenmint::htpasswd::{self, Hash};
+use tokenmint::core::htpasswd::{self, Hash};
 
 const ALL: [Hash; 3] = [Hash::Bcrypt, Hash::Sha256Crypt, Hash::Ssha];
 // Throwaway credentials of the minted shape (alphanumeric; a 32-character secret key, the default).

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_yaml::Value;
 use tokenmint::api::{ApiToken, Phase};
-use tokenmint::leader::LEASE_NAME;
+use tokenmint::runtime::leader::LEASE_NAME;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// The operator's lease duration; a follower must take over within it plus one retry period and
@@ -217,7 +217,7 @@ fn row(group: &str, resource: &str, names: &[&str], verbs: &[&str]) -> Rule {
     (group.into(), resource.into(), v(names), v(verbs))
 }
 
-/// Exactly the calls src/controller.rs makes.
+/// Exactly the calls src/controller/ makes.
 fn operator_rules() -> BTreeSet<Rule> {
     [
         row("tokenmint.dev", "apitokens", &[], &["list", "watch"]),
@@ -240,7 +240,7 @@ fn operator_rules() -> BTreeSet<Rule> {
     .into()
 }
 
-/// Exactly the calls src/leader.rs makes.
+/// Exactly the calls src/runtime/leader.rs makes.
 fn lease_rules(lease: &str) -> BTreeSet<Rule> {
     [
         row("coordination.k8s.io", "leases", &[], &["create"]),
@@ -873,7 +873,7 @@ async fn authz_under_the_chart_role_serves_its_output_and_can_read_nothing_else(
         403,
         "list of another name"
     );
-    let verifiers: Api<tokenmint::verifier::api::ApiTokenVerifier> =
+    let verifiers: Api<tokenmint::api::verifier::ApiTokenVerifier> =
         Api::namespaced(as_authz.clone(), &ns.name);
     assert_eq!(status_code(verifiers.get("api").await), 200, "its verifier");
     assert_eq!(

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokenmint::api::{ApiToken, ApiTokenSpec, Phase};
-use tokenmint::token::{decode, fingerprint_of};
+use tokenmint::core::credential::{decode, fingerprint_of};
 
 #[tokio::test]
 async fn new_token_gets_a_complete_secret_and_active_status() {

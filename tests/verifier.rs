@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokenmint::api::verifier::ApiTokenVerifier;
 use tokenmint::api::{ApiToken, Phase};
-use tokenmint::verifier::api::ApiTokenVerifier;
 
 /// Copies the verifier output `name` (data key `key`) into nginx's htpasswd file whenever it changes,
 /// as the kubelet would for a mounted Secret, until dropped.
@@ -749,7 +749,7 @@ async fn bad_references_end_as_conditions_naming_the_field() {
 /// the Secret as tampered with and re-issues, with a Warning, and nginx lets in only the new credential.
 #[tokio::test]
 async fn planted_staged_and_previous_credentials_under_a_stripped_seal_never_reach_an_output() {
-    use tokenmint::token::{Credential, fingerprint_of};
+    use tokenmint::core::credential::{Credential, fingerprint_of};
 
     let ns = TestNs::new("verify-planted").await;
     let (_op, nginx, _mirror) = serve(&ns).await;

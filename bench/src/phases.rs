@@ -10,13 +10,13 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokenmint::api::{ApiToken, ApiTokenSpec, MANAGER, ROTATE_ANNOTATION, Rotation, Scope};
-use tokenmint::plan::{self, SecretWrite};
-use tokenmint::secret::{self, ISSUED_AT_ANNOTATION, managed_selector};
-use tokenmint::token::os_rng;
-use tokenmint::verifier::api::{
+use tokenmint::api::verifier::{
     ApiTokenVerifier, ApiTokenVerifierSpec, AudienceRef, HtpasswdHash, Output, OutputFormat,
 };
+use tokenmint::api::{ApiToken, ApiTokenSpec, MANAGER, ROTATE_ANNOTATION, Rotation, Scope};
+use tokenmint::core::credential::os_rng;
+use tokenmint::core::token::plan::{self, SecretWrite};
+use tokenmint::core::token::secret::{self, ISSUED_AT_ANNOTATION, managed_selector};
 
 use crate::BenchResult;
 use crate::cluster::{BENCH_MANAGER, Cluster, Requests};
@@ -1069,9 +1069,12 @@ async fn set_issued_at(
     concurrency: usize,
 ) -> BenchResult<()> {
     let admin = secrets.clone().into_client();
-    let key =
-        tokenmint::keystore::load_or_create(admin, "default", tokenmint::seal::DEFAULT_KEY_SECRET)
-            .await?;
+    let key = tokenmint::runtime::keystore::load_or_create(
+        admin,
+        "default",
+        tokenmint::core::seal::DEFAULT_KEY_SECRET,
+    )
+    .await?;
     let params = PatchParams {
         field_manager: Some(BENCH_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -1135,8 +1138,8 @@ async fn minimal_issue(
 /// A rules set with a throwaway key: a seal is the same size whatever the key.
 fn throwaway_rules() -> plan::Rules {
     plan::Rules {
-        key: tokenmint::seal::SealKey::generate(&mut os_rng()),
-        policy: tokenmint::validate::Policy::default(),
+        key: tokenmint::core::seal::SealKey::generate(&mut os_rng()),
+        policy: tokenmint::core::token::validate::Policy::default(),
     }
 }
 

@@ -14,9 +14,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokenmint::api::verifier::VERIFIER_LABEL;
 use tokenmint::api::{ApiToken, Phase};
-use tokenmint::secret::{ROTATIONS_ANNOTATION, managed_selector};
-use tokenmint::verifier::api::VERIFIER_LABEL;
+use tokenmint::core::token::secret::{ROTATIONS_ANNOTATION, managed_selector};
 use tokio::sync::watch;
 
 use crate::BenchResult;

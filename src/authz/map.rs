@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::verifier::render::SHA256_MAP_VERSION;
+use crate::core::verifier::render::SHA256_MAP_VERSION;
 
 /// SHA-256 of a presented credential.
 pub type Digest32 = [u8; 32];
@@ -277,7 +277,7 @@ pub fn digest(presented: &str) -> Digest32 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::verifier::render::presented_hash;
+    use crate::core::verifier::render::presented_hash;
     use serde_json::json;
 
     pub(crate) const BEARER: &str = "tm-AAAAAAAAAAAAAAA1-secretsecretsecretsecretsecret01";

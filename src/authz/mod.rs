@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use map::Credentials;
 
-use crate::operator::Error;
-use crate::telemetry::LogFormat;
-use crate::verifier::api::VerifierRef;
+use crate::api::verifier::VerifierRef;
+use crate::runtime::telemetry::LogFormat;
+
+/// Any error, printed once by the binary.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Flags of `tokenmint authz`.
 #[derive(clap::Args, Clone, Debug)]
@@ -39,7 +41,7 @@ pub struct AuthzArgs {
     )]
     pub output: Option<String>,
     /// Data key of the map in the Secret (the output's `key`).
-    #[arg(long, default_value = crate::verifier::api::DEFAULT_SHA256_MAP_KEY)]
+    #[arg(long, default_value = crate::api::verifier::DEFAULT_SHA256_MAP_KEY)]
     pub key: String,
     /// Read a mounted copy of the map (e.g. `/etc/tokenmint/tokens.json`) instead, and reload it when
     /// it changes.
@@ -50,7 +52,7 @@ pub struct AuthzArgs {
     pub listen: SocketAddr,
     /// How long authz may go without the API server confirming its output (an error, a refused or a
     /// silent watch) before every check is refused: a revocation might not arrive. Not in --file mode.
-    #[arg(long, default_value = "60s", value_parser = crate::operator::parse_seconds)]
+    #[arg(long, default_value = "60s", value_parser = crate::core::schedule::parse_seconds)]
     pub max_stale: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]

@@ -19,8 +19,8 @@ use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, ResourceExt as _};
 
 use super::{Output, Shared, map};
-use crate::verifier::api::{ApiTokenVerifier, VERIFIER_LABEL, VerifierRef};
-use crate::watch::WatchBackoff;
+use crate::api::verifier::{ApiTokenVerifier, VERIFIER_LABEL, VerifierRef};
+use crate::runtime::watch::WatchBackoff;
 
 /// How often a mounted file is looked at. A `stat`, unless it changed.
 const FILE_POLL: Duration = Duration::from_millis(250);

@@ -221,9 +221,9 @@ impl Drop for Authz {
 
 /// The `sha256-map` the verifier would write for `tokens`, rendered by the verifier's own code at
 /// `now`, for tests without a cluster.
-pub fn rendered_map(tokens: &[tokenmint::verifier::render::TokenCredentials]) -> Vec<u8> {
-    use tokenmint::verifier::api::{Output, OutputFormat};
-    use tokenmint::verifier::render::{self, ObservedOutputs};
+pub fn rendered_map(tokens: &[tokenmint::core::verifier::render::TokenCredentials]) -> Vec<u8> {
+    use tokenmint::api::verifier::{Output, OutputFormat};
+    use tokenmint::core::verifier::render::{self, ObservedOutputs};
     let outputs = render::validate_outputs(&[Output {
         secret_name: "map".into(),
         format: OutputFormat::Sha256Map,

@@ -2,7 +2,7 @@
 
 use kube::api::PostParams;
 use serde_json::json;
-use tokenmint::verifier::api::ApiTokenVerifier;
+use tokenmint::api::verifier::ApiTokenVerifier;
 
 use super::tokens::{WAIT, data, secret};
 use super::{TestNs, wait_for};

@@ -86,7 +86,7 @@ subjects:
 
 {{/*
 The operator's rights over ApiTokens, their Secrets and Events: exactly the calls
-src/controller.rs makes (tests/install.rs proves they suffice and that more is denied).
+src/controller/ makes (tests/install.rs proves they suffice and that more is denied).
 - apitokens: list and watch (the informer); no get, no update, no delete: the spec is the user's.
 - apitokens/status: patch (server-side apply of status).
 - secrets: list and watch (informer, label-selected), get (re-read after a conflict),

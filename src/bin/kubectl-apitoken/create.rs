@@ -6,8 +6,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use tokenmint::api::{ApiToken, ApiTokenSpec, Phase, Rotation};
-use tokenmint::schedule::Period;
-use tokenmint::validate::{Policy, parse_scope, validate};
+use tokenmint::core::schedule::Period;
+use tokenmint::core::token::validate::{Policy, parse_scope, validate};
 
 use crate::cluster::{self, ConnectArgs, FIELD_MANAGER, Target};
 use crate::error::Error;
@@ -196,7 +196,7 @@ pub fn manifest(
         audiences: (!args.audiences.is_empty()).then(|| {
             args.audiences
                 .iter()
-                .map(|a| tokenmint::verifier::api::AudienceRef(a.clone()))
+                .map(|a| tokenmint::api::verifier::AudienceRef(a.clone()))
                 .collect()
         }),
         expires_at,

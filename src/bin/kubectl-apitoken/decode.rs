@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use tokenmint::token::decode;
+use tokenmint::core::credential::decode;
 
 use crate::error::Error;
 use crate::reveal::userpass;

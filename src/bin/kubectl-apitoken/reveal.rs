@@ -1,8 +1,8 @@
 //! `kubectl apitoken reveal`: prints the credential from the token's Secret, to stdout only.
 
 use tokenmint::api::ApiToken;
-use tokenmint::secret::{Observed, observe};
-use tokenmint::token::Credential;
+use tokenmint::core::credential::Credential;
+use tokenmint::core::token::secret::{Observed, observe};
 
 use crate::cluster::Target;
 use crate::error::Error;
@@ -45,7 +45,8 @@ pub async fn run(target: &Target, args: &RevealArgs) -> Result<(), Error> {
     let secret = target.get_secret(&secret_name).await?;
     // The seal key is the operator's; without it the seal cannot be checked here, so the credential
     // must instead match the fingerprint the operator recorded in status.
-    let unknown_key = tokenmint::seal::SealKey::generate(&mut tokenmint::token::os_rng());
+    let unknown_key =
+        tokenmint::core::seal::SealKey::generate(&mut tokenmint::core::credential::os_rng());
     let credential = match observe(&token, secret.as_ref(), &unknown_key) {
         Observed::Missing => {
             return Err(Error::State(format!(
@@ -141,7 +142,7 @@ mod tests {
             "username: XkQBXKr652MV1VF9\npassword: 5gkhGWNaGAdA1NU5yrHXRSPKMCcNRlRg\n"
         );
         let basic = render(&c, Form::Basic);
-        let decoded = tokenmint::token::decode(basic.trim()).unwrap();
+        let decoded = tokenmint::core::credential::decode(basic.trim()).unwrap();
         assert_eq!(decoded.username, c.access_key);
         assert_eq!(decoded.password, c.secret_key);
     }

@@ -8,7 +8,7 @@
 //! status become 58. Packing a Secret takes 1.3 µs and unpacking it 0.12 µs (a serde decode of it,
 //! 7 µs); each reconcile unpacks the one token and Secret it plans.
 //!
-//! The samples are a token and its Secret just after issue, as [`crate::plan`] writes them: the
+//! The samples are a token and its Secret just after issue, as [`crate::core::token::plan`] writes them: the
 //! closer to the real objects, the less each keeps.
 
 use std::sync::LazyLock;
@@ -18,9 +18,9 @@ use k8s_openapi::api::core::v1::Secret;
 use rand::SeedableRng;
 
 use crate::api::{ApiToken, ApiTokenSpec, Rotation};
-use crate::plan::{self, Rules, SecretWrite, Servers};
-use crate::seal::SealKey;
-use crate::secret;
+use crate::core::seal::SealKey;
+use crate::core::token::plan::{self, Rules, SecretWrite, Servers};
+use crate::core::token::secret;
 
 /// A dictionary for one kind of JSON.
 pub struct Dictionary(Box<[u8]>);
@@ -121,7 +121,7 @@ mod tests {
                 .annotations
                 .as_ref()
                 .unwrap()
-                .contains_key(crate::seal::SEAL_ANNOTATION)
+                .contains_key(crate::core::seal::SEAL_ANNOTATION)
         );
     }
 }

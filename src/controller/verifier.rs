@@ -26,19 +26,22 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::api::{
+use crate::api::verifier::{
     ApiTokenVerifier, ApiTokenVerifierStatus, AudienceReason, AudienceStatus, HtpasswdHash,
     OUTPUT_SECRET_TYPE, VERIFIER_LABEL, VerifierRef,
 };
-use super::render::{self, Entry, ObservedOutputs, Rendering, TokenCredentials, TokenRef};
-use super::trust::{Candidate, Trust, Verdict};
 use crate::api::{ApiToken, MANAGER};
-use crate::cache::{SecretCache, TokenCache, key_from};
-use crate::htpasswd;
-use crate::plan::Rules;
-use crate::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
-use crate::token::Credential;
-use crate::watch::{WatchBackoff, not_gone, watch_errors};
+use crate::core::credential::Credential;
+use crate::core::htpasswd;
+use crate::core::token::plan::Rules;
+use crate::core::token::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Observed, Seal};
+use crate::core::verifier::render::{
+    self, Entry, ObservedOutputs, Rendering, TokenCredentials, TokenRef,
+};
+use crate::core::verifier::trust::{Candidate, Trust, Verdict};
+use crate::runtime::cache::{SecretCache, TokenCache};
+use crate::runtime::keys::key_from;
+use crate::runtime::watch::{WatchBackoff, not_gone, watch_errors};
 
 /// What can go wrong in one verifier reconcile. Messages name objects, never credentials.
 #[derive(Debug, thiserror::Error)]
@@ -317,7 +320,7 @@ pub fn audiences_of(token: &ApiToken, lookup: &Lookup) -> Vec<AudienceStatus> {
                 let key = ObjectRef::new(&target.name).within(&target.namespace);
                 lookup.verifiers.get(&key)
             });
-            let (reason, message) = match found.as_deref().map(super::validate) {
+            let (reason, message) = match found.as_deref().map(crate::core::verifier::validate) {
                 None => (AudienceReason::VerifierNotFound, None),
                 Some(Err(_)) => (AudienceReason::VerifierInvalid, None),
                 Some(Ok(valid)) => {
@@ -400,7 +403,7 @@ async fn render_outputs(
         ok: false,
         stalled: true,
     };
-    let valid = match super::validate(verifier) {
+    let valid = match crate::core::verifier::validate(verifier) {
         Ok(valid) => valid,
         Err(invalid) => {
             let outcome = stalled(None, 0, "InvalidSpec", invalid.to_string());
@@ -678,7 +681,7 @@ fn credentials_of(shared: &Shared, token: &ApiToken, now: Timestamp) -> Option<T
     // each Secret is re-sealed. Anything status does not record stays out.
     let vouched = || {
         let status = token.status.as_ref();
-        status.is_some_and(|status| crate::plan::unvouched(status, &held).is_none())
+        status.is_some_and(|status| crate::core::token::plan::unvouched(status, &held).is_none())
     };
     if seal == Seal::Unverified && !vouched() {
         return None;
@@ -743,7 +746,7 @@ pub fn accepting<'a>(
         let Some(verifier) = lookup.verifiers.get(&key) else {
             continue;
         };
-        let Ok(valid) = super::validate(&verifier) else {
+        let Ok(valid) = crate::core::verifier::validate(&verifier) else {
             continue;
         };
         if verdict(&valid.trust, token, lookup) != Verdict::Accepted {
@@ -871,7 +874,7 @@ fn condition(
     now: Timestamp,
 ) -> Condition {
     let message = outcome.message.clone();
-    crate::plan::flipped_condition(
+    crate::core::token::plan::flipped_condition(
         &last.conditions,
         type_,
         generation,

@@ -154,6 +154,13 @@ pub fn backoff(failures: u32, jitter: f64) -> std::time::Duration {
     delay.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// A duration flag in the period syntax (`10s`, `1m30s`), for command-line parsers.
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    Period::parse_unbounded(text)
+        .map(|p| std::time::Duration::from_secs(p.as_secs()))
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

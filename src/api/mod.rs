@@ -2,15 +2,19 @@
 //!
 //! Doc comments here become the CRD's descriptions (`kubectl explain apitoken.spec`).
 //! Everything the API server can check itself is declared here (patterns, bounds, CEL);
-//! what only the operator can judge lives in [`crate::validate`].
+//! what only the operator can judge lives in [`crate::core::token::validate`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::verifier::api::{AudienceRef, AudienceStatus};
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
+
+pub mod names;
+pub mod verifier;
+
+use verifier::{AudienceRef, AudienceStatus};
 
 /// API group of every tokenmint resource.
 pub const GROUP: &str = "tokenmint.dev";
@@ -356,6 +360,46 @@ impl Scope {
         }
         out
     }
+}
+
+/// The ApiTokenVerifier CRD as YAML, exactly as committed under `crds/`.
+pub fn verifier_crd_yaml() -> String {
+    serde_yaml::to_string(&verifier::crd()).unwrap_or_default()
+}
+
+/// Every CRD, as one multi-document YAML stream.
+pub fn all_crds_yaml() -> String {
+    format!("{}---\n{}", crd_yaml(), verifier_crd_yaml())
+}
+
+/// What `kubectl explain apitoken` says about the kind itself.
+const API_TOKEN_DESCRIPTION: &str = "An API token managed by tokenmint: one credential (an access key and a secret key) \
+kept in a Secret of the token's namespace in every form an app needs (username/password, Bearer, Basic), rotated on \
+schedule or on request, and removed when the token is revoked or expires. The ApiToken stays as the record.";
+
+/// Puts `description` where kube-derive writes "Auto-generated derived type": the root of every
+/// version's schema, which `kubectl explain <kind>` shows.
+pub fn describe_kind(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    description: &str,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.description = Some(description.to_owned());
+        }
+    }
+    crd
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    let crd = describe_kind(ApiToken::crd(), API_TOKEN_DESCRIPTION);
+    // Serializing a CRD built from our own types cannot fail.
+    serde_yaml::to_string(&crd).unwrap_or_default()
 }
 
 #[cfg(test)]

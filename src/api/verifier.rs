@@ -228,8 +228,47 @@ pub enum OutputFormat {
     Sha256Map,
 }
 
-/// The hash of an htpasswd line: one type with the hashing code.
-pub use crate::htpasswd::Hash as HtpasswdHash;
+// How an htpasswd line hashes the secret key (`spec.outputs[].hash` of an ApiTokenVerifier). Which
+// servers read which is in `docs/htpasswd.md`. The default is bcrypt, the one every reader accepts;
+// nginx and ingress-nginx do far better with ssha. Not a doc comment: kube hoists an optional enum's
+// own description over the field's, and `kubectl explain` should show the field's.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum HtpasswdHash {
+    /// `$2y$08$...`: read by nginx, ingress-nginx, Traefik, Caddy, oauth2-proxy and Trino.
+    #[default]
+    #[serde(rename = "bcrypt")]
+    Bcrypt,
+    /// `$5$rounds=1000$...` (glibc crypt): read by nginx and ingress-nginx.
+    #[serde(rename = "sha256-crypt")]
+    Sha256Crypt,
+    /// `{SSHA}base64(sha1(secret + salt) + salt)`: read by nginx and ingress-nginx.
+    #[serde(rename = "ssha")]
+    Ssha,
+}
+
+impl HtpasswdHash {
+    /// The name used in the API (`spec.outputs[].hash`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            HtpasswdHash::Bcrypt => "bcrypt",
+            HtpasswdHash::Sha256Crypt => "sha256-crypt",
+            HtpasswdHash::Ssha => "ssha",
+        }
+    }
+}
 
 impl OutputFormat {
     /// The format as written in the spec.
@@ -290,7 +329,7 @@ spec.trust; its current credential stays in every output while it is Active, and
 
 /// The verifier's CRD, with the kind's description in place of kube-derive's placeholder.
 pub fn crd() -> CustomResourceDefinition {
-    crate::describe_kind(ApiTokenVerifier::crd(), DESCRIPTION)
+    super::describe_kind(ApiTokenVerifier::crd(), DESCRIPTION)
 }
 
 /// The schema of `namespaceSelector`: Kubernetes' LabelSelector, bounded and with its operator rules

@@ -15,6 +15,8 @@ use sha1::Digest as _;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
+pub use crate::api::verifier::HtpasswdHash as Hash;
+
 /// bcrypt cost: 8 is the lowest Trino accepts (its file authenticator rejects the whole file for a
 /// lower one); every other reader accepts 4 and up.
 pub const BCRYPT_COST: u32 = 8;
@@ -26,48 +28,6 @@ const SHA256_CRYPT_SALT_BYTES: usize = 12;
 const SSHA_SALT_BYTES: usize = 8;
 /// Length of a SHA-1 digest, the part of an SSHA value before its salt.
 const SHA1_LEN: usize = 20;
-
-// How an htpasswd line hashes the secret key (`spec.outputs[].hash` of an ApiTokenVerifier). Which
-// servers read which is in `docs/htpasswd.md`. The default is bcrypt, the one every reader accepts;
-// nginx and ingress-nginx do far better with ssha. Not a doc comment: kube hoists an optional enum's
-// own description over the field's, and `kubectl explain` should show the field's.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-)]
-pub enum Hash {
-    /// `$2y$08$...`: read by nginx, ingress-nginx, Traefik, Caddy, oauth2-proxy and Trino.
-    #[default]
-    #[serde(rename = "bcrypt")]
-    Bcrypt,
-    /// `$5$rounds=1000$...` (glibc crypt): read by nginx and ingress-nginx.
-    #[serde(rename = "sha256-crypt")]
-    Sha256Crypt,
-    /// `{SSHA}base64(sha1(secret + salt) + salt)`: read by nginx and ingress-nginx.
-    #[serde(rename = "ssha")]
-    Ssha,
-}
-
-impl Hash {
-    /// The name used in the API (`spec.outputs[].hash`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Hash::Bcrypt => "bcrypt",
-            Hash::Sha256Crypt => "sha256-crypt",
-            Hash::Ssha => "ssha",
-        }
-    }
-}
 
 /// Whether `access_key` can stand as the user of an htpasswd line: not empty, and no `:` (which ends
 /// the user) nor control character (a newline would start a line of its own). Minted access keys are

@@ -16,17 +16,18 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
-use crate::cache::{SecretCache, TokenCache, key_from, meta_key, split_key};
-use crate::metrics::{Metrics, TokenView};
-use crate::plan::{self, Plan, Reason, Rules, SecretWrite, Servers, Wake};
-use crate::queue::{self, Request};
-use crate::schedule;
-use crate::secret::{self, TOKEN_LABEL};
-use crate::token::{Credential, os_rng};
-use crate::verifier::controller::{self as verifiers, Lookup};
-use crate::wakeups::Wakeups;
-use crate::watch::{WatchBackoff, not_gone, watch_errors};
-use crate::watched::{Cached, TokenObject};
+use crate::controller::verifier::{self as verifiers, Lookup};
+use crate::core::credential::{Credential, os_rng};
+use crate::core::schedule;
+use crate::core::token::plan::{self, Plan, Reason, Rules, SecretWrite, Servers, Wake};
+use crate::core::token::secret::{self, TOKEN_LABEL};
+use crate::runtime::cache::{SecretCache, TokenCache};
+use crate::runtime::keys::{key_from, meta_key, split_key};
+use crate::runtime::metrics::{Metrics, TokenView};
+use crate::runtime::queue::{self, Request};
+use crate::runtime::wakeups::Wakeups;
+use crate::runtime::watch::{WatchBackoff, not_gone, watch_errors};
+use crate::runtime::watched::{Cached, TokenObject};
 
 /// What can go wrong in one reconcile. Messages name the object, never credential material.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +139,7 @@ impl Context {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Promoted or abandoned staged credentials are forgotten within the longest wait.
-        let horizon = crate::verifier::MAX_PUBLISH_DELAY + plan::PUBLISH_TIMEOUT * 2;
+        let horizon = crate::core::verifier::MAX_PUBLISH_DELAY + plan::PUBLISH_TIMEOUT * 2;
         seen.retain(|_, since| now.duration_since(*since) < horizon);
         *seen.entry(credential.fingerprint()).or_insert(now)
     }

@@ -10,7 +10,7 @@
 //! Times are wall-clock milliseconds, as plans give them, so a plan that decides the same instant
 //! again (every reconcile of an unchanged token does) changes nothing. The latest reconcile's
 //! decision replaces the earlier one (it planned from newer state), and a token whose plan waits
-//! for a change has no wake-up at all. A due wake-up is handed to the queue ([`crate::queue`]);
+//! for a change has no wake-up at all. A due wake-up is handed to the queue ([`crate::runtime::queue`]);
 //! one for a token no longer in the cache is dropped.
 
 use std::cmp::Reverse;

@@ -5,7 +5,7 @@
 //! holds) fails the list, and with it every token in the watched scope. Decoding each object on its
 //! own turns that into an error on that one object. The error names the field, never its value, and
 //! no log line carries the object (the client library's own warning prints the whole response body,
-//! so [`crate::telemetry`] silences it).
+//! so [`crate::runtime::telemetry`] silences it).
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
@@ -16,8 +16,8 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::api::{ApiToken, ApiTokenSpec, ApiTokenStatus, Phase};
-use crate::cache::split_key;
-use crate::compact::{self, Dictionary};
+use crate::runtime::compact::{self, Dictionary};
+use crate::runtime::keys::split_key;
 
 /// One watched ApiToken.
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ pub struct Cached {
 
 enum Form {
     /// `{"metadata": ..., "spec": ..., "status": ...}` as serialized from the decoded token,
-    /// compressed ([`crate::compact`]).
+    /// compressed ([`crate::runtime::compact`]).
     Kept {
         body: Box<[u8]>,
         summary: Summary,
@@ -351,7 +351,10 @@ mod tests {
     fn cached(object: serde_json::Value) -> Cached {
         let mut object: TokenObject = serde_json::from_value(object).unwrap();
         object.keep_what_is_read();
-        Cached::new(crate::cache::meta_key(object.meta()).into(), &object)
+        Cached::new(
+            crate::runtime::keys::meta_key(object.meta()).into(),
+            &object,
+        )
     }
 
     fn object(expires_at: &str) -> serde_json::Value {

@@ -16,16 +16,16 @@ use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
+use crate::api::verifier::ApiTokenVerifier;
 use crate::api::{ApiToken, GROUP};
-use crate::compact::{self, Dictionary};
-use crate::secret::Packed;
-use crate::verifier::api::ApiTokenVerifier;
-use crate::watched::{Cached, TokenObject};
+use crate::core::token::secret::Packed;
+use crate::runtime::compact::{self, Dictionary};
+use crate::runtime::keys::{Key, key_from, meta_key};
+use crate::runtime::watched::{Cached, TokenObject};
 
 /// Where a cache keeps its objects.
 pub trait Storage<K: Resource<DynamicType = ()>>: Send {
@@ -189,30 +189,8 @@ pub struct JsonSecrets {
     relisting: Option<HashMap<Key, StoredSecret>>,
 }
 
-/// An object's `namespace/name`: one 16-byte pointer in the table where an `ObjectRef` takes 96
-/// bytes and two strings.
-type Key = Box<str>;
-
 fn key_of<K: kube::runtime::reflector::Lookup>(key: &ObjectRef<K>) -> Key {
     key_from(key.namespace.as_deref(), &key.name)
-}
-
-/// `namespace/name`, the compact key of a namespaced object (neither part can hold a `/`).
-pub(crate) fn key_from(namespace: Option<&str>, name: &str) -> Key {
-    format!("{}/{name}", namespace.unwrap_or_default()).into()
-}
-
-/// The key of the object `meta` describes.
-pub(crate) fn meta_key(meta: &ObjectMeta) -> Key {
-    key_from(
-        meta.namespace.as_deref(),
-        meta.name.as_deref().unwrap_or_default(),
-    )
-}
-
-/// A key's namespace and name.
-pub(crate) fn split_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("", key))
 }
 
 /// What Secrets' JSON is compressed against: an issued token's Secret, as kept.
@@ -227,7 +205,7 @@ fn dictionary() -> &'static Dictionary {
 struct StoredSecret {
     resource_version: Option<Box<str>>,
     /// The Secret without the credential keys that `packed` holds, as JSON compressed
-    /// ([`crate::compact`]).
+    /// ([`crate::runtime::compact`]).
     json: Box<[u8]>,
     packed: Packed,
 }
@@ -318,7 +296,7 @@ impl Storage<Secret> for JsonSecrets {
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
 
     fn secret(name: &str, version: &str, owned: bool) -> Secret {
@@ -427,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_token_secret_comes_back_exactly_as_seen() {
-        let credential = crate::token::Credential {
+        let credential = crate::core::credential::Credential {
             prefix: "tm_".into(),
             access_key: "AK1".into(),
             secret_key: "s3cret".into(),
@@ -467,7 +445,7 @@ mod tests {
         seen.metadata.uid = Some("5b0c6f3e-9a41-4d2b-8f7e-2c1d0a9b8e7f".into());
         seen.metadata.resource_version = Some("48213".into());
         let annotations = seen.metadata.annotations.as_mut().unwrap();
-        annotations.insert(crate::seal::SEAL_ANNOTATION.into(), "x".repeat(43));
+        annotations.insert(crate::core::seal::SEAL_ANNOTATION.into(), "x".repeat(43));
         let cache = SecretCache::json();
         cache.apply(&watcher::Event::Apply(seen.clone()));
         let key = ObjectRef::new("payments-api").within("sample-namespace");

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::api::names::{check_qualified_name, is_label_value};
 use crate::api::{ApiTokenSpec, Scope, SecretTemplate};
-use crate::schedule::Period;
-use crate::token::Format;
-use crate::verifier::names::{check_qualified_name, is_label_value};
+use crate::core::credential::Format;
+use crate::core::invalid::{InvalidSpec, invalid};
+use crate::core::schedule::Period;
 
 /// A spec that passed every check, in domain types.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,14 +21,6 @@ pub struct ValidSpec {
     /// How long a replaced credential stays valid after a rotation; shorter than `period`.
     pub overlap: Option<Period>,
     pub format: Format,
-}
-
-/// A spec field the operator rejects. The message names the field and never echoes a credential.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidSpec {
-    pub field: String,
-    pub reason: String,
 }
 
 /// What the operator's installation allows beyond the contract's defaults.
@@ -48,13 +41,6 @@ pub const REPLICATOR_PREFIXES: [&str; 3] = [
 
 /// The API server's limit on all annotations of one object together.
 const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
-
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
-    InvalidSpec {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
 
 /// Checks the whole spec.
 pub fn validate(spec: &ApiTokenSpec, policy: Policy) -> Result<ValidSpec, InvalidSpec> {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::watcher;
 
-use crate::schedule;
-use crate::token::os_rng;
+use crate::core::credential::os_rng;
+use crate::core::schedule;
 
 /// How a watch retries after an error: from half a second, doubling, at most 2 s, starting over after
 /// 10 s without an error. The runtime's default grows to 30 s and starts over only after 120 s, so

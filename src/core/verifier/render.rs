@@ -13,10 +13,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::api::{DEFAULT_HASH, HtpasswdHash, MAX_OUTPUTS, Output, OutputFormat};
-use super::{invalid, names};
-use crate::token::Credential;
-use crate::validate::InvalidSpec;
+use crate::api::names;
+use crate::api::verifier::{DEFAULT_HASH, HtpasswdHash, MAX_OUTPUTS, Output, OutputFormat};
+use crate::core::credential::Credential;
+use crate::core::invalid::{InvalidSpec, invalid};
 
 /// Most bytes of data one output Secret may hold: the API server refuses a Secret whose data
 /// values total more than 1 MiB (`MaxSecretSize`), below etcd's request limit (1.5 MiB by default).
@@ -682,7 +682,7 @@ fn sha256_map<'v, 'e: 'v>(entries: impl Iterator<Item = &'v Valid<'e>>) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verifier::api::{HtpasswdHash, Output, OutputFormat};
+    use crate::api::verifier::{HtpasswdHash, Output, OutputFormat};
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()

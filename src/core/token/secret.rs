@@ -12,9 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource as _;
 
 use crate::api::ApiToken;
-use crate::seal::{Field, SEAL_ANNOTATION, SEAL_KEY_ID_ANNOTATION, SealKey};
-use crate::token::{Credential, fingerprint_of};
-use crate::validate::ValidSpec;
+use crate::core::credential::{Credential, fingerprint_of};
+use crate::core::seal::{Field, SEAL_ANNOTATION, SEAL_KEY_ID_ANNOTATION, SealKey};
+use crate::core::token::validate::ValidSpec;
 
 /// Label every Secret we make carries; the operator watches only Secrets with it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

@@ -10,13 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
-use super::api::{
+use crate::api::Scope;
+use crate::api::names;
+use crate::api::verifier::{
     AudienceReason, AudienceRef, MAX_AUDIENCES, MAX_ROLES, MAX_SCOPE_GRANTS, MAX_SELECTOR_TERMS,
     MAX_SELECTOR_VALUES, MAX_TRUST_ENTRIES, ScopeGrant, TrustEntry, VerifierRef,
 };
-use super::{invalid, names};
-use crate::api::Scope;
-use crate::validate::{InvalidSpec, is_resource, is_role, is_scope_type};
+use crate::core::invalid::{InvalidSpec, invalid};
+use crate::core::token::validate::{is_resource, is_role, is_scope_type};
 
 /// A verifier's `spec.trust`, checked: every selector parsed, every role valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -561,7 +562,7 @@ mod tests {
     fn claiming(mut t: Token, scopes: &[&str]) -> Token {
         t.scopes = scopes
             .iter()
-            .map(|s| crate::validate::parse_scope(s).unwrap())
+            .map(|s| crate::core::token::validate::parse_scope(s).unwrap())
             .collect();
         t
     }

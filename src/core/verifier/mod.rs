@@ -7,31 +7,19 @@
 //! untampered token's credentials ([`render::TokenCredentials::entries`]) → [`render::render`] →
 //! write the outputs whose bytes changed, then status (controller).
 //!
-//! Kubernetes' name rules live in [`names`]; [`crate::validate`] has private copies of some of them
-//! that can move here.
+//! Kubernetes' name rules live in [`crate::api::names`].
 
-pub mod api;
-pub mod controller;
-pub mod names;
 pub mod render;
 pub mod trust;
 
-use api::{ApiTokenVerifier, ApiTokenVerifierSpec, VerifierRef};
+use crate::api::verifier::{ApiTokenVerifier, ApiTokenVerifierSpec, VerifierRef};
 use render::ValidOutput;
 use trust::Trust;
 
 use jiff::SignedDuration;
 
-use crate::schedule::Period;
-use crate::validate::InvalidSpec;
-
-/// A field the operator rejects, with why.
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
-    InvalidSpec {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
+use crate::core::invalid::{InvalidSpec, invalid};
+use crate::core::schedule::Period;
 
 /// A verifier whose spec passed every check, in domain types.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,9 +88,9 @@ pub fn validate_spec(
 
 #[cfg(test)]
 mod tests {
-    use super::api::{HtpasswdHash, Output, OutputFormat};
     use super::render::Rendering;
     use super::*;
+    use crate::api::verifier::{HtpasswdHash, Output, OutputFormat};
 
     fn verifier(name: &str, outputs: Vec<Output>) -> ApiTokenVerifier {
         let mut v = ApiTokenVerifier::new(

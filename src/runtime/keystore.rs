@@ -11,8 +11,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use crate::api::MANAGER;
-use crate::seal::{BadKey, KEY_DATA_KEY, SealKey};
-use crate::token::os_rng;
+use crate::core::credential::os_rng;
+use crate::core::seal::{BadKey, KEY_DATA_KEY, SealKey};
 
 /// What can go wrong loading the key. Messages never carry key material.
 #[derive(Debug, thiserror::Error)]

@@ -11,11 +11,11 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{ApiToken, ApiTokenStatus, NextCredential, Phase, PreviousCredential};
-use crate::schedule::{self, Period};
-use crate::seal::SealKey;
-use crate::secret::{self, Held, Next, Observed, Previous, Redacted, Seal};
-use crate::token::{Credential, mint_credential};
-use crate::validate::{self, Policy, ValidSpec};
+use crate::core::credential::{Credential, mint_credential};
+use crate::core::schedule::{self, Period};
+use crate::core::seal::SealKey;
+use crate::core::token::secret::{self, Held, Next, Observed, Previous, Redacted, Seal};
+use crate::core::token::validate::{self, Policy, ValidSpec};
 
 /// What the operator brings to every decision besides the token, its Secret, the time and randomness:
 /// the seal key and the installation's policy.
@@ -216,7 +216,7 @@ pub fn plan(
     let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
     let audiences = token.spec.audiences.as_deref().unwrap_or_default();
     let checked = validate::validate(&token.spec, rules.policy).and_then(|spec| {
-        crate::verifier::trust::validate_audiences(audiences, namespace).map(|_| spec)
+        crate::core::verifier::trust::validate_audiences(audiences, namespace).map(|_| spec)
     });
     let spec = match checked {
         Ok(spec) => spec,
@@ -939,7 +939,7 @@ pub fn flipped_condition(
 mod tests {
     use super::*;
     use crate::api::{ApiTokenSpec, Rotation};
-    use crate::secret::{self, FINGERPRINT_ANNOTATION, observe};
+    use crate::core::token::secret::{self, FINGERPRINT_ANNOTATION, observe};
     use jiff::SignedDuration;
     use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -1444,7 +1444,7 @@ mod tests {
     /// Every form rewritten consistently and the fingerprint recomputed: what someone with write access
     /// to the Secret can do without the seal key.
     fn plant(secret: &Secret, access_key: &str, secret_key: &str) -> Secret {
-        let credential = crate::token::Credential {
+        let credential = crate::core::credential::Credential {
             prefix: "tm-".into(),
             access_key: access_key.into(),
             secret_key: secret_key.into(),
@@ -1503,8 +1503,8 @@ mod tests {
     fn an_unsealed_secret_from_before_the_seal_is_sealed_without_a_new_credential() {
         let (t, secret) = issue(&token(|_| {}), at(0));
         let unsealed = annotate_secret(
-            &annotate_secret(&secret, crate::seal::SEAL_ANNOTATION, None),
-            crate::seal::SEAL_KEY_ID_ANNOTATION,
+            &annotate_secret(&secret, crate::core::seal::SEAL_ANNOTATION, None),
+            crate::core::seal::SEAL_KEY_ID_ANNOTATION,
             None,
         );
         let p = run(&t, Some(&unsealed), at(10));
@@ -1533,8 +1533,8 @@ mod tests {
             panic!("expected a re-seal, got {:?}", p.write)
         };
         assert_eq!(password(resealed), password(&secret));
-        let id =
-            &resealed.metadata.annotations.as_ref().unwrap()[crate::seal::SEAL_KEY_ID_ANNOTATION];
+        let id = &resealed.metadata.annotations.as_ref().unwrap()
+            [crate::core::seal::SEAL_KEY_ID_ANNOTATION];
         assert_eq!(id, new_key.key.id());
         assert_eq!(p.event, None);
 
@@ -1773,8 +1773,8 @@ mod tests {
 
     /// The Secret without its seal: what a tenant who may edit it can always do.
     fn strip_seal(secret: &Secret) -> Secret {
-        let unsealed = annotate_secret(secret, crate::seal::SEAL_ANNOTATION, None);
-        annotate_secret(&unsealed, crate::seal::SEAL_KEY_ID_ANNOTATION, None)
+        let unsealed = annotate_secret(secret, crate::core::seal::SEAL_ANNOTATION, None);
+        annotate_secret(&unsealed, crate::core::seal::SEAL_KEY_ID_ANNOTATION, None)
     }
 
     /// `into` with the data keys and annotations of `from` whose names start with `prefix` (the
@@ -1798,7 +1798,7 @@ mod tests {
 
     /// `secret` with a consistent staged credential that tokenmint never minted.
     fn plant_next(secret: &Secret) -> Secret {
-        let credential = crate::token::Credential {
+        let credential = crate::core::credential::Credential {
             prefix: "tm-".into(),
             access_key: "PLANTED".into(),
             secret_key: "x".repeat(32),

@@ -5,7 +5,7 @@
 //! kube-runtime's `Controller` keeps each waiting token as a reconcile request (an `ObjectRef` of
 //! four strings) in a scheduler table, and its cache as `Arc`s of the whole object under more
 //! `ObjectRef`s: about 1.2 KiB per token at 10,000. Here a token is named everywhere by the one
-//! `namespace/name` string the token cache holds ([`crate::cache::TokenCache`]), so waiting costs
+//! `namespace/name` string the token cache holds ([`crate::runtime::cache::TokenCache`]), so waiting costs
 //! a pointer in a queue and a set.
 
 use std::collections::{HashSet, VecDeque};

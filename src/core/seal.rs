@@ -4,7 +4,7 @@
 //! consistent, fingerprint recomputed, a rotation count one higher) or move `issued-at` into the future to
 //! postpone rotation. The seal binds the credential keys, `issued-at`, the rotation count, the handled
 //! requests and the `previous-*` keys to the token's UID under a key only the operator holds. Pure: the
-//! key comes in, nothing here talks to the API server (see [`crate::controller`] for loading the key).
+//! key comes in, nothing here talks to the API server (see [`crate::controller::token`] for loading the key).
 
 use std::fmt;
 
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn generated_keys_differ() {
-        let mut rng = crate::token::os_rng();
+        let mut rng = crate::core::credential::os_rng();
         assert_ne!(SealKey::generate(&mut rng), SealKey::generate(&mut rng));
     }
 }

@@ -1,0 +1,8 @@
+//! The two controllers. Each is a pipeline: gather what the caches (or, where they cannot know, the
+//! API server) hold → decide in [`crate::core`] → write, then report.
+//!
+//! [`token`] keeps each ApiToken's Secret and status; [`verifier`] renders each ApiTokenVerifier's
+//! outputs. Only this layer, [`crate::runtime`] and [`crate::authz`] talk to the API server.
+
+pub mod token;
+pub mod verifier;
