@@ -20,7 +20,7 @@ use common::tokens::*;
 use common::verifiers::create_map_verifier;
 use common::{Operator, TestNs, free_addr};
 use serde_json::json;
-use tokenmint::core::verifier::render::presented_hash;
+use tokenmint::core::sha256_map::key as presented_hash;
 
 /// Connections kept busy by the load generator, for every load measurement.
 const CONNECTIONS: usize = 16;

@@ -5,7 +5,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use jiff::Timestamp;
 
-use super::map::{self, Credentials, Grant, GrantedScope, Scope};
+use super::map::{self, Credentials, Grant, GrantedScope};
+use crate::core::scope::{self, Scope};
 
 /// Longest `Authorization` value read; a longer one is refused before it is hashed. Credentials are
 /// at most a few hundred bytes (a 16-character prefix, keys of up to 64 and 128 characters).
@@ -153,8 +154,8 @@ pub fn requested_scope(query: Option<&str>) -> Result<Option<Scope>, Forbidden> 
             return Err(Forbidden::BadScope);
         }
         let value = percent_decode(value).ok_or(Forbidden::BadScope)?;
-        match map::split_scope(&value) {
-            Some((scope, None)) => found = Some(scope),
+        match scope::parse(&value) {
+            Ok(scope) if scope.filter.is_none() => found = Some(scope),
             _ => return Err(Forbidden::BadScope),
         }
     }
@@ -220,7 +221,7 @@ pub fn check<'m>(
         grant
             .scopes
             .iter()
-            .find(|g| g.scope.covers(&wanted) && (g.scope.resource.is_some() == exact))
+            .find(|g| scope::covers(&g.scope, &wanted) && (g.scope.resource.is_some() == exact))
     };
     match covering(true).or_else(|| covering(false)) {
         Some(scope) => Decision::Allowed {

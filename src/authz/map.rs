@@ -9,13 +9,10 @@ use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use jiff::Timestamp;
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use crate::core::verifier::render::SHA256_MAP_VERSION;
-
-/// SHA-256 of a presented credential.
-pub type Digest32 = [u8; 32];
+use crate::core::scope::{self, Scope};
+use crate::core::sha256_map::{self, Item};
+pub use crate::core::sha256_map::{Digest32, MapError, digest};
 
 /// What one credential may do, as the map says, with its response headers made once at load.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,75 +35,6 @@ pub struct GrantedScope {
     pub scope: Scope,
     /// The row filter, as a header value.
     pub filter: Option<HeaderValue>,
-}
-
-/// A scope's type and resource: `TYPE[:resource]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scope {
-    pub type_: String,
-    pub resource: Option<String>,
-}
-
-impl Scope {
-    /// Whether a token holding `self` may do `wanted`: the same type, and the same resource or none
-    /// (a scope without a resource covers every resource of its type).
-    pub fn covers(&self, wanted: &Scope) -> bool {
-        self.type_ == wanted.type_ && (self.resource.is_none() || self.resource == wanted.resource)
-    }
-}
-
-/// Splits a canonical scope string `TYPE[:resource[:filter]]` into its parts.
-///
-/// A type is one or two upper-case segments (`ADMIN`, `PIPES:READ`), a resource has no colon, and the
-/// filter is the rest. The string alone cannot tell `ADMIN` on a resource `EVENTS` from a type
-/// `ADMIN:EVENTS`; it is read as the type, on both sides of a check (the token's scopes and the
-/// requested one), so the only effect is that `ADMIN` alone does not cover `?scope=ADMIN:EVENTS`:
-/// that refuses, never lets in.
-pub fn split_scope(text: &str) -> Option<(Scope, Option<&str>)> {
-    let is_type_segment = |s: &str| {
-        s.as_bytes().first().is_some_and(u8::is_ascii_uppercase)
-            && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-    };
-    let is_resource = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    };
-    let mut parts = text.splitn(2, ':');
-    let first = parts.next()?;
-    if !is_type_segment(first) {
-        return None;
-    }
-    let mut type_len = first.len();
-    let mut rest = parts.next();
-    if let Some(after) = rest {
-        let (segment, tail) = match after.split_once(':') {
-            Some((segment, tail)) => (segment, Some(tail)),
-            None => (after, None),
-        };
-        if is_type_segment(segment) {
-            type_len += 1 + segment.len();
-            rest = tail;
-        }
-    }
-    let (resource, filter) = match rest {
-        None => (None, None),
-        Some(after) => match after.split_once(':') {
-            Some((resource, filter)) if !filter.is_empty() => (Some(resource), Some(filter)),
-            Some(_) => return None,
-            None => (Some(after), None),
-        },
-    };
-    if !is_resource(resource.unwrap_or("x")) || filter.is_some() && resource.is_none() {
-        return None;
-    }
-    Some((
-        Scope {
-            type_: text[..type_len].to_owned(),
-            resource: resource.map(str::to_owned),
-        },
-        filter,
-    ))
 }
 
 /// Every credential of one map, by the SHA-256 of its presented form.
@@ -140,62 +68,17 @@ impl Credentials {
     }
 }
 
-/// Why a map cannot be used at all. Never carries the map's text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MapError {
-    #[error("not a sha256-map: {what} at line {line} column {column}")]
-    NotJson {
-        what: &'static str,
-        line: usize,
-        column: usize,
-    },
-    #[error("sha256-map version {found}, this authz reads version {SHA256_MAP_VERSION}")]
-    Version { found: u64 },
-}
-
-#[derive(Deserialize)]
-struct RawMap {
-    version: u64,
-    tokens: HashMap<String, RawItem>,
-}
-
-/// One item as the verifier writes it; fields added later are ignored.
-#[derive(Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-struct RawItem {
-    access_key: String,
-    token: String,
-    role: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    not_after: Option<String>,
-    #[serde(default)]
-    previous: bool,
-}
-
 /// Reads a `sha256-map` document. An item that cannot be read (a key that is not 64 hex digits, a
 /// `notAfter` that is no RFC 3339 instant, a value that cannot be a header) is left out and counted in
 /// [`Credentials::skipped`]: its credential is refused.
 pub fn parse(data: &[u8]) -> Result<Credentials, MapError> {
-    let raw: RawMap = serde_json::from_slice(data).map_err(|e| MapError::NotJson {
-        what: match e.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "invalid JSON",
-            serde_json::error::Category::Data => "unexpected content",
-            serde_json::error::Category::Eof => "truncated JSON",
-        },
-        line: e.line(),
-        column: e.column(),
-    })?;
-    if raw.version != u64::from(SHA256_MAP_VERSION) {
-        return Err(MapError::Version { found: raw.version });
-    }
+    let items = sha256_map::read(data)?;
     let mut credentials = Credentials::default();
     // The Bearer and the Basic key of a credential carry equal items: one grant serves both.
-    let mut shared: HashMap<&RawItem, Arc<Grant>> = HashMap::new();
-    let mut entries = Vec::with_capacity(raw.tokens.len());
-    for (key, item) in &raw.tokens {
-        let Some(digest) = parse_hex(key) else {
+    let mut shared: HashMap<&Item, Arc<Grant>> = HashMap::new();
+    let mut entries = Vec::with_capacity(items.len());
+    for (key, item) in &items {
+        let Some(digest) = sha256_map::parse_key(key) else {
             credentials.skipped += 1;
             continue;
         };
@@ -217,17 +100,19 @@ pub fn parse(data: &[u8]) -> Result<Credentials, MapError> {
     Ok(credentials)
 }
 
-fn grant(item: &RawItem) -> Option<Grant> {
+fn grant(item: &Item) -> Option<Grant> {
     let scopes = item
         .scopes
         .iter()
         .map(|text| {
-            let (scope, filter) = split_scope(text)?;
+            // Held once, as a header value; the scope keeps its type and resource.
+            let mut scope = scope::parse(text).ok()?;
+            let filter = scope.filter.take();
             Some(GrantedScope {
                 canonical: header(text)?,
                 scope,
                 filter: match filter {
-                    Some(filter) => Some(header(filter)?),
+                    Some(filter) => Some(header(&filter)?),
                     None => None,
                 },
             })
@@ -238,7 +123,7 @@ fn grant(item: &RawItem) -> Option<Grant> {
         None => None,
     };
     Some(Grant {
-        access_key: item.access_key.clone(),
+        access_key: item.access_key.to_string(),
         token: header(&item.token)?,
         role: header(&item.role)?,
         scopes,
@@ -252,32 +137,10 @@ fn header(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
-fn parse_hex(text: &str) -> Option<Digest32> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let nibble = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    };
-    let mut digest = [0; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        digest[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(digest)
-}
-
-/// SHA-256 of a presented credential, the map's key.
-pub fn digest(presented: &str) -> Digest32 {
-    Sha256::digest(presented.as_bytes()).into()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::core::verifier::render::presented_hash;
+    use crate::core::sha256_map::key as presented_hash;
     use serde_json::json;
 
     pub(crate) const BEARER: &str = "tm-AAAAAAAAAAAAAAA1-secretsecretsecretsecretsecret01";
@@ -379,57 +242,5 @@ pub(crate) mod tests {
         assert_eq!((creds.credentials(), creds.skipped()), (1, 4));
         assert!(creds.get(&digest(BEARER)).is_some());
         assert!(creds.get(&digest("b")).is_none());
-    }
-
-    #[test]
-    fn scopes_split_into_type_resource_and_filter() {
-        let split =
-            |text| split_scope(text).map(|(s, f)| (s.type_, s.resource, f.map(str::to_owned)));
-        let some = |t: &str, r: Option<&str>, f: Option<&str>| {
-            Some((t.to_owned(), r.map(Into::into), f.map(Into::into)))
-        };
-        assert_eq!(split("ADMIN"), some("ADMIN", None, None));
-        assert_eq!(split("TOKENS"), some("TOKENS", None, None));
-        assert_eq!(split("PIPES:READ"), some("PIPES:READ", None, None));
-        assert_eq!(
-            split("PIPES:READ:top_pages"),
-            some("PIPES:READ", Some("top_pages"), None)
-        );
-        assert_eq!(
-            split("DATASOURCES:READ:events:a = 1 AND b = 'x:y'"),
-            some(
-                "DATASOURCES:READ",
-                Some("events"),
-                Some("a = 1 AND b = 'x:y'")
-            )
-        );
-        assert_eq!(split("TOKENS:mine"), some("TOKENS", Some("mine"), None));
-        assert_eq!(split("ADMIN:EVENTS"), some("ADMIN:EVENTS", None, None));
-        for bad in [
-            "",
-            "admin",
-            ":READ",
-            "PIPES:",
-            "PIPES:READ:",
-            "PIPES:READ:top pages",
-            "PIPES:READ:top_pages:",
-            "PIPES:READ::x",
-        ] {
-            assert_eq!(split(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_scope_without_a_resource_covers_every_resource_of_its_type() {
-        let scope = |text| split_scope(text).unwrap().0;
-        let all = scope("PIPES:READ");
-        assert!(all.covers(&scope("PIPES:READ:top_pages")));
-        assert!(all.covers(&scope("PIPES:READ")));
-        assert!(!all.covers(&scope("PIPES:DROP:top_pages")));
-        let one = scope("PIPES:READ:top_pages");
-        assert!(one.covers(&scope("PIPES:READ:top_pages")));
-        assert!(!one.covers(&scope("PIPES:READ:other")));
-        assert!(!one.covers(&scope("PIPES:READ")));
-        assert!(!scope("PIPES").covers(&scope("PIPES:READ")));
     }
 }

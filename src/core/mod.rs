@@ -9,6 +9,8 @@ pub mod credential;
 pub mod htpasswd;
 pub mod invalid;
 pub mod schedule;
+pub mod scope;
 pub mod seal;
+pub mod sha256_map;
 pub mod token;
 pub mod verifier;

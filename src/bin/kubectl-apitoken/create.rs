@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use tokenmint::api::{ApiToken, ApiTokenSpec, Phase, Rotation};
 use tokenmint::core::schedule::Period;
-use tokenmint::core::token::validate::{Policy, parse_scope, validate};
+use tokenmint::core::scope;
+use tokenmint::core::token::validate::{Policy, validate};
 
 use crate::cluster::{self, ConnectArgs, FIELD_MANAGER, Target};
 use crate::error::Error;
@@ -159,7 +160,7 @@ pub fn manifest(
     let scopes = args
         .scopes
         .iter()
-        .map(|s| parse_scope(s).map_err(|e| Error::Invalid(format!("invalid --scope: {e}"))))
+        .map(|s| scope::parse(s).map_err(|e| Error::Invalid(format!("invalid --scope: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(period) = &args.rotate_every {
         Period::parse(period).map_err(|e| invalid("--rotate-every", period, &e))?;

@@ -202,7 +202,7 @@ mod tests {
     use jiff::SignedDuration;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use tokenmint::api::{ApiTokenSpec, ApiTokenStatus, Phase};
-    use tokenmint::core::token::validate::parse_scope;
+    use tokenmint::core::scope::parse as parse_scope;
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()

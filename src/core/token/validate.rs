@@ -10,6 +10,7 @@ use crate::api::{ApiTokenSpec, Scope, SecretTemplate};
 use crate::core::credential::Format;
 use crate::core::invalid::{InvalidSpec, invalid};
 use crate::core::schedule::Period;
+use crate::core::scope;
 
 /// A spec that passed every check, in domain types.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +57,7 @@ pub fn validate(spec: &ApiTokenSpec, policy: Policy) -> Result<ValidSpec, Invali
     }
     let mut seen = HashSet::new();
     for (i, scope) in scopes.iter().enumerate() {
-        check_scope(scope)
+        scope::check(scope)
             .map_err(|e| invalid(format!("spec.scopes[{i}].{}", e.field), e.reason))?;
         if !seen.insert((scope.type_.as_str(), scope.resource.as_deref())) {
             return Err(invalid(
@@ -163,11 +164,6 @@ fn check_template(template: &SecretTemplate, policy: Policy) -> Result<(), Inval
 
 static EMPTY: BTreeMap<String, String> = BTreeMap::new();
 
-/// A character that could end or forge a line for a consumer reading the value line by line.
-fn breaks_lines(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
-}
-
 /// `^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`, 1-63 characters: an ApiToken's `spec.role`.
 pub fn is_role(role: &str) -> bool {
     let bytes = role.as_bytes();
@@ -178,103 +174,6 @@ pub fn is_role(role: &str) -> bool {
         && bytes
             .iter()
             .all(|b| edge(b) || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// `^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$`.
-pub fn is_scope_type(type_: &str) -> bool {
-    let word = |w: &str| {
-        w.as_bytes().first().is_some_and(u8::is_ascii_uppercase)
-            && w.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-    };
-    let mut parts = type_.split(':');
-    let first = parts.next().is_some_and(word);
-    let second = parts.next().is_none_or(word);
-    first && second && parts.next().is_none() && type_.len() <= 64
-}
-
-/// 1-253 characters of `[A-Za-z0-9_.-]`.
-pub fn is_resource(resource: &str) -> bool {
-    (1..=253).contains(&resource.len())
-        && resource
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// One scope's fields; `field` is relative to the scope.
-fn check_scope(scope: &Scope) -> Result<(), InvalidSpec> {
-    if !is_scope_type(&scope.type_) {
-        return Err(invalid(
-            "type",
-            "must match ^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$ (e.g. ADMIN, DATASOURCES:READ)",
-        ));
-    }
-    if let Some(resource) = &scope.resource
-        && !is_resource(resource)
-    {
-        return Err(invalid(
-            "resource",
-            "must be 1-253 characters of [A-Za-z0-9_.-]",
-        ));
-    }
-    // The canonical string `TYPE:resource` must read back one way: `PIPES` with resource `READ`
-    // would be `PIPES:READ`, the two-word type.
-    if let Some(resource) = &scope.resource
-        && !scope.type_.contains(':')
-        && is_scope_type(resource)
-        && !resource.contains(':')
-    {
-        return Err(invalid(
-            "resource",
-            "an upper-case resource of a one-word type reads as part of the type (PIPES with resource READ is PIPES:READ)",
-        ));
-    }
-    match (&scope.resource, &scope.filter) {
-        (_, Some(filter)) if filter.is_empty() || filter.len() > 1024 => {
-            Err(invalid("filter", "must be 1-1024 characters"))
-        }
-        (_, Some(filter)) if filter.chars().any(breaks_lines) => Err(invalid(
-            "filter",
-            "may not contain control characters or line separators",
-        )),
-        (None, Some(_)) => Err(invalid(
-            "filter",
-            "needs resource: a row filter applies to one resource",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Parses Tinybird's `TYPE[:resource[:filter]]` syntax, as used by `kubectl apitoken create --scope`.
-///
-/// The type may itself hold one `:` (`DATASOURCES:READ`), so a second segment is part of the type when it
-/// is an upper-case word, otherwise it is the resource. Everything after the resource is the filter,
-/// colons included.
-pub fn parse_scope(text: &str) -> Result<Scope, InvalidSpec> {
-    let mut parts = text.splitn(2, ':');
-    let head = parts.next().unwrap_or_default();
-    let mut rest = parts.next();
-    let mut type_ = head.to_owned();
-    if let Some(r) = rest {
-        let (candidate, after) = r.split_once(':').map_or((r, None), |(a, b)| (a, Some(b)));
-        if is_scope_type(candidate) && !candidate.contains(':') {
-            type_ = format!("{head}:{candidate}");
-            rest = after;
-        }
-    }
-    let (resource, filter) = match rest {
-        None => (None, None),
-        Some(r) => match r.split_once(':') {
-            Some((resource, filter)) => (Some(resource.to_owned()), Some(filter.to_owned())),
-            None => (Some(r.to_owned()), None),
-        },
-    };
-    let scope = Scope {
-        type_,
-        resource,
-        filter,
-    };
-    check_scope(&scope).map_err(|e| invalid(format!("scope {text:?}: {}", e.field), e.reason))?;
-    Ok(scope)
 }
 
 #[cfg(test)]
@@ -290,7 +189,7 @@ mod tests {
     }
 
     fn scope(text: &str) -> Scope {
-        parse_scope(text).unwrap()
+        scope::parse(text).unwrap()
     }
 
     #[test]
@@ -419,7 +318,7 @@ mod tests {
             let err = validate(&s, Policy::default()).unwrap_err();
             assert_eq!(err.field, "spec.scopes[0].filter", "{filter:?}");
         }
-        assert!(parse_scope("DATASOURCES:READ:events:a = 1\nADMIN").is_err());
+        assert!(scope::parse("DATASOURCES:READ:events:a = 1\nADMIN").is_err());
     }
 
     #[test]
@@ -476,50 +375,5 @@ mod tests {
             validate(&s, Policy::default()).unwrap_err().field,
             "spec.format.secretKeyLength"
         );
-    }
-
-    #[test]
-    fn parses_tinybird_scope_strings() {
-        let cases = [
-            ("ADMIN", ("ADMIN", None, None)),
-            ("TOKENS", ("TOKENS", None, None)),
-            ("DATASOURCES:CREATE", ("DATASOURCES:CREATE", None, None)),
-            (
-                "PIPES:READ:top_pages",
-                ("PIPES:READ", Some("top_pages"), None),
-            ),
-            (
-                "DATASOURCES:READ:events:tenant_id = 42",
-                ("DATASOURCES:READ", Some("events"), Some("tenant_id = 42")),
-            ),
-            (
-                "DATASOURCES:READ:table_name:column==1",
-                ("DATASOURCES:READ", Some("table_name"), Some("column==1")),
-            ),
-            (
-                "DATASOURCES:READ:t:a:b",
-                ("DATASOURCES:READ", Some("t"), Some("a:b")),
-            ),
-        ];
-        for (text, (type_, resource, filter)) in cases {
-            let s = scope(text);
-            assert_eq!(s.type_, type_, "{text}");
-            assert_eq!(s.resource.as_deref(), resource, "{text}");
-            assert_eq!(s.filter.as_deref(), filter, "{text}");
-            assert_eq!(s.canonical(), text);
-        }
-    }
-
-    #[test]
-    fn rejects_malformed_scope_strings() {
-        for text in [
-            "",
-            "admin",
-            "PIPES:READ:bad resource",
-            "PIPES:READ:top:",
-            "A:B:C:",
-        ] {
-            assert!(parse_scope(text).is_err(), "{text:?}");
-        }
     }
 }

@@ -10,13 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use jiff::Timestamp;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::api::names;
 use crate::api::verifier::{DEFAULT_HASH, HtpasswdHash, MAX_OUTPUTS, Output, OutputFormat};
 use crate::core::credential::Credential;
 use crate::core::invalid::{InvalidSpec, invalid};
+use crate::core::sha256_map;
 
 /// Most bytes of data one output Secret may hold: the API server refuses a Secret whose data
 /// values total more than 1 MiB (`MaxSecretSize`), below etcd's request limit (1.5 MiB by default).
@@ -36,9 +35,6 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// during a staged rotation in an overlap, each under two digests), so one output holds at least
 /// 70 tokens of the largest kind, and 1,826 typical ones.
 pub const MAX_TOKEN_SCOPE_BYTES: usize = 2048;
-
-/// Version of the `sha256-map` JSON layout, written as its `version`.
-pub const SHA256_MAP_VERSION: u32 = 1;
 
 /// An output, checked: the Secret and data key to write, and how to render into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -532,8 +528,8 @@ fn valid_entries(entries: &[Entry], now: Timestamp) -> (Vec<Valid<'_>>, Vec<Rend
         .filter(|entry| !out.contains(&entry.token))
         .map(|entry| Valid {
             entry,
-            bearer_hash: presented_hash(&entry.credential.bearer()),
-            basic_hash: presented_hash(&entry.credential.basic()),
+            bearer_hash: sha256_map::key(&entry.credential.bearer()),
+            basic_hash: sha256_map::key(&entry.credential.basic()),
         })
         .collect();
     // Access keys differ, but a Bearer token could still repeat another's through odd prefixes
@@ -603,25 +599,6 @@ fn htpasswd_lines(
         .collect()
 }
 
-/// The `sha256-map` layout. Fields are declared in sorted order, so the JSON's keys are sorted at
-/// every level (the maps are `BTreeMap`s).
-#[derive(Serialize)]
-struct Sha256Map<'a> {
-    tokens: BTreeMap<&'a str, MapItem<'a>>,
-    version: u32,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MapItem<'a> {
-    access_key: &'a str,
-    not_after: Option<String>,
-    previous: bool,
-    role: &'a str,
-    scopes: &'a [String],
-    token: String,
-}
-
 /// Whether the rendering `data` of an output lets `credential` in: its htpasswd line, or its Bearer
 /// token's key in the sha256-map. The token controller asks this of every output before it hands
 /// its clients a staged credential.
@@ -634,49 +611,32 @@ pub fn holds(rendering: Rendering, data: &[u8], credential: &Credential) -> bool
             let user = format!("{}:", credential.access_key);
             text.lines().any(|line| line.starts_with(&user))
         }
-        Rendering::Sha256Map => {
-            let key = format!("\"{}\":", presented_hash(&credential.bearer()));
-            text.contains(&key)
-        }
+        Rendering::Sha256Map => sha256_map::has_key(data, &credential.bearer()),
     }
 }
 
-/// Hex SHA-256 of a presented credential: the exact string after `Bearer ` or `Basic `.
-pub fn presented_hash(presented: &str) -> String {
-    Sha256::digest(presented.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Compact JSON and a final newline: the smallest stable form.
+/// The sha256-map of `entries`: each credential under the keys of both its presented forms.
 fn sha256_map<'v, 'e: 'v>(entries: impl Iterator<Item = &'v Valid<'e>>) -> Vec<u8> {
-    let mut tokens = BTreeMap::new();
-    for Valid {
-        entry,
-        bearer_hash,
-        basic_hash,
-    } in entries
-    {
-        let item = || MapItem {
-            access_key: entry.access_key(),
-            not_after: entry.not_after.map(|t| t.to_string()),
-            previous: entry.previous,
-            role: &entry.role,
-            scopes: &entry.scopes,
-            token: entry.token.to_string(),
-        };
-        tokens.insert(bearer_hash.as_str(), item());
-        tokens.insert(basic_hash.as_str(), item());
-    }
-    let map = Sha256Map {
-        tokens,
-        version: SHA256_MAP_VERSION,
-    };
-    // Serializing strings, bools and maps with string keys cannot fail.
-    let mut data = serde_json::to_vec(&map).unwrap_or_default();
-    data.push(b'\n');
-    data
+    sha256_map::write(entries.flat_map(
+        |Valid {
+             entry,
+             bearer_hash,
+             basic_hash,
+         }| {
+            let item = sha256_map::Item {
+                access_key: entry.access_key().into(),
+                not_after: entry.not_after.map(|t| t.to_string()),
+                previous: entry.previous,
+                role: entry.role.as_str().into(),
+                scopes: entry.scopes.as_slice().into(),
+                token: entry.token.to_string().into(),
+            };
+            [
+                (bearer_hash.as_str(), item.clone()),
+                (basic_hash.as_str(), item),
+            ]
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -783,7 +743,7 @@ mod tests {
 
     /// Stands in for the real hasher: deterministic, shows which hash was asked for.
     fn fake_line(entry: &Entry, hash: HtpasswdHash) -> String {
-        let digest = presented_hash(entry.secret_key());
+        let digest = sha256_map::key(entry.secret_key());
         format!(
             "{}:{{{}}}{}",
             entry.access_key(),
@@ -828,8 +788,8 @@ mod tests {
         let line = fake_line(&t.entries()[0], HtpasswdHash::Bcrypt);
         assert_eq!(text(&r, 0), format!("{line}\n"));
         assert!(line.starts_with("AbCdEfGh12345678:{bcrypt}"));
-        let bearer = presented_hash(&t.current.bearer());
-        let basic = presented_hash(&t.current.basic());
+        let bearer = sha256_map::key(&t.current.bearer());
+        let basic = sha256_map::key(&t.current.basic());
         let item = r#"{"accessKey":"AbCdEfGh12345678","notAfter":null,"previous":false,"role":"reader","scopes":["DATASOURCES:READ:events","PIPES:READ:top_pages"],"token":"analytics/superset"}"#;
         let (first, second) = if bearer < basic {
             (&bearer, &basic)
@@ -850,16 +810,16 @@ mod tests {
         let bearer = "tm-AbCdEfGh12345678-AbCdEfGh12345678SECRETsecret0123456789";
         assert_eq!(t.current.bearer(), bearer);
         // sha256 of the Bearer token, not of "Bearer <token>" nor of the fingerprint.
-        let digest: String = Sha256::digest(bearer)
+        let digest: String = <sha2::Sha256 as sha2::Digest>::digest(bearer)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(map["tokens"][&digest]["token"], "analytics/superset");
-        let basic = presented_hash(&t.current.basic());
+        let basic = sha256_map::key(&t.current.basic());
         assert_eq!(map["tokens"][&basic]["accessKey"], "AbCdEfGh12345678");
         assert!(
             map["tokens"]
-                .get(presented_hash(&format!("Bearer {bearer}")))
+                .get(sha256_map::key(&format!("Bearer {bearer}")))
                 .is_none()
         );
     }
@@ -875,10 +835,10 @@ mod tests {
         assert!(lines[0].starts_with("NEWnewNEWnew0001:"), "{lines:?}");
         assert!(lines[1].starts_with("OLDoldOLDold0001:"), "{lines:?}");
         let map = json(&r);
-        let old = &map["tokens"][presented_hash(&credential("OLDoldOLDold0001").bearer())];
+        let old = &map["tokens"][sha256_map::key(&credential("OLDoldOLDold0001").bearer())];
         assert_eq!(old["previous"], true);
         assert_eq!(old["notAfter"], "2027-01-15T09:00:00Z");
-        let new = &map["tokens"][presented_hash(&t.current.bearer())];
+        let new = &map["tokens"][sha256_map::key(&t.current.bearer())];
         assert_eq!(new["previous"], false);
         assert_eq!(map["tokens"].as_object().unwrap().len(), 4);
         assert_eq!((r.tokens, r.credentials), (1, 2));
@@ -1210,17 +1170,17 @@ mod tests {
         let written: serde_json::Value = serde_json::from_slice(&map.data).unwrap();
         assert!(
             written["tokens"]
-                .get(presented_hash(&fleet[0].credential.bearer()))
+                .get(sha256_map::key(&fleet[0].credential.bearer()))
                 .is_none()
         );
         assert!(
             written["tokens"]
-                .get(presented_hash(&fleet[1].credential.bearer()))
+                .get(sha256_map::key(&fleet[1].credential.bearer()))
                 .is_some()
         );
         assert!(
             written["tokens"]
-                .get(presented_hash(&fleet[1500].credential.bearer()))
+                .get(sha256_map::key(&fleet[1500].credential.bearer()))
                 .is_none()
         );
     }
@@ -1243,7 +1203,11 @@ mod tests {
         assert!(map.overflow.is_some());
         assert_eq!(map.credentials, 1001);
         let written: serde_json::Value = serde_json::from_slice(&map.data).unwrap();
-        let has = |c: &Credential| written["tokens"].get(presented_hash(&c.bearer())).is_some();
+        let has = |c: &Credential| {
+            written["tokens"]
+                .get(sha256_map::key(&c.bearer()))
+                .is_some()
+        };
         assert!(
             has(&rotated.current),
             "the new credential enters with its token"
@@ -1328,7 +1292,7 @@ mod tests {
             assert!(!shown.contains(&credential.secret_key), "{shown}");
             assert!(!shown.contains(&credential.basic()), "{shown}");
             assert!(
-                !shown.contains(&presented_hash(&credential.bearer())),
+                !shown.contains(&sha256_map::key(&credential.bearer())),
                 "{shown}"
             );
         }

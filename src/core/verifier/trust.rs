@@ -17,7 +17,8 @@ use crate::api::verifier::{
     MAX_SELECTOR_VALUES, MAX_TRUST_ENTRIES, ScopeGrant, TrustEntry, VerifierRef,
 };
 use crate::core::invalid::{InvalidSpec, invalid};
-use crate::core::token::validate::{is_resource, is_role, is_scope_type};
+use crate::core::scope::{self, RESOURCE_RULE, TYPE_RULE};
+use crate::core::token::validate::is_role;
 
 /// A verifier's `spec.trust`, checked: every selector parsed, every role valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,11 +345,8 @@ fn grants_of(grants: &[ScopeGrant], field: &str) -> Result<BTreeMap<String, Gran
     let mut by_type = BTreeMap::new();
     for (i, grant) in grants.iter().enumerate() {
         let here = format!("{field}[{i}]");
-        if !is_scope_type(&grant.type_) {
-            return Err(invalid(
-                format!("{here}.type"),
-                "must match ^[A-Z][A-Z_]*(:[A-Z][A-Z_]*)?$ (e.g. PIPES:READ)",
-            ));
+        if !scope::is_type(&grant.type_) {
+            return Err(invalid(format!("{here}.type"), TYPE_RULE));
         }
         let resources = grant
             .resources
@@ -356,9 +354,9 @@ fn grants_of(grants: &[ScopeGrant], field: &str) -> Result<BTreeMap<String, Gran
             .map(|list| {
                 let here = format!("{here}.resources");
                 allow_list(list, &here, MAX_SCOPE_GRANTS, "resource", |resource| {
-                    is_resource(resource)
+                    scope::is_resource(resource)
                         .then_some(())
-                        .ok_or("must be 1-253 characters of [A-Za-z0-9_.-]")
+                        .ok_or(RESOURCE_RULE)
                 })
             })
             .transpose()?;
@@ -562,7 +560,7 @@ mod tests {
     fn claiming(mut t: Token, scopes: &[&str]) -> Token {
         t.scopes = scopes
             .iter()
-            .map(|s| crate::core::token::validate::parse_scope(s).unwrap())
+            .map(|s| crate::core::scope::parse(s).unwrap())
             .collect();
         t
     }

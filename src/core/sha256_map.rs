@@ -1,0 +1,198 @@
+//! The `sha256-map` output format, written once: the verifier writes it ([`write`]) and `tokenmint
+//! authz` reads it ([`read`]), so the two cannot drift apart.
+//!
+//! A JSON document `{"tokens": {HEX: ITEM, ...}, "version": 1}` and a final newline. Each key is the
+//! hex SHA-256 of a presented credential (the exact text after `Bearer ` or `Basic `), so the map
+//! holds no secret and a lookup costs one hash and one probe; a credential has two keys (its Bearer
+//! and its Basic form) with equal items. Keys are sorted at every level and the JSON is compact,
+//! so equal inputs give equal bytes. A reader ignores fields it does not know.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The format's version; a reader refuses any other.
+pub const VERSION: u32 = 1;
+
+/// SHA-256 of a presented credential.
+pub type Digest32 = [u8; 32];
+
+/// What the map says of one credential. Fields are declared in sorted order, so they serialize
+/// sorted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct Item<'a> {
+    /// Tells the Bearer form from the Basic form of one credential; never shown.
+    pub access_key: Cow<'a, str>,
+    /// RFC 3339; the credential is refused from this instant on. `null`: until it leaves the map.
+    pub not_after: Option<String>,
+    /// A previous credential still in its overlap.
+    #[serde(default)]
+    pub previous: bool,
+    pub role: Cow<'a, str>,
+    /// Canonical scope strings, `TYPE[:resource[:filter]]`.
+    #[serde(default)]
+    pub scopes: Cow<'a, [String]>,
+    /// `namespace/name` of the token.
+    pub token: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct Written<'a> {
+    tokens: BTreeMap<&'a str, Item<'a>>,
+    version: u32,
+}
+
+#[derive(Deserialize)]
+struct Read {
+    version: u64,
+    tokens: HashMap<String, Item<'static>>,
+}
+
+/// Why a map cannot be used at all. Never carries the map's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("not a sha256-map: {what} at line {line} column {column}")]
+    NotJson {
+        what: &'static str,
+        line: usize,
+        column: usize,
+    },
+    #[error("sha256-map version {found}, this authz reads version {VERSION}")]
+    Version { found: u64 },
+}
+
+/// SHA-256 of a presented credential.
+pub fn digest(presented: &str) -> Digest32 {
+    Sha256::digest(presented.as_bytes()).into()
+}
+
+/// The map's key for a presented credential: its SHA-256 in lower-case hex.
+pub fn key(presented: &str) -> String {
+    digest(presented)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The digest a key spells, if it is 64 lower-case hex digits.
+pub fn parse_key(text: &str) -> Option<Digest32> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut digest = [0; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        digest[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(digest)
+}
+
+/// The document holding `items`, by key: compact JSON and a final newline.
+pub fn write<'a>(items: impl IntoIterator<Item = (&'a str, Item<'a>)>) -> Vec<u8> {
+    let map = Written {
+        tokens: items.into_iter().collect(),
+        version: VERSION,
+    };
+    // Serializing strings, bools and maps with string keys cannot fail.
+    let mut data = serde_json::to_vec(&map).unwrap_or_default();
+    data.push(b'\n');
+    data
+}
+
+/// The items of a document, by key, in no order. Keys and items are returned as written; what
+/// each means (a key that is not hex, a `notAfter` that is no instant) is for the caller to judge.
+pub fn read(data: &[u8]) -> Result<Vec<(String, Item<'static>)>, MapError> {
+    let read: Read = serde_json::from_slice(data).map_err(|e| MapError::NotJson {
+        what: match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "unexpected content",
+            serde_json::error::Category::Eof => "truncated JSON",
+        },
+        line: e.line(),
+        column: e.column(),
+    })?;
+    if read.version != u64::from(VERSION) {
+        return Err(MapError::Version {
+            found: read.version,
+        });
+    }
+    Ok(read.tokens.into_iter().collect())
+}
+
+/// Whether the document `data` (as [`write`] made it) has a key for the presented credential
+/// `presented`, without parsing it: the compact form puts each key right before a `:`.
+pub fn has_key(data: &[u8], presented: &str) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    text.contains(&format!("\"{}\":", key(presented)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn item() -> impl Strategy<Value = Item<'static>> {
+        (
+            "[ -~]{1,24}",
+            proptest::option::of("20[0-9]{2}-0[1-9]-1[0-9]T0[0-9]:00:00Z"),
+            any::<bool>(),
+            "[a-z0-9._-]{1,16}",
+            proptest::collection::vec("[A-Z_:a-z0-9 ='\u{e9}]{1,40}", 0..4),
+            "[a-z0-9-]{1,12}/[a-z0-9-]{1,12}",
+        )
+            .prop_map(
+                |(access_key, not_after, previous, role, scopes, token)| Item {
+                    access_key: access_key.into(),
+                    not_after,
+                    previous,
+                    role: role.into(),
+                    scopes: scopes.into(),
+                    token: token.into(),
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn what_the_verifier_writes_authz_reads_back_exactly(
+            items in proptest::collection::btree_map("[ -~]{1,32}", item(), 0..8)
+        ) {
+            let keys: Vec<String> = items.keys().map(|presented| key(presented)).collect();
+            let data = write(keys.iter().map(String::as_str).zip(items.values().cloned()));
+            prop_assert_eq!(data.last(), Some(&b'\n'));
+            let read: BTreeMap<String, Item<'static>> = read(&data).unwrap().into_iter().collect();
+            let written: BTreeMap<String, Item<'static>> = keys.into_iter().zip(items.values().cloned()).collect();
+            prop_assert_eq!(&read, &written);
+            for presented in items.keys() {
+                prop_assert!(has_key(&data, presented));
+                prop_assert_eq!(parse_key(&key(presented)), Some(digest(presented)));
+            }
+            // Equal inputs, equal bytes, in any order.
+            let again = write(read.iter().rev().map(|(k, v)| (k.as_str(), v.clone())));
+            prop_assert_eq!(again, data);
+        }
+    }
+
+    #[test]
+    fn keys_are_lower_case_hex_of_the_presented_text() {
+        let key = key("abc");
+        assert_eq!(
+            key,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(parse_key(&key), Some(digest("abc")));
+        assert_eq!(parse_key(&key.to_uppercase()), None);
+        assert_eq!(parse_key("ABCDEF"), None);
+    }
+}
