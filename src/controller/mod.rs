@@ -2,7 +2,10 @@
 //! API server) hold → decide in [`crate::core`] → write, then report.
 //!
 //! [`token`] keeps each ApiToken's Secret and status; [`verifier`] renders each ApiTokenVerifier's
-//! outputs. Only this layer, [`crate::runtime`] and [`crate::authz`] talk to the API server.
+//! outputs; both report with [`error::Error`], and the token controller's Secret writes go through
+//! [`write`]. Only this layer, [`crate::runtime`] and [`crate::authz`] talk to the API server.
 
+pub mod error;
 pub mod token;
 pub mod verifier;
+pub mod write;

@@ -1,4 +1,7 @@
-//! The only module that talks to the API server: watches, the reconcile loop, writes, Events.
+//! The token controller: watches ApiTokens and their Secrets, and for each token gathers what the
+//! caches hold (reading the API server only where a cache cannot know), plans in
+//! [`crate::core::token::plan`], writes the Secret ([`crate::controller::write`]), then status and
+//! the Event.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -6,86 +9,35 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
+use crate::controller::error::Error;
 use crate::controller::verifier::{self as verifiers, Lookup};
+use crate::controller::write::{Written, write_secret};
 use crate::core::credential::{Credential, os_rng};
 use crate::core::schedule;
-use crate::core::token::plan::{self, Plan, Reason, Rules, SecretWrite, Servers, Wake};
+use crate::core::token::plan::{self, Plan, Reason, Rules, Servers, Wake};
 use crate::core::token::secret::{self, TOKEN_LABEL};
 use crate::runtime::cache::{SecretCache, TokenCache};
-use crate::runtime::keys::{key_from, meta_key, split_key};
+use crate::runtime::clock::now_seconds;
+use crate::runtime::dropped::Dropped;
+use crate::runtime::events::Events;
+use crate::runtime::keys::{key_from, meta_key};
 use crate::runtime::metrics::{Metrics, TokenView};
+use crate::runtime::parking::Parking;
 use crate::runtime::queue::{self, Request};
+use crate::runtime::sync::Synced;
 use crate::runtime::wakeups::Wakeups;
 use crate::runtime::watch::{WatchBackoff, not_gone, watch_errors};
 use crate::runtime::watched::{Cached, TokenObject};
-
-/// What can go wrong in one reconcile. Messages name the object, never credential material.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("ApiToken has no namespace")]
-    NoNamespace,
-    #[error("reading Secret {name}: {source}")]
-    ReadSecret { name: String, source: kube::Error },
-    #[error("writing Secret {name}: {source}")]
-    WriteSecret { name: String, source: kube::Error },
-    #[error("deleting Secret {name}: {source}")]
-    DeleteSecret { name: String, source: kube::Error },
-    #[error("writing status: {0}")]
-    WriteStatus(#[source] kube::Error),
-    #[error("Secret {name} kept changing under us; will retry")]
-    Contended { name: String },
-    #[error("the cached copy of the ApiToken could not be read back; will retry")]
-    CachedCopy,
-}
-
-impl Error {
-    /// Whether the token's namespace is gone or being deleted: nothing can be written there, and
-    /// retrying at the usual pace would only load the API server (and a cluster-wide operator
-    /// once kept hundreds of such tokens of a deleted namespace retrying for ever).
-    pub fn namespace_gone(&self) -> bool {
-        let source = match self {
-            Error::ReadSecret { source, .. }
-            | Error::WriteSecret { source, .. }
-            | Error::DeleteSecret { source, .. }
-            | Error::WriteStatus(source) => source,
-            _ => return false,
-        };
-        let kube::Error::Api(status) = source else {
-            return false;
-        };
-        let details = status.details.as_ref();
-        let namespace_missing =
-            status.code == 404 && details.is_some_and(|d| d.kind == "namespaces");
-        let terminating = status.code == 403
-            && details.is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"));
-        namespace_missing
-            || terminating
-            || status.message.contains("because it is being terminated")
-    }
-
-    /// A fixed label for the error metric.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::NoNamespace => "no_namespace",
-            Error::ReadSecret { .. } => "read_secret",
-            Error::WriteSecret { .. } => "write_secret",
-            Error::DeleteSecret { .. } => "delete_secret",
-            Error::WriteStatus(_) => "write_status",
-            Error::Contended { .. } => "contended",
-            Error::CachedCopy => "cached_copy",
-        }
-    }
-}
 
 /// Settings for [`run`].
 #[derive(Clone, Debug)]
@@ -334,72 +286,6 @@ pub async fn run(
     metrics.set_tokens(Box::new(Vec::new));
 }
 
-/// Events are recorded after the credential and status writes, off the reconcile's critical path:
-/// a reconcile queues its Event and moves on, and a sender with [`Events::IN_FLIGHT`] requests in
-/// flight records them. In a rotation storm the API server's capacity goes to the credentials
-/// first (every Event still follows its status write). When more than [`Events::BACKLOG`] wait,
-/// the reconcile records its own, as before, so a bulk cannot grow the queue without bound.
-struct Events {
-    queue: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
-    client: Client,
-    reporter: Reporter,
-}
-
-impl Events {
-    /// Events waiting to be sent, at most (about 0.5 KiB each).
-    const BACKLOG: usize = 1024;
-    /// Event requests the sender keeps in flight.
-    const IN_FLIGHT: usize = 2;
-
-    /// The queue, and the sender that drains it until every handle on the queue is dropped.
-    fn new(client: Client, reporter: Reporter) -> (Self, impl std::future::Future<Output = ()>) {
-        let (queue, mut queued) = tokio::sync::mpsc::channel(Self::BACKLOG);
-        let sender = {
-            let (client, reporter) = (client.clone(), reporter.clone());
-            async move {
-                futures::stream::poll_fn(move |cx| queued.poll_recv(cx))
-                    .for_each_concurrent(Self::IN_FLIGHT, |(event, reference)| {
-                        publish(&client, &reporter, event, reference)
-                    })
-                    .await;
-            }
-        };
-        (
-            Events {
-                queue,
-                client,
-                reporter,
-            },
-            sender,
-        )
-    }
-
-    /// Queues `event` about `reference`, or records it now when the queue is full.
-    async fn record(&self, event: Event, reference: ObjectReference) {
-        use tokio::sync::mpsc::error::TrySendError;
-        match self.queue.try_send((event, reference)) {
-            Ok(()) => {}
-            Err(
-                TrySendError::Full((event, reference)) | TrySendError::Closed((event, reference)),
-            ) => {
-                publish(&self.client, &self.reporter, event, reference).await;
-            }
-        }
-    }
-}
-
-/// Records one Event. A Recorder per Event: a shared one keeps every Event it sent for six minutes
-/// (about 2.7 KiB per token, 26 MiB after issuing 10,000) only to merge repeats, and Events here
-/// are transitions.
-async fn publish(client: &Client, reporter: &Reporter, event: Event, reference: ObjectReference) {
-    let recorder = Recorder::new(client.clone(), reporter.clone());
-    if let Err(e) = recorder.publish(&event, &reference).await {
-        // An Event is a courtesy; the state change already happened.
-        tracing::warn!(namespace = reference.namespace.as_deref(), name = reference.name.as_deref(),
-            reason = %event.reason, error = %e, "could not record Event");
-    }
-}
-
 /// The series one token shows on `/metrics`, from what the cache keeps without decoding it.
 fn token_view(object: &Cached) -> TokenView {
     let summary = object.summary();
@@ -411,142 +297,6 @@ fn token_view(object: &Cached) -> TokenView {
         next_rotation: summary.next_rotation,
         expiry: summary.expiry,
     }
-}
-
-/// Tokens waiting for their namespace (gone or terminating): the resourceVersion each was parked at,
-/// and when to look again. Until then no request, a relist's included, reaches the API server for
-/// them; a new version of the token (edited, or a namesake in a namespace made again) is looked at.
-#[derive(Default)]
-struct Parking(Mutex<HashMap<Arc<str>, Parked>>);
-
-/// The resourceVersion a token was parked at, and when it is due.
-type Parked = (Option<String>, Instant);
-
-impl Parking {
-    fn park(&self, key: &Arc<str>, version: Option<&str>, until: Instant) {
-        let mut parked = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        parked.insert(key.clone(), (version.map(str::to_owned), until));
-    }
-
-    /// Whether the token `key`, now at `version`, is still parked at `now` (a stale entry goes).
-    fn holds(&self, key: &str, version: Option<&str>, now: Instant) -> bool {
-        let mut parked = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match parked.get(key) {
-            Some((at, until)) if at.as_deref() == version && now < *until => true,
-            Some(_) => {
-                parked.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-}
-
-/// Reconcile requests for a token not in the cache (yet): each is counted and retried a few times
-/// with growing delays before it is given up as deleted. A Secret's event, a relist of the other
-/// kind or a verifier's publication can name a token before its own watch event arrives.
-struct Dropped {
-    retry: futures::channel::mpsc::UnboundedSender<Arc<str>>,
-    attempts: Mutex<HashMap<Arc<str>, u32>>,
-    metrics: Arc<Metrics>,
-}
-
-impl Dropped {
-    /// Retries before a request is taken to be for a deleted token.
-    const RETRIES: u32 = 4;
-
-    fn new(
-        retry: futures::channel::mpsc::UnboundedSender<Arc<str>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Dropped {
-            retry,
-            attempts: Mutex::default(),
-            metrics,
-        }
-    }
-
-    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
-        self.attempts.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn settled(&self, token: &str) {
-        self.attempts().remove(token);
-    }
-
-    fn retry(&self, key: Arc<str>) {
-        let attempt = {
-            let mut attempts = self.attempts();
-            let attempt = attempts.entry(key.clone()).or_insert(0);
-            *attempt += 1;
-            *attempt
-        };
-        self.metrics.dropped();
-        let (namespace, name) = split_key(&key);
-        if attempt > Self::RETRIES {
-            self.attempts().remove(&key);
-            tracing::info!(
-                namespace,
-                name,
-                "ApiToken still not in the cache after {} retries; taken as deleted",
-                Self::RETRIES
-            );
-            return;
-        }
-        tracing::info!(
-            namespace,
-            name,
-            attempt,
-            "reconcile request for an ApiToken not in the cache yet; retrying"
-        );
-        let retry = self.retry.clone();
-        let delay = Duration::from_millis(250) * (1 << (attempt - 1));
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = retry.unbounded_send(key);
-        });
-    }
-}
-
-/// Marks the operator ready, and lets verifiers render, once each watched kind has delivered its
-/// first complete list.
-struct Synced {
-    /// One bit per kind that has listed.
-    listed: std::sync::atomic::AtomicU8,
-    metrics: Arc<Metrics>,
-    both: tokio::sync::watch::Sender<bool>,
-}
-
-impl Synced {
-    const TOKENS: u8 = 0b01;
-    const SECRETS: u8 = 0b10;
-
-    fn new(metrics: Arc<Metrics>, both: tokio::sync::watch::Sender<bool>) -> Self {
-        Synced {
-            listed: std::sync::atomic::AtomicU8::new(0),
-            metrics,
-            both,
-        }
-    }
-
-    fn observe<K>(&self, kind: u8, event: &watcher::Event<K>) {
-        if !matches!(event, watcher::Event::InitDone) {
-            return;
-        }
-        let before = self
-            .listed
-            .fetch_or(kind, std::sync::atomic::Ordering::AcqRel);
-        if before != Self::TOKENS | Self::SECRETS && before | kind == Self::TOKENS | Self::SECRETS {
-            self.metrics.set_ready(true);
-            self.both.send_replace(true);
-            tracing::info!("caches synced");
-        }
-    }
-}
-
-/// Whole seconds: the precision Kubernetes stores timestamps at, so status compares equal after a round trip.
-fn now_seconds() -> Timestamp {
-    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Reconciles the token `key`, if it is in the cache.
@@ -754,7 +504,7 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
             published: &published,
         };
         let plan = plan::plan(token, &observed, &servers, &ctx.rules, now, &mut os_rng());
-        match write_secret(&secrets, &ctx.secrets, &key, &plan.write).await? {
+        match write_secret(&secrets, &*ctx.secrets, &key, &plan.write).await? {
             Written::Done => return finish(token, ctx, &ns, plan).await,
             Written::Stale => {
                 if plan.mints {
@@ -773,209 +523,6 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
         }
     }
     Err(Error::Contended { name: secret_name })
-}
-
-enum Written {
-    Done,
-    /// The precondition failed: the Secret is not as observed.
-    Stale,
-}
-
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
-
-/// Carries out `write` on the Secret `key` and puts the outcome into the Secret cache.
-///
-/// A create is a POST (the only write that fails when the Secret already exists); every update is a
-/// server-side apply. The fields set at creation are then owned twice (by the create and by the
-/// applies), so a key dropped from `secretTemplate` is removed with an explicit, conditional patch.
-async fn write_secret(
-    api: &Api<Secret>,
-    cache: &SecretCache,
-    key: &ObjectRef<Secret>,
-    write: &SecretWrite,
-) -> Result<Written, Error> {
-    let name = key.name.as_str();
-    let write_err = |source| Error::WriteSecret {
-        name: name.to_owned(),
-        source,
-    };
-    let stored = |mut secret: Secret| {
-        secret.metadata.managed_fields = None;
-        watcher::Event::Apply(secret)
-    };
-    let apply = PatchParams::apply(MANAGER).force();
-    let result = match write {
-        SecretWrite::Nothing => return Ok(Written::Done),
-        SecretWrite::Create(secret) => {
-            let params = PostParams {
-                field_manager: Some(MANAGER.to_owned()),
-                ..PostParams::default()
-            };
-            api.create(&params, secret)
-                .await
-                .map(|created| cache.advance(key, None, stored(created)))
-                .map_err(write_err)
-        }
-        SecretWrite::Update {
-            resource_version,
-            secret,
-            removed,
-        } => {
-            let nulls = |keys: &[String]| {
-                keys.iter()
-                    .map(|k| (k.clone(), serde_json::Value::Null))
-                    .collect::<serde_json::Map<_, _>>()
-            };
-            let remove = |version: &str, removed: &secret::Removed| {
-                json!({
-                    "metadata": {
-                        "resourceVersion": version,
-                        "labels": nulls(&removed.labels),
-                        "annotations": nulls(&removed.annotations),
-                    },
-                    "data": nulls(&removed.data),
-                })
-            };
-            let mut version = resource_version.clone();
-            let mut result = Ok(());
-            if !removed.is_empty() {
-                result = api
-                    .patch(
-                        name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&remove(resource_version, removed)),
-                    )
-                    .await
-                    .map(|updated| {
-                        version = updated
-                            .metadata
-                            .resource_version
-                            .clone()
-                            .unwrap_or_default();
-                        cache.advance(key, Some(resource_version), stored(updated));
-                    })
-                    .map_err(write_err);
-            }
-            let mut applied = None;
-            if result.is_ok() {
-                let mut secret = (**secret).clone();
-                secret.metadata.resource_version = Some(version.clone());
-                result = api
-                    .patch(name, &apply, &Patch::Apply(&secret))
-                    .await
-                    .map(|updated| applied = Some(updated))
-                    .map_err(write_err);
-            }
-            // Credential keys or sealed annotations that someone else's field manager put there (a
-            // planted `next-password`) survive the apply; removed now, pinned to the apply's
-            // version. Only after the apply: removed first, the Secret would show, between the two
-            // writes, a seal that no longer matches, and a render would drop a valid credential.
-            if let Some(updated) = applied {
-                let left = secret::leftover_keys(&updated, secret);
-                let applied_version = updated
-                    .metadata
-                    .resource_version
-                    .clone()
-                    .unwrap_or_default();
-                cache.advance(key, Some(&version), stored(updated));
-                if !left.is_empty() {
-                    result = api
-                        .patch(
-                            name,
-                            &PatchParams::default(),
-                            &Patch::Merge(&remove(&applied_version, &left)),
-                        )
-                        .await
-                        .map(|cleaned| cache.advance(key, Some(&applied_version), stored(cleaned)))
-                        .map_err(write_err);
-                }
-            }
-            result
-        }
-        SecretWrite::Delete {
-            uid,
-            resource_version,
-            wipe,
-        } => delete_secret(api, cache, key, uid, resource_version, *wipe).await,
-    };
-    match result {
-        Ok(()) => Ok(Written::Done),
-        Err(Error::WriteSecret { source, .. } | Error::DeleteSecret { source, .. })
-            if is_conflict(&source) =>
-        {
-            Ok(Written::Stale)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Deletes the Secret if it is still at `resource_version`. With `wipe`, first empties its credential
-/// keys under the same precondition: someone else's finalizer would otherwise keep the credential
-/// readable for as long as the Secret is Terminating.
-async fn delete_secret(
-    api: &Api<Secret>,
-    cache: &SecretCache,
-    key: &ObjectRef<Secret>,
-    uid: &str,
-    resource_version: &str,
-    wipe: bool,
-) -> Result<(), Error> {
-    let name = key.name.as_str();
-    let mut version = resource_version.to_owned();
-    if wipe {
-        // A merge patch, not an apply: null removes a key whoever else may also own it; the
-        // resourceVersion in the body makes it conditional.
-        let removed: serde_json::Map<String, serde_json::Value> = secret::SECRET_BEARING_KEYS
-            .iter()
-            .map(|k| ((*k).to_owned(), serde_json::Value::Null))
-            .collect();
-        let patch = json!({
-            "metadata": {"resourceVersion": resource_version},
-            "data": removed,
-        });
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(wiped) => {
-                version = wiped.metadata.resource_version.clone().unwrap_or_default();
-                let mut wiped = wiped;
-                wiped.metadata.managed_fields = None;
-                cache.advance(key, Some(resource_version), watcher::Event::Apply(wiped));
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(source) => {
-                return Err(Error::WriteSecret {
-                    name: name.to_owned(),
-                    source,
-                });
-            }
-        }
-    }
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: Some(version.clone()),
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(source) => {
-            return Err(Error::DeleteSecret {
-                name: name.to_owned(),
-                source,
-            });
-        }
-    }
-    let mut gone = Secret::default();
-    gone.metadata.name = Some(key.name.clone());
-    gone.metadata.namespace = key.namespace.clone();
-    cache.advance(key, Some(&version), watcher::Event::Delete(gone));
-    Ok(())
 }
 
 /// After the Secret write: status (only if it changed), the Event, metrics, and when to come back.
@@ -1010,59 +557,4 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
     }
 
     Ok(plan.wake)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A refusal as the API server sends it.
-    fn failed(code: u16, kind: &str, cause: Option<&str>) -> Error {
-        let causes: Vec<serde_json::Value> = cause
-            .map(|reason| json!({"reason": reason, "message": "m"}))
-            .into_iter()
-            .collect();
-        let status = serde_json::from_value(json!({
-            "code": code, "message": "refused", "reason": "x", "status": "Failure",
-            "details": {"kind": kind, "name": "n", "causes": causes},
-        }))
-        .unwrap();
-        Error::WriteSecret {
-            name: "s".into(),
-            source: kube::Error::Api(Box::new(status)),
-        }
-    }
-
-    #[test]
-    fn a_parked_token_waits_until_due_or_until_it_changes() {
-        let parking = Parking::default();
-        let key: Arc<str> = "gone/t".into();
-        let now = Instant::now();
-        parking.park(&key, Some("7"), now + Duration::from_secs(60));
-        assert!(
-            parking.holds(&key, Some("7"), now),
-            "a relist of the same version"
-        );
-        assert!(!parking.holds("gone/other", Some("7"), now));
-        assert!(!parking.holds(&key, Some("8"), now), "the token changed");
-        assert!(
-            !parking.holds(&key, Some("7"), now),
-            "once released, released"
-        );
-        parking.park(&key, Some("7"), now + Duration::from_secs(60));
-        assert!(
-            !parking.holds(&key, Some("7"), now + Duration::from_secs(61)),
-            "due"
-        );
-    }
-
-    #[test]
-    fn a_missing_or_terminating_namespace_is_told_apart_from_other_refusals() {
-        assert!(failed(404, "namespaces", None).namespace_gone());
-        assert!(failed(403, "secrets", Some("NamespaceTerminating")).namespace_gone());
-        assert!(!failed(404, "secrets", None).namespace_gone());
-        assert!(!failed(403, "secrets", None).namespace_gone());
-        assert!(!failed(409, "secrets", None).namespace_gone());
-        assert!(!Error::NoNamespace.namespace_gone());
-    }
 }

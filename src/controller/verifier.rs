@@ -40,6 +40,7 @@ use crate::core::verifier::render::{
 };
 use crate::core::verifier::trust::{Candidate, Trust, Verdict};
 use crate::runtime::cache::{SecretCache, TokenCache};
+use crate::runtime::clock::now_seconds;
 use crate::runtime::keys::key_from;
 use crate::runtime::watch::{WatchBackoff, not_gone, watch_errors};
 
@@ -349,10 +350,6 @@ pub fn audiences_of(token: &ApiToken, lookup: &Lookup) -> Vec<AudienceStatus> {
             }
         })
         .collect()
-}
-
-fn now_seconds() -> Timestamp {
-    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// The salt seed of a credential's htpasswd lines: keyed by the seal key, so the public salt says

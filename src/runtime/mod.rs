@@ -3,12 +3,17 @@
 //! leader election, the seal key store, metrics and logging.
 
 pub mod cache;
+pub mod clock;
 pub mod compact;
+pub mod dropped;
+pub mod events;
 pub mod keys;
 pub mod keystore;
 pub mod leader;
 pub mod metrics;
+pub mod parking;
 pub mod queue;
+pub mod sync;
 pub mod telemetry;
 pub mod wakeups;
 pub mod watch;
