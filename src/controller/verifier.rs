@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -38,6 +38,7 @@ use crate::core::token::secret::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Obser
 use crate::core::verifier::render::{
     self, Entry, ObservedOutputs, Rendering, TokenCredentials, TokenRef,
 };
+use crate::core::verifier::status::Outcome;
 use crate::core::verifier::trust::{Candidate, Trust, Verdict};
 use crate::runtime::cache::{SecretCache, TokenCache};
 use crate::runtime::clock::now_seconds;
@@ -362,24 +363,13 @@ fn salt_seed(rules: &Rules, entry: &Entry) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// What one reconcile found, for status.
-struct Outcome {
-    tokens: Option<u32>,
-    rejected: u32,
-    excluded: u32,
-    reason: String,
-    message: String,
-    ok: bool,
-    stalled: bool,
-}
-
 async fn reconcile(verifier: Arc<ApiTokenVerifier>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Err only when the sender is gone, that is when the operator is shutting down.
     let _ = ctx.caches_listed.clone().wait_for(|listed| *listed).await;
     let now = now_seconds();
     let (outcome, action) = render_outputs(&verifier, &ctx, now).await?;
     let last = verifier.status.clone().unwrap_or_default();
-    let status = status(&last, verifier.metadata.generation, &outcome, now);
+    let status = outcome.status(&last, verifier.metadata.generation, now);
     write_status(&ctx.shared, &verifier, &last, status).await?;
     Ok(action)
 }
@@ -391,20 +381,13 @@ async fn render_outputs(
 ) -> Result<(Outcome, Action), Error> {
     let shared = &ctx.shared;
     let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
-    let stalled = |tokens, rejected, reason: &str, message: String| Outcome {
-        tokens,
-        rejected,
-        excluded: 0,
-        reason: reason.to_owned(),
-        message,
-        ok: false,
-        stalled: true,
-    };
     let valid = match crate::core::verifier::validate(verifier) {
         Ok(valid) => valid,
         Err(invalid) => {
-            let outcome = stalled(None, 0, "InvalidSpec", invalid.to_string());
-            return Ok((outcome, Action::await_change()));
+            return Ok((
+                Outcome::invalid(invalid.to_string()),
+                Action::await_change(),
+            ));
         }
     };
 
@@ -430,10 +413,7 @@ async fn render_outputs(
                 "spec.outputs[{i}].secretName: {secret_name} is the Secret of ApiToken {}; choose another name",
                 object.name()
             );
-            return Ok((
-                stalled(None, 0, "InvalidSpec", message),
-                Action::await_change(),
-            ));
+            return Ok((Outcome::invalid(message), Action::await_change()));
         }
         // Only tokens that name some verifier are decoded.
         if !object.names_audiences() {
@@ -531,18 +511,6 @@ async fn render_outputs(
             .published
             .unbounded_send(key_from(Some(&token.namespace), &token.name));
     }
-    let left_out_note = match rendered.excluded.as_slice() {
-        [] => String::new(),
-        [first, ..] => format!(
-            "; {excluded} left out ({}: {first}{})",
-            first.reason(),
-            if rendered.excluded.len() > 1 {
-                ", and more"
-            } else {
-                ""
-            }
-        ),
-    };
     let mut overflow = None;
     let mut wrote = false;
     for (output, out) in valid.outputs.iter().zip(&rendered.outputs) {
@@ -573,37 +541,9 @@ async fn render_outputs(
         }
     }
 
-    let tokens = Some(u32::try_from(rendered.tokens).unwrap_or(u32::MAX));
-    let outcome = if let Some(name) = foreign.first() {
-        let message = format!(
-            "Secret {name} exists and is not controlled by this ApiTokenVerifier; it is left untouched"
-        );
-        stalled(tokens, rejected, "SecretConflict", message)
-    } else if let Some(message) = overflow {
-        Outcome {
-            tokens,
-            rejected,
-            excluded,
-            reason: render::Overflow::REASON.to_owned(),
-            message,
-            ok: false,
-            stalled: false,
-        }
-    } else {
-        Outcome {
-            tokens,
-            rejected,
-            excluded,
-            reason: "Rendered".to_owned(),
-            message: format!(
-                "{} credentials of {} tokens in {} outputs{left_out_note}",
-                rendered.credentials,
-                rendered.tokens,
-                valid.outputs.len()
-            ),
-            ok: true,
-            stalled: false,
-        }
+    let outcome = match foreign.first() {
+        Some(name) => Outcome::foreign(&rendered, rejected, name),
+        None => Outcome::rendered(&rendered, valid.outputs.len(), rejected, excluded, overflow),
     };
     let action = match rendered.next_change {
         Some(at) => {
@@ -839,47 +779,6 @@ async fn write_output(
         .secrets
         .advance(&key, based_on.as_deref(), watcher::Event::Apply(written));
     Ok(())
-}
-
-fn status(
-    last: &ApiTokenVerifierStatus,
-    generation: Option<i64>,
-    outcome: &Outcome,
-    now: Timestamp,
-) -> ApiTokenVerifierStatus {
-    let mut conditions = vec![condition(
-        last, "Ready", outcome.ok, outcome, generation, now,
-    )];
-    if outcome.stalled {
-        conditions.push(condition(last, "Stalled", true, outcome, generation, now));
-    }
-    ApiTokenVerifierStatus {
-        observed_generation: generation,
-        tokens: outcome.tokens.or(last.tokens),
-        rejected: Some(outcome.rejected),
-        excluded: (outcome.excluded > 0).then_some(outcome.excluded),
-        conditions,
-    }
-}
-
-fn condition(
-    last: &ApiTokenVerifierStatus,
-    type_: &str,
-    ok: bool,
-    outcome: &Outcome,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let message = outcome.message.clone();
-    crate::core::token::plan::flipped_condition(
-        &last.conditions,
-        type_,
-        generation,
-        ok,
-        &outcome.reason,
-        message,
-        now,
-    )
 }
 
 /// Applies `status` unless it equals `last` (a steady state writes nothing).

@@ -5,6 +5,7 @@
 //! [`seal`], [`htpasswd`]); [`token`] decides what one ApiToken's Secret and status should be,
 //! [`verifier`] what one ApiTokenVerifier's outputs should hold.
 
+pub mod conditions;
 pub mod credential;
 pub mod htpasswd;
 pub mod invalid;

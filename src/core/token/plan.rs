@@ -898,7 +898,7 @@ pub fn condition(
     message: String,
     now: Timestamp,
 ) -> Condition {
-    flipped_condition(
+    crate::core::conditions::flipped_condition(
         &last.conditions,
         type_,
         generation,
@@ -907,32 +907,6 @@ pub fn condition(
         message,
         now,
     )
-}
-
-/// A condition of `type_` given the object's `previous` conditions (of any kind of object): its
-/// transition time moves only when its status flips.
-pub fn flipped_condition(
-    previous: &[Condition],
-    type_: &str,
-    generation: Option<i64>,
-    ok: bool,
-    reason: &str,
-    message: String,
-    now: Timestamp,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or(Time(now), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time: since,
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! Kubernetes' name rules live in [`crate::api::names`].
 
 pub mod render;
+pub mod status;
 pub mod trust;
 
 use crate::api::verifier::{ApiTokenVerifier, ApiTokenVerifierSpec, VerifierRef};

@@ -183,7 +183,7 @@ impl TokenCredentials {
 }
 
 /// Every output's data, and what it counts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
     /// One per output, in spec order.
     pub outputs: Vec<RenderedOutput>,
