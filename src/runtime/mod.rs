@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod clock;
+pub mod coalesce;
 pub mod compact;
 pub mod dropped;
 pub mod events;

@@ -9,6 +9,7 @@
 //!
 //! Kubernetes' name rules live in [`crate::api::names`].
 
+pub mod publishable;
 pub mod render;
 pub mod status;
 pub mod trust;

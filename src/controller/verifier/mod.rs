@@ -1,0 +1,374 @@
+//! The verifiers' I/O room: watches ApiTokenVerifiers (and Namespaces, for trust selectors), renders
+//! each verifier's outputs from the token controller's caches, writes the output Secrets whose bytes
+//! changed, and reports status.
+//!
+//! Every credential comes from a token's Secret as observed and sealed by the operator's key: so a
+//! credential enters an output only once it is in its token's Secret, and it leaves in the wave in
+//! which its Secret loses it (revocation, expiry, deletion, re-issue, retirement).
+
+mod error;
+mod lookup;
+mod outputs;
+mod watches;
+
+pub use error::Error;
+pub use lookup::{Accepting, Lookup, accepting, audiences_of};
+pub use watches::{COALESCE, Watches, watch};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use hmac::{Hmac, Mac};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use sha2::Sha256;
+
+use crate::api::ApiToken;
+use crate::api::verifier::{ApiTokenVerifier, HtpasswdHash, VerifierRef};
+use crate::core::htpasswd;
+use crate::core::token::plan::Rules;
+use crate::core::verifier::publishable;
+use crate::core::verifier::render::{self, Entry, ObservedOutputs, TokenCredentials, TokenRef};
+use crate::core::verifier::status::Outcome;
+use crate::core::verifier::trust::Verdict;
+use crate::runtime::cache::{SecretCache, TokenCache};
+use crate::runtime::clock::now_seconds;
+use crate::runtime::coalesce::coalesce;
+use crate::runtime::keys::key_from;
+use crate::runtime::watch::watch_errors;
+use lookup::verdict;
+use outputs::{OutputRef, controlled_by, write_output, write_status};
+
+/// What the verifiers read of the token controller: its caches and the seal key.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: Client,
+    pub tokens: Arc<TokenCache>,
+    pub secrets: Arc<SecretCache>,
+    pub rules: Rules,
+    pub lookup: Lookup,
+    /// Tokens whose staged credential an output just took: the token controller looks at them
+    /// again, to promote it.
+    pub published: futures::channel::mpsc::UnboundedSender<Box<str>>,
+}
+
+struct Context {
+    shared: Shared,
+    /// True once the token and Secret caches have both listed: no render before, or it would leave
+    /// out every credential not seen yet.
+    caches_listed: tokio::sync::watch::Receiver<bool>,
+    /// htpasswd lines by (fingerprint, hash): bcrypt costs milliseconds, so a line is made once per
+    /// credential and process, and stays byte-identical while the credential is unchanged.
+    lines: Mutex<HashMap<(String, HtpasswdHash), String>>,
+    /// What each token Secret was read to hold, with the token's and the Secret's resourceVersions
+    /// it was read at: a render re-reads (decodes, checks the seal of) only what changed since, so
+    /// a bulk of N tokens costs O(N) reads, not O(N) per render.
+    read: Mutex<HashMap<ObjectRef<Secret>, Read>>,
+}
+
+/// One token Secret as a render last read it.
+struct Read {
+    token_version: Option<String>,
+    secret_version: String,
+    credentials: Option<TokenCredentials>,
+}
+
+/// Runs the verifier controller until `shutdown` resolves. `inputs` fires whenever a token or a
+/// Secret changed.
+pub async fn run(
+    shared: Shared,
+    caches_listed: tokio::sync::watch::Receiver<bool>,
+    verifiers: BoxStream<'static, watcher::Result<ApiTokenVerifier>>,
+    namespaces: BoxStream<'static, ()>,
+    inputs: impl futures::Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let store = shared.lookup.verifiers.clone();
+    let context = Arc::new(Context {
+        shared,
+        caches_listed,
+        lines: Mutex::default(),
+        read: Mutex::default(),
+    });
+    let changes = coalesce(futures::stream::select(inputs, namespaces), COALESCE);
+    // The watch already retries with `WatchBackoff`; errors are logged here and not passed on, since
+    // the Controller would back its whole trigger stream off again with the runtime's default (up to
+    // 30 s, reset only after 120 s): after an API server restart a new verifier waited 7-12 s.
+    let verifiers = verifiers
+        .filter_map(watch_errors)
+        .map(Ok::<_, watcher::Error>);
+    Controller::for_stream(verifiers, store)
+        .reconcile_all_on(changes)
+        .with_config(ControllerConfig::default().concurrency(4))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "verifier reconcile dispatch");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// The salt seed of a credential's htpasswd lines: keyed by the seal key, so the public salt says
+/// nothing about the secret key, and fixed per credential, so its line never changes.
+fn salt_seed(rules: &Rules, entry: &Entry) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(rules.key.bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(b"tokenmint htpasswd salt\0");
+    mac.update(entry.credential.fingerprint().as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+async fn reconcile(verifier: Arc<ApiTokenVerifier>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Err only when the sender is gone, that is when the operator is shutting down.
+    let _ = ctx.caches_listed.clone().wait_for(|listed| *listed).await;
+    let now = now_seconds();
+    let (outcome, action) = render_outputs(&verifier, &ctx, now).await?;
+    let last = verifier.status.clone().unwrap_or_default();
+    let status = outcome.status(&last, verifier.metadata.generation, now);
+    write_status(&ctx.shared.client, &verifier, &last, status).await?;
+    Ok(action)
+}
+
+async fn render_outputs(
+    verifier: &ApiTokenVerifier,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(Outcome, Action), Error> {
+    let shared = &ctx.shared;
+    let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
+    let valid = match crate::core::verifier::validate(verifier) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            return Ok((
+                Outcome::invalid(invalid.to_string()),
+                Action::await_change(),
+            ));
+        }
+    };
+
+    // Tokens that name this verifier, and what its trust says of each.
+    let me = VerifierRef {
+        namespace: ns.clone(),
+        name: verifier.name_any(),
+    };
+    let mut accepted: Vec<TokenCredentials> = Vec::new();
+    let mut rejected = 0u32;
+    for object in shared.tokens.state() {
+        let Some(secret_name) = object.secret_name() else {
+            continue;
+        };
+        let token_ns = object.namespace();
+        if token_ns == ns
+            && let Some(i) = valid
+                .outputs
+                .iter()
+                .position(|o| o.secret_name == secret_name)
+        {
+            let message = format!(
+                "spec.outputs[{i}].secretName: {secret_name} is the Secret of ApiToken {}; choose another name",
+                object.name()
+            );
+            return Ok((Outcome::invalid(message), Action::await_change()));
+        }
+        // Only tokens that name some verifier are decoded.
+        if !object.names_audiences() {
+            continue;
+        }
+        let Some(token) = object.token() else {
+            continue;
+        };
+        let named = token
+            .spec
+            .audiences
+            .iter()
+            .flatten()
+            .any(|a| a.names(token_ns, &me));
+        if !named {
+            continue;
+        }
+        match verdict(&valid.trust, &token, &shared.lookup) {
+            Verdict::Accepted => accepted.extend(read_credentials(ctx, &token, now)),
+            Verdict::Rejected(_) => rejected += 1,
+            Verdict::NotNamed => {}
+        }
+    }
+    let entries: Vec<Entry> = accepted
+        .iter()
+        .flat_map(TokenCredentials::entries)
+        .collect();
+
+    // The outputs as they are. A Secret of such a name that this verifier does not control is
+    // foreign, and left untouched (one without our label is not in the cache: read it).
+    let uid = verifier.metadata.uid.clone().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
+    let mut current: BTreeMap<String, Secret> = BTreeMap::new();
+    let mut foreign = Vec::new();
+    for output in &valid.outputs {
+        let key = ObjectRef::new(&output.secret_name).within(&ns);
+        match shared.secrets.get(&key) {
+            Some(secret) if controlled_by(&secret, &uid) => {
+                current.insert(output.secret_name.clone(), secret);
+            }
+            Some(_) => foreign.push(output.secret_name.clone()),
+            None => {
+                let unlabelled = secrets
+                    .get_metadata_opt(&output.secret_name)
+                    .await
+                    .map_err(|source| Error::WriteOutput {
+                        name: output.secret_name.clone(),
+                        source,
+                    })?;
+                if unlabelled.is_some() {
+                    foreign.push(output.secret_name.clone());
+                }
+            }
+        }
+    }
+    let observed: ObservedOutputs<'_> = valid
+        .outputs
+        .iter()
+        .filter_map(|o| {
+            let data = current.get(&o.secret_name)?.data.as_ref()?.get(&o.key)?;
+            Some((o.secret_name.as_str(), data.0.as_slice()))
+        })
+        .collect();
+
+    let rendered = render::render(&valid.outputs, &entries, &observed, now, |entry, hash| {
+        let key = (entry.credential.fingerprint(), hash);
+        let mut lines = ctx.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        lines
+            .entry(key)
+            .or_insert_with(|| {
+                htpasswd::line(
+                    entry.access_key(),
+                    entry.secret_key(),
+                    hash,
+                    &salt_seed(&shared.rules, entry),
+                )
+            })
+            .clone()
+    });
+    // A token that cannot be rendered is left out alone, and said so (here and in its own
+    // status.audiences); the rest are written.
+    let left_out: BTreeMap<TokenRef, String> = rendered
+        .excluded
+        .iter()
+        .flat_map(|e| {
+            e.tokens()
+                .into_iter()
+                .map(move |t| (t.clone(), format!("{}: {e}", e.reason())))
+        })
+        .collect();
+    // Tokens, not reasons: an ambiguous pair is two tokens left out for one reason.
+    let excluded = u32::try_from(left_out.len()).unwrap_or(u32::MAX);
+    for token in shared.lookup.set_excluded(&me, left_out) {
+        let _ = shared
+            .published
+            .unbounded_send(key_from(Some(&token.namespace), &token.name));
+    }
+    let mut overflow = None;
+    let mut wrote = false;
+    for (output, out) in valid.outputs.iter().zip(&rendered.outputs) {
+        if foreign.contains(&output.secret_name) {
+            continue;
+        }
+        if let Some(o) = &out.overflow {
+            overflow = Some(o.to_string());
+        }
+        let existing = current.get(&output.secret_name);
+        let unchanged = existing
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(&output.key))
+            .is_some_and(|d| d.0 == out.data);
+        if !unchanged {
+            let output_ref = OutputRef {
+                name: &output.secret_name,
+                key: &output.key,
+            };
+            write_output(
+                &shared.client,
+                &shared.secrets,
+                verifier,
+                existing,
+                output_ref,
+                &out.data,
+            )
+            .await?;
+            wrote = true;
+        }
+    }
+    if wrote {
+        for staged in accepted.iter().filter(|t| t.next.is_some()) {
+            let token = key_from(Some(&staged.token.namespace), &staged.token.name);
+            let _ = shared.published.unbounded_send(token);
+        }
+    }
+
+    let outcome = match foreign.first() {
+        Some(name) => Outcome::foreign(&rendered, rejected, name),
+        None => Outcome::rendered(&rendered, valid.outputs.len(), rejected, excluded, overflow),
+    };
+    let action = match rendered.next_change {
+        Some(at) => {
+            let wait = at.duration_since(Timestamp::now());
+            Action::requeue(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+        }
+        None => Action::await_change(),
+    };
+    Ok((outcome, action))
+}
+
+/// [`publishable::credentials`], from what the last render read when neither the token nor its Secret has
+/// changed since.
+fn read_credentials(ctx: &Context, token: &ApiToken, now: Timestamp) -> Option<TokenCredentials> {
+    let expired = token.spec.expires_at.as_ref().is_some_and(|t| t.0 <= now);
+    if token.spec.revoked == Some(true) || expired {
+        return None;
+    }
+    let ns = token.metadata.namespace.clone()?;
+    let key = ObjectRef::new(token.secret_name()).within(&ns);
+    let secret_version = ctx.shared.secrets.resource_version(&key)?;
+    let token_version = token.metadata.resource_version.clone();
+    {
+        let read = ctx.read.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = read.get(&key)
+            && r.token_version == token_version
+            && r.secret_version == secret_version
+        {
+            return r.credentials.clone();
+        }
+    }
+    let credentials =
+        ctx.shared.secrets.get(&key).and_then(|secret| {
+            publishable::credentials(token, &secret, &ctx.shared.rules.key, now)
+        });
+    let mut read = ctx.read.lock().unwrap_or_else(PoisonError::into_inner);
+    // Forget Secrets that are gone, now and then (each read adds at most one entry).
+    if read.len() > 64 && read.len().is_power_of_two() {
+        read.retain(|k, _| ctx.shared.secrets.resource_version(k).is_some());
+    }
+    read.insert(
+        key,
+        Read {
+            token_version,
+            secret_version,
+            credentials: credentials.clone(),
+        },
+    );
+    credentials
+}
+
+fn error_policy(verifier: Arc<ApiTokenVerifier>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(namespace = verifier.namespace().as_deref(), name = %verifier.name_any(), %error, "verifier reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
