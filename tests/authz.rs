@@ -25,45 +25,6 @@ use tokenmint::core::verifier::render::{TokenCredentials, TokenRef};
 const VERIFIER: &str = "api";
 const OUTPUT: &str = "api-tokens";
 
-/// One token's current credential as its Secret holds it.
-#[derive(Clone, Debug)]
-struct Creds {
-    bearer: String,
-    basic: String,
-    access_key: String,
-    password: String,
-}
-
-impl Creds {
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.bearer)
-    }
-
-    fn basic(&self) -> String {
-        format!("Basic {}", self.basic)
-    }
-
-    /// What must never leave the Secret (the access key included: it never belongs in a log).
-    fn secrets(&self) -> Vec<String> {
-        vec![
-            self.bearer.clone(),
-            self.basic.clone(),
-            self.access_key.clone(),
-            self.password.clone(),
-        ]
-    }
-}
-
-async fn creds(ns: &TestNs, token: &str) -> Creds {
-    let d = data(&secret(ns, token).await.expect("the token's Secret"));
-    Creds {
-        bearer: d["token"].clone(),
-        basic: d["basic"].clone(),
-        access_key: d["username"].clone(),
-        password: d["password"].clone(),
-    }
-}
-
 /// A cluster-backed setup: the operator, verifier `api` with output `api-tokens`, authz on it and
 /// nginx in front.
 struct Gateway {
@@ -95,9 +56,7 @@ impl Gateway {
         spec.as_object_mut()
             .unwrap()
             .extend(fields.as_object().unwrap().clone());
-        create(&self.ns, name, spec_of(spec)).await;
-        active(&self.ns, name).await;
-        creds(&self.ns, name).await
+        issue(&self.ns, name, spec_of(spec)).await
     }
 
     /// Waits until nginx answers `status` at `path` for `authorization`; returns when it first did.

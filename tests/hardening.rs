@@ -368,10 +368,6 @@ async fn a_label_removed_from_secret_template_is_removed_from_the_secret() {
     ns.cleanup().await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    tokenmint_harness::status_kib(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS for {pid}"))
-}
-
 #[tokio::test]
 async fn large_foreign_secrets_with_our_label_do_not_grow_the_operator() {
     let ns = TestNs::new("foreign-memory").await;
@@ -379,8 +375,7 @@ async fn large_foreign_secrets_with_our_label_do_not_grow_the_operator() {
     create(&ns, "bait", spec("reader")).await;
     active(&ns, "bait").await;
     barrier(&op, &ns, "bait").await;
-    let pid = op.pid().unwrap();
-    let before = rss_kib(pid);
+    let before = op.rss_kib();
     // 40 Secrets of 512 KiB that anyone may label as ours: 20 MiB of data.
     let count = 40;
     let payload = "x".repeat(512 * 1024);
@@ -409,7 +404,7 @@ async fn large_foreign_secrets_with_our_label_do_not_grow_the_operator() {
     // the watch has delivered them all (one stream, in order).
     barrier(&op, &ns, "bait").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib(pid);
+    let after = op.rss_kib();
     let grown = after.saturating_sub(before);
     eprintln!(
         "operator RSS {before} KiB -> {after} KiB (+{grown} KiB) after {} KiB of foreign Secrets",

@@ -69,8 +69,8 @@ async fn serve(ns: &TestNs) -> (Operator, Nginx, Mirror) {
 
 /// The user and password of `token`'s current credential, from its Secret.
 async fn userpass(ns: &TestNs, token: &str) -> (String, String) {
-    let d = data(&secret(ns, token).await.unwrap());
-    (d["username"].clone(), d["password"].clone())
+    let creds = creds(ns, token).await;
+    (creds.access_key, creds.password)
 }
 
 /// Creates token `name` with `fields` (JSON of its spec), waits until it is Active and nginx lets
@@ -81,11 +81,9 @@ async fn let_in(
     name: &str,
     fields: serde_json::Value,
 ) -> (String, String) {
-    create(ns, name, spec_of(fields)).await;
-    active(ns, name).await;
-    let (user, password) = userpass(ns, name).await;
-    wait_status(nginx, &user, &password, 200, name).await;
-    (user, password)
+    let creds = issue(ns, name, spec_of(fields)).await;
+    wait_status(nginx, &creds.access_key, &creds.password, 200, name).await;
+    (creds.access_key, creds.password)
 }
 
 /// Waits until nginx answers `expected` for `user:password`.

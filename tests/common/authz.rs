@@ -2,12 +2,12 @@
 //! which echoes the `X-Tokenmint-*` headers it received.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use super::nginx::{Connection, Reply, Site};
-use super::{free_addr, kubeconfig_path, spawn_logged, stop_and_report, wait_for, wait_listening};
+use super::{Process, free_addr, kubeconfig_path, wait_for};
 
 /// The headers authz sets and nginx forwards, as `auth_request_set` variable suffixes.
 const FORWARDED: [&str; 4] = ["token", "role", "scope", "filter"];
@@ -98,10 +98,8 @@ pub fn upstream_saw(reply: &Reply) -> Vec<(String, String)> {
 /// `tokenmint authz` on a free loopback port, logging JSON at debug level to a temp file. Drop kills
 /// it and, if the test is failing, prints the log.
 pub struct Authz {
-    child: Option<Child>,
+    process: Process,
     addr: SocketAddr,
-    log_path: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Authz {
@@ -118,12 +116,9 @@ impl Authz {
     /// Starts with `args` (besides `--listen` and `--log-format`) and the identity in `kubeconfig`,
     /// and waits until it listens.
     pub async fn start(args: &[&str], kubeconfig: &Path) -> Authz {
-        let dir = tempfile::tempdir().unwrap();
         let mut authz = Authz {
-            child: None,
+            process: Process::new("authz"),
             addr: free_addr(),
-            log_path: dir.path().join("authz.log"),
-            _dir: dir,
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_tokenmint"));
         command
@@ -132,12 +127,7 @@ impl Authz {
             .args(["--listen", &authz.addr.to_string(), "--log-format", "json"])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,tokenmint=debug");
-        let child = authz
-            .child
-            .insert(spawn_logged(&mut command, &authz.log_path));
-        if let Err(why) = wait_listening(child, authz.addr).await {
-            panic!("authz {why}:\n{}", authz.log());
-        }
+        authz.process.spawn(&mut command, authz.addr).await;
         authz
     }
 
@@ -146,16 +136,16 @@ impl Authz {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        tokenmint_harness::status_kib(self.pid().unwrap(), "VmRSS").unwrap_or(0)
+        self.process.rss_kib()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.process.log()
     }
 
     /// Status of `/readyz`.
@@ -205,17 +195,7 @@ impl Authz {
 
     /// Whether the process is still running (a panic would have ended it).
     pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-}
-
-impl Drop for Authz {
-    fn drop(&mut self) {
-        stop_and_report(self.child.take(), || {
-            format!("----- authz log -----\n{}", self.log())
-        });
+        self.process.running()
     }
 }
 

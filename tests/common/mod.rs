@@ -316,12 +316,103 @@ impl Drop for TestNs {
 /// goes to a temp file that survives restarts; Drop kills the process and, if the test
 /// is failing, prints the log.
 pub struct Operator {
-    child: Option<Child>,
+    process: Process,
     namespace: String,
     extra_args: Vec<String>,
     metrics_addr: SocketAddr,
+}
+
+/// A test's child process (the operator, `tokenmint authz`) with its log in a temporary directory.
+/// Dropped, it kills the process and, if the test is failing, prints the log.
+pub struct Process {
+    what: String,
+    child: Option<Child>,
     log_path: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Nothing running yet; `what` names it in messages and its log file.
+    pub fn new(what: &str) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        Process {
+            what: what.to_owned(),
+            child: None,
+            log_path: dir.path().join("process.log"),
+            _dir: dir,
+        }
+    }
+
+    /// Starts `command`, logging to the file, and waits until it accepts connections on `addr`.
+    pub async fn spawn(&mut self, command: &mut Command, addr: SocketAddr) {
+        let child = self.child.insert(spawn_logged(command, &self.log_path));
+        if let Err(why) = wait_listening(child, addr).await {
+            panic!("{} {why}:\n{}", self.what, self.log());
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Appends `line` to the log (a marker between two runs).
+    pub fn append_log(&self, line: &str) {
+        if let Ok(mut f) = OpenOptions::new().append(true).open(&self.log_path) {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.what));
+        harness::status_kib(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS for {pid}"))
+    }
+
+    /// Whether the process is still running (a panic would have ended it).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Graceful stop: SIGTERM, then up to 10 s for the process to exit (SIGKILL after).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("{} ignored SIGTERM for 10s; killing it", self.what);
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Abrupt stop (SIGKILL), as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        stop_and_report(self.child.take(), || {
+            format!("----- {} log -----\n{}", self.what, self.log())
+        });
+    }
 }
 
 /// Starts `command` with stdout and stderr appended to `log_path`, stdin closed.
@@ -376,14 +467,11 @@ impl Operator {
     /// Starts with extra command-line flags, e.g. `&["--requeue-jitter", "0"]`.
     pub async fn start_with(ns: &TestNs, extra_args: &[&str]) -> Operator {
         ensure_crds();
-        let dir = tempfile::tempdir().unwrap();
         let mut op = Operator {
-            child: None,
+            process: Process::new(&format!("operator ({})", ns.name)),
             namespace: ns.name.clone(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             metrics_addr: free_addr(),
-            log_path: dir.path().join("operator.log"),
-            _dir: dir,
         };
         op.spawn().await;
         op
@@ -404,16 +492,11 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig_path())
             // The seal key lives in the test's namespace, so tests that lose or replace it stay apart.
             .env("POD_NAMESPACE", &self.namespace);
-        let child = self
-            .child
-            .insert(spawn_logged(&mut command, &self.log_path));
-        if let Err(why) = wait_listening(child, self.metrics_addr).await {
-            panic!("operator {why}:\n{}", self.log());
-        }
+        self.process.spawn(&mut command, self.metrics_addr).await;
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.process.log()
     }
 
     /// Waits until the log contains `needle`.
@@ -459,58 +542,29 @@ impl Operator {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.process.pid()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        self.process.rss_kib()
     }
 
     /// Graceful stop: SIGTERM, then up to 10 s for the process to exit (SIGKILL after).
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("operator ignored SIGTERM for 10s; killing it");
-        let _ = child.kill();
-        child.wait().ok()
+        self.process.stop()
     }
 
     /// Abrupt stop (SIGKILL), as in a crash.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Stops gracefully and starts again with the same flags; the log file is appended to.
     pub async fn restart(&mut self) {
         self.stop();
-        self.append_log("----- restart -----\n");
+        self.process.append_log("----- restart -----\n");
         self.spawn().await;
-    }
-
-    fn append_log(&self, line: &str) {
-        if let Ok(mut f) = OpenOptions::new().append(true).open(&self.log_path) {
-            let _ = f.write_all(line.as_bytes());
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- operator log ({}) -----\n{}",
-                self.namespace,
-                self.log()
-            );
-        }
     }
 }
 

@@ -133,6 +133,55 @@ pub async fn set_spec(
         .await
 }
 
+/// One token's current credential as its Secret holds it.
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub bearer: String,
+    pub basic: String,
+    pub access_key: String,
+    pub password: String,
+}
+
+impl Creds {
+    /// The `Authorization` value of the Bearer form.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.bearer)
+    }
+
+    /// The `Authorization` value of the Basic form.
+    pub fn basic(&self) -> String {
+        format!("Basic {}", self.basic)
+    }
+
+    /// What must never leave the Secret (the access key included: it never belongs in a log).
+    pub fn secrets(&self) -> Vec<String> {
+        vec![
+            self.bearer.clone(),
+            self.basic.clone(),
+            self.access_key.clone(),
+            self.password.clone(),
+        ]
+    }
+}
+
+/// The current credential of `token`, from its Secret.
+pub async fn creds(ns: &TestNs, token: &str) -> Creds {
+    let d = data(&secret(ns, token).await.expect("the token's Secret"));
+    Creds {
+        bearer: d["token"].clone(),
+        basic: d["basic"].clone(),
+        access_key: d["username"].clone(),
+        password: d["password"].clone(),
+    }
+}
+
+/// Creates token `name`, waits until it is Active and returns its credential.
+pub async fn issue(ns: &TestNs, name: &str, spec: ApiTokenSpec) -> Creds {
+    create(ns, name, spec).await;
+    active(ns, name).await;
+    creds(ns, name).await
+}
+
 /// Every value that must never leave the Secret.
 pub fn credential_values(secret: &Secret) -> Vec<String> {
     let d = data(secret);
