@@ -9,6 +9,7 @@
 //!
 //! Kubernetes' name rules live in [`crate::api::names`].
 
+pub mod output;
 pub mod publishable;
 pub mod render;
 pub mod status;
