@@ -4,7 +4,7 @@
 //!
 //! Doc comments here become the CRD's descriptions (`kubectl explain apitokenverifier.spec`).
 //! Everything the API server can check is declared here (patterns, bounds, enums, CEL); what only
-//! the operator can judge is checked by [`super::validate`].
+//! the operator can judge is checked by [`crate::core::verifier::validate`].
 
 use std::borrow::Cow;
 use std::fmt;

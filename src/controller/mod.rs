@@ -3,7 +3,7 @@
 //!
 //! [`token`] keeps each ApiToken's Secret and status; [`verifier`] renders each ApiTokenVerifier's
 //! outputs; both report with [`error::Error`], and the token controller's Secret writes go through
-//! [`write`]. Only this layer, [`crate::runtime`] and [`crate::authz`] talk to the API server.
+//! [`write`](mod@write). Only this layer, [`crate::runtime`] and [`crate::authz`] talk to the API server.
 
 pub mod error;
 pub mod token;

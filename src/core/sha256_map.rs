@@ -1,4 +1,4 @@
-//! The `sha256-map` output format, written once: the verifier writes it ([`write`]) and `tokenmint
+//! The `sha256-map` output format, written once: the verifier writes it ([`write()`]) and `tokenmint
 //! authz` reads it ([`read`]), so the two cannot drift apart.
 //!
 //! A JSON document `{"tokens": {HEX: ITEM, ...}, "version": 1}` and a final newline. Each key is the
@@ -128,7 +128,7 @@ pub fn read(data: &[u8]) -> Result<Vec<(String, Item<'static>)>, MapError> {
     Ok(read.tokens.into_iter().collect())
 }
 
-/// Whether the document `data` (as [`write`] made it) has a key for the presented credential
+/// Whether the document `data` (as [`write()`] made it) has a key for the presented credential
 /// `presented`, without parsing it: the compact form puts each key right before a `:`.
 pub fn has_key(data: &[u8], presented: &str) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -6,9 +6,9 @@ use kube::Client;
 use kube::runtime::events::{Event, Recorder, Reporter};
 
 /// Events are recorded after the credential and status writes, off the reconcile's critical path:
-/// a reconcile queues its Event and moves on, and a sender with [`Events::IN_FLIGHT`] requests in
+/// a reconcile queues its Event and moves on, and a sender with `IN_FLIGHT` requests in
 /// flight records them. In a rotation storm the API server's capacity goes to the credentials
-/// first (every Event still follows its status write). When more than [`Events::BACKLOG`] wait,
+/// first (every Event still follows its status write). When more than `BACKLOG` wait,
 /// the reconcile records its own, as before, so a bulk cannot grow the queue without bound.
 pub struct Events {
     queue: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,

@@ -84,7 +84,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> Watches {
 }
 
 impl Watches {
-    /// The verifier event stream and the namespace event stream, for [`run`].
+    /// The verifier event stream and the namespace event stream, for [`super::run`].
     pub fn streams(
         self,
     ) -> (
