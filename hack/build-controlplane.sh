@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kubectl from the pinned
-# Go modules in hack/controlplane and caches them outside git, keyed by version.
+# Builds etcd, kube-apiserver, kube-controller-manager and kubectl (the control plane), and
+# kubelet, kube-scheduler and kube-proxy (the node), from the pinned Go modules in
+# hack/controlplane and caches them outside git, keyed by version.
 # Prints the directory holding the binaries. A second call with the cache warm is instant.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ cache_root="${TOKENMINT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmint}"
 key="$version-$(sha256sum "$module/go.sum" | cut -c1-12)"
 bin="$cache_root/controlplane-$key"
 
-components=(etcd kube-apiserver kube-controller-manager kubectl)
+components=(etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
 missing=()
 for c in "${components[@]}"; do [ -x "$bin/$c" ] || missing+=("$c"); done
 if [ ${#missing[@]} -eq 0 ]; then

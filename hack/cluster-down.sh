@@ -11,9 +11,11 @@ state="$root/.cluster"
 # Only signal a PID whose command line still names the binary we started there.
 ours() { kill -0 "$1" 2>/dev/null && grep -q "$2" "/proc/$1/cmdline" 2>/dev/null; }
 
-# One at a time, clients before servers: an apiserver whose etcd is already gone
+# The node first (its pods, mounts, network and iptables chains; hack/node.sh), then the
+# control plane. One at a time, clients before servers: an apiserver whose etcd is already gone
 # stalls its graceful shutdown. Each gets 10s after TERM, then KILL.
 # The demo's nginx and tokenmint authz come first: they are clients of the rest.
+"$root/hack/node.sh" down
 for name in nginx authz operator kube-controller-manager kube-apiserver etcd; do
   f="$state/$name.pid"
   [ -f "$f" ] || continue

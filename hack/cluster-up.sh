@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local control plane (etcd, kube-apiserver, kube-controller-manager) on
-# loopback with free ports. State, certificates and logs live in .cluster/ at the
+# loopback with free ports, and a node beside it (containerd, kubelet, kube-scheduler,
+# kube-proxy: hack/node.sh). State, certificates and logs live in .cluster/ at the
 # repo root. Idempotent: a healthy running cluster is left alone.
 #   hack/cluster-up.sh                    start (or confirm) the cluster
 #   hack/cluster-up.sh --status           exit 0 if the cluster is up and ready, 1 otherwise
@@ -36,7 +37,7 @@ alive() {
 
 running() {
   for c in "${components[@]}"; do alive "$c" || return 1; done
-  readyz
+  readyz && "$root/hack/node.sh" status
 }
 
 if [ "${1:-}" = "--status" ]; then running; exit; fi
@@ -119,19 +120,35 @@ new_state() {
   ETCD_PORT=$(free_port); taken+="$ETCD_PORT "
   ETCD_PEER_PORT=$(free_port); taken+="$ETCD_PEER_PORT "
   APISERVER_PORT=$(free_port); taken+="$APISERVER_PORT "
-  OPERATOR_METRICS_PORT=$(free_port)   # for the demo operator (hack/demo.sh)
-  printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\nOPERATOR_METRICS_PORT=%s\n' \
-    "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$OPERATOR_METRICS_PORT" >"$state/env"
+  OPERATOR_METRICS_PORT=$(free_port); taken+="$OPERATOR_METRICS_PORT "   # for the demo operator (hack/demo.sh)
+  KUBELET_PORT=$(free_port); taken+="$KUBELET_PORT "
+  KUBELET_HEALTHZ_PORT=$(free_port); taken+="$KUBELET_HEALTHZ_PORT "
+  SCHEDULER_PORT=$(free_port); taken+="$SCHEDULER_PORT "
+  PROXY_HEALTHZ_PORT=$(free_port); taken+="$PROXY_HEALTHZ_PORT "
+  PROXY_METRICS_PORT=$(free_port); taken+="$PROXY_METRICS_PORT "
+  # The kubelet refuses a loopback node IP, and pods reach the API server through this address.
+  NODE_IP=$(ip -4 route get 1 | awk '{ for (i = 1; i < NF; i++) if ($i == "src") { print $(i + 1); exit } }')
+  [ -n "$NODE_IP" ] || { echo "cluster-up: this machine has no IPv4 address with a route; the node needs one" >&2; exit 1; }
+  for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT OPERATOR_METRICS_PORT KUBELET_PORT KUBELET_HEALTHZ_PORT \
+           SCHEDULER_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT NODE_IP; do
+    printf '%s=%s\n' "$v" "${!v}"
+  done >"$state/env"
 
   # --- PKI: throwaway CA, serving cert, client certs, service-account key pair ---
   ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
     -subj "/CN=tokenmint-local-ca" -keyout "$pki/ca.key" -out "$pki/ca.crt"
-  cert apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+  cert apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:$NODE_IP,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
 extendedKeyUsage=serverAuth"
   cert admin "/O=system:masters/CN=tokenmint-admin" "extendedKeyUsage=clientAuth"
   # The KCM keeps its own name in audit/logs but gets full rights: with
   # --use-service-account-credentials=false its controllers act as this identity.
   cert kcm "/O=system:masters/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+  # The node's identities, each under the API server's built-in RBAC for its role.
+  cert kubelet "/O=system:nodes/CN=system:node:tokenmint-node" "extendedKeyUsage=clientAuth"
+  cert scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+  cert proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
+  # kube-apiserver to the kubelet (logs, exec, port-forward).
+  cert apiserver-kubelet "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
   ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key"
   ossl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -185,7 +202,9 @@ wait_etcd() {
 
 start_kube_apiserver() {
 launch kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port "$APISERVER_PORT" \
+  --kubelet-client-certificate "$pki/apiserver-kubelet.crt" --kubelet-client-key "$pki/apiserver-kubelet.key" \
+  --kubelet-preferred-address-types InternalIP \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" --authorization-mode Node,RBAC \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
@@ -195,7 +214,7 @@ launch kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
 
 start_kube_controller_manager() {
 launch kube-controller-manager --kubeconfig "$state/kcm.kubeconfig" \
-  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation \
+  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation,deployment,replicaset,endpoints-controller,endpointslice-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,node-lifecycle-controller \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --use-service-account-credentials=false --leader-elect=false \
   --bind-address 127.0.0.1 --secure-port 0 --kube-api-qps 200 --kube-api-burst 400
@@ -250,4 +269,8 @@ start_kube_controller_manager
 wait_readyz "${components[@]}"
 
 kubeconfig "$state/kubeconfig" admin
+if ! "$root/hack/node.sh" up; then
+  "$root/hack/cluster-down.sh" --keep-logs >/dev/null 2>&1 || true
+  exit 1
+fi
 echo "cluster-up: ready at https://127.0.0.1:$APISERVER_PORT in $(elapsed) (KUBECONFIG=$state/kubeconfig)"
