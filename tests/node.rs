@@ -112,6 +112,12 @@ async fn a_pod_reads_its_credential_and_the_kubelet_refreshes_the_mounted_file_a
     eprintln!(
         "node: the kubelet showed the rotated credential in the mounted file {refresh:?} after the Secret changed"
     );
+    // What a verifier's default publishDelay promises a server reading a mounted output.
+    let promised = Duration::try_from(tokenmint::core::verifier::DEFAULT_PUBLISH_DELAY).unwrap();
+    assert!(
+        refresh < promised,
+        "the kubelet took {refresh:?}, publishDelay's default is {promised:?}"
+    );
 
     // An environment variable is read when the container starts: the running container still has
     // the credential it started with (the README tells apps to re-read the file, or restart).

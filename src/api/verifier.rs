@@ -106,8 +106,8 @@ pub struct ApiTokenVerifierSpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["secretName"]))]
     pub outputs: Vec<Output>,
 
-    /// How long this verifier's servers take to see a change to its outputs, e.g. `90s` (the
-    /// default: a kubelet refreshes a mounted Secret within about a minute) or `0s` for a server
+    /// How long this verifier's servers take to see a change to its outputs, e.g. `2m` (the
+    /// default: a kubelet rewrites a mounted Secret 60 to 90s after a change) or `0s` for a server
     /// that reads the Secret through the API (ingress-nginx, Traefik, tokenmint authz). A rotation
     /// of a token this verifier accepts stages the new credential, publishes it here, and hands it
     /// to the token's clients only this long after that, so no client is refused when it

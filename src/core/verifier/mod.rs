@@ -34,8 +34,10 @@ pub struct ValidVerifier {
     pub publish_delay: SignedDuration,
 }
 
-/// `spec.publishDelay` when absent: a kubelet refreshes a mounted Secret within about a minute.
-pub const DEFAULT_PUBLISH_DELAY: SignedDuration = SignedDuration::from_secs(90);
+/// `spec.publishDelay` when absent: a kubelet rewrites a mounted Secret at its next sync of the pod,
+/// 60 to 90 s after the last (`syncFrequency` 1m, jittered by up to half: `pod_workers.go`), plus
+/// the sync itself; `tests/node.rs` measures it. Two minutes leave 30 s for a busy kubelet.
+pub const DEFAULT_PUBLISH_DELAY: SignedDuration = SignedDuration::from_secs(120);
 /// The longest `spec.publishDelay`.
 pub const MAX_PUBLISH_DELAY: SignedDuration = SignedDuration::from_secs(3600);
 
