@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 export KUBECONFIG
 
-.PHONY: cluster-up cluster-down crds demo test lint bench bench-authz
+.PHONY: cluster-up cluster-down crds demo test lint bench bench-authz image
 
 cluster-up:
 	@hack/cluster-up.sh
@@ -23,6 +23,10 @@ crds:
 
 demo:
 	@hack/demo.sh
+
+# The operator image without a Docker engine, reproducibly: target/image/{oci/,tokenmint.tar}.
+image:
+	@hack/build-image.sh
 
 # Unit + integration tests; starts (and afterwards stops) the cluster if needed.
 test:

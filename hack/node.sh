@@ -3,6 +3,7 @@
 # started by hack/cluster-up.sh and torn down by hack/cluster-down.sh.
 #   hack/node.sh up     start the node and wait until it is Ready (needs root: containers)
 #   hack/node.sh status exit 0 if every node process runs
+#   hack/node.sh import ARCHIVE   import an image (a docker-archive) into the node's containerd
 #   hack/node.sh down   stop it and undo what it did to this machine: containers, mounts, network
 #                       namespaces, the CNI bridge, iptables chains, ip_forward
 # State, logs and pids are in .cluster/node/. What took time to find:
@@ -249,9 +250,17 @@ status() {
     alive kube-proxy kube-proxy
 }
 
+# Imports a docker-archive (`make image`'s) into the node's containerd.
+import() { # archive
+  [ -f "${1:-}" ] || { echo "node: import needs an image archive; no file ${1:-}" >&2; exit 1; }
+  alive containerd containerd || { echo "node: containerd is not running; make cluster-up first" >&2; exit 1; }
+  ctr_ images import --no-unpack "$1" >/dev/null || { echo "node: importing $1 failed" >&2; exit 1; }
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: hack/node.sh up|down|status" >&2; exit 2 ;;
+  import) import "${2:-}" ;;
+  *) echo "usage: hack/node.sh up|down|status|import ARCHIVE" >&2; exit 2 ;;
 esac

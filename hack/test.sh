@@ -7,12 +7,17 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# The operator image the node tests run (cargo keeps the build; the archive is rebuilt each time).
+TOKENMINT_IMAGE=$(hack/build-image.sh)
+export TOKENMINT_IMAGE
+
 if ! hack/cluster-up.sh --status; then
   hack/cluster-up.sh
   trap 'hack/cluster-down.sh' EXIT
 fi
 
 hack/stop-demo-operator.sh test
+hack/node.sh import target/image/tokenmint.tar
 
 export KUBECONFIG="$root/.cluster/kubeconfig"
 export TOKENMINT_TEST_KUBECONFIG="$KUBECONFIG"

@@ -16,6 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::helm::{Release, chart, helm, helm_bin, pinned_tool, run};
 use common::{REPO, TestNs, kubectl, kubectl_stdin, ok, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -40,56 +41,9 @@ const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------- helm and promtool
 
-/// `$env`, else the pinned `tool` from `hack/install-tools.sh` (built on first use).
-fn pinned_tool(env: &str, tool: &str) -> PathBuf {
-    if let Some(bin) = std::env::var_os(env) {
-        return bin.into();
-    }
-    let out = Command::new(format!("{REPO}/hack/install-tools.sh"))
-        .arg(tool)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running hack/install-tools.sh");
-    assert!(
-        out.status.success(),
-        "hack/install-tools.sh {tool} failed: {tool} is required for these tests"
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn helm_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| pinned_tool("TOKENMINT_HELM", "helm"))
-}
-
 fn promtool_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| pinned_tool("TOKENMINT_PROMTOOL", "promtool"))
-}
-
-/// Stdout of `bin args`; panics with both outputs when it fails.
-fn run(bin: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    assert!(
-        out.status.success(),
-        "{} {} failed:\n{}{}",
-        bin.display(),
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn helm(args: &[&str]) -> String {
-    run(helm_bin(), args)
-}
-
-fn chart() -> String {
-    format!("{REPO}/charts/tokenmint")
 }
 
 /// `helm template` of the chart as release `release` in `namespace`, with `--set` values.
@@ -965,8 +919,18 @@ async fn helm_installs_upgrades_and_uninstalls_a_release() {
         helm(&all)
     };
 
-    // The CRD is already there: Helm leaves an existing CRD alone.
-    helm_in_ns(&["install", release, &chart]);
+    // The CRD is already there: Helm leaves an existing CRD alone. The node runs pods now: an image
+    // that is never there keeps this cluster-wide release's pods from starting and racing the
+    // operators of the tests beside it (tests/node.rs runs the chart's operator for real).
+    helm_in_ns(&[
+        "install",
+        release,
+        &chart,
+        "--set",
+        "image.repository=tokenmint.local/never-imported",
+        "--set",
+        "image.pullPolicy=Never",
+    ]);
     let deployments = ns.api::<Deployment>();
     let deployment = deployments.get(&fullname).await.unwrap();
     assert_eq!(deployment.spec.unwrap().replicas, Some(1));
@@ -1074,23 +1038,6 @@ impl Installed {
             .iter()
             .find_map(|a| a.strip_prefix(prefix))
             .unwrap_or_else(|| panic!("the chart passes no {prefix}: {:?}", self.args))
-    }
-}
-
-/// Deletes the cluster-scoped objects of a release on drop (the namespace takes the rest).
-struct Release(String);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let selector = format!("app.kubernetes.io/instance={}", self.0);
-        let _ = kubectl(&[
-            "delete",
-            "clusterrole,clusterrolebinding",
-            "-l",
-            &selector,
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
     }
 }
 

@@ -1,15 +1,20 @@
-//! tokenmint's credentials consumed by Pods on a real node (the kubelet and containerd that
-//! `make cluster-up` starts): read from an environment variable and from a mounted file, and what a
-//! rotation does to each. Measures how long the kubelet takes to show a rotated credential in the
-//! mounted file, which is what a verifier's `publishDelay` must cover.
+//! tokenmint on a real node (the kubelet and containerd that `make cluster-up` starts): credentials
+//! consumed by Pods, read from an environment variable and from a mounted file, and what a rotation
+//! does to each (measuring how long the kubelet takes to show a rotated credential in the mounted
+//! file, which is what a verifier's `publishDelay` must cover); and the chart installed for real
+//! with the image `make image` builds.
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::helm::{Release, chart, helm};
 use common::tokens::*;
 use common::*;
 use futures::{AsyncBufReadExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{LogParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions::is_pod_running};
@@ -138,4 +143,211 @@ async fn a_pod_reads_its_credential_and_the_kubelet_refreshes_the_mounted_file_a
     );
     assert_eq!(String::from_utf8_lossy(&env.stdout), before.bearer());
     ns.cleanup().await;
+}
+
+/// `helm install` of the chart on the node with the image `make image` built (imported by
+/// `hack/test.sh`): two replicas with leader election, scoped to the test's namespace (a Role, not
+/// a ClusterRole: other tests' operators run beside it).
+#[tokio::test]
+async fn the_chart_runs_the_operator_on_the_node_and_an_upgrade_remints_nothing() {
+    let ns = TestNs::new("node-chart").await;
+    let release = ns.name.clone();
+    let _release = Release(release.clone());
+    let kubeconfig = kubeconfig_path();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let helm_in_ns = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--namespace", &release, "--kubeconfig", kubeconfig]);
+        helm(&all)
+    };
+    let chart = chart();
+    let watch = format!("watchNamespace={release}");
+    let started = Instant::now();
+    helm_in_ns(&[
+        "install",
+        &release,
+        &chart,
+        "--set",
+        "replicas=2",
+        "--set",
+        &watch,
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    eprintln!("node: helm install --wait took {:?}", started.elapsed());
+    let fullname = format!("{release}-tokenmint");
+
+    // A token issued by the operator pod, under exactly the chart's RBAC.
+    let issued = issue(&ns, "app", spec("reader")).await;
+    let leader = lease_holder(&ns, &fullname).await;
+    let leader_metrics = kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{release}/pods/http:{leader}:8080/proxy/metrics"),
+    ]);
+    assert!(
+        leader_metrics.status.success(),
+        "{}",
+        String::from_utf8_lossy(&leader_metrics.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&leader_metrics.stdout)
+            .contains("tokenmint_tokens{phase=\"Active\"} 1"),
+        "the leader exports the token"
+    );
+    // /metrics and /readyz through the chart's Service (the API server's proxy to its endpoints).
+    let via_service = kubectl(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/{release}/services/http:{fullname}-metrics:8080/proxy/metrics"
+        ),
+    ]);
+    assert!(
+        via_service.status.success(),
+        "{}",
+        String::from_utf8_lossy(&via_service.stderr)
+    );
+    assert!(String::from_utf8_lossy(&via_service.stdout).contains("tokenmint_reconciles"));
+
+    // An upgrade rolls both pods; the new leader takes the token over and mints nothing.
+    let secret_before = secret(&ns, "app").await.unwrap();
+    helm_in_ns(&[
+        "upgrade",
+        &release,
+        &chart,
+        "--reuse-values",
+        "--set",
+        "logging.level=debug",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let new_leader = wait_for("a leader among the upgraded pods", WAIT, || async {
+        let now = lease_holder(&ns, &fullname).await;
+        (now != leader).then_some(now)
+    })
+    .await;
+    // The new leader has reconciled the token once it reports the edit in status.
+    set_spec(&ns, "app", json!({"description": "after the upgrade"}))
+        .await
+        .unwrap();
+    wait_phase(&ns, "app", tokenmint::api::Phase::Active, |t| {
+        status_of(t).observed_generation == t.metadata.generation
+    })
+    .await;
+    let secret_after = secret(&ns, "app").await.unwrap();
+    assert_eq!(
+        data(&secret_after)["token"],
+        issued.bearer,
+        "the upgrade re-minted the credential"
+    );
+    assert_eq!(
+        secret_after.metadata.annotations.as_ref().unwrap()["tokenmint.dev/rotations"],
+        secret_before.metadata.annotations.as_ref().unwrap()["tokenmint.dev/rotations"]
+    );
+    eprintln!("node: leadership moved from {leader} to {new_leader} in the upgrade");
+
+    // Uninstall leaves the tokens' Secrets: the credentials stay usable.
+    helm_in_ns(&["uninstall", &release, "--wait"]);
+    let kept = secret(&ns, "app")
+        .await
+        .expect("uninstall keeps the token's Secret");
+    assert_eq!(data(&kept)["token"], issued.bearer);
+    ns.cleanup().await;
+}
+
+/// The pod holding the operator's Lease in `ns`.
+async fn lease_holder(ns: &TestNs, fullname: &str) -> String {
+    let leases = ns.api::<Lease>();
+    let lease = format!("{fullname}-leader");
+    wait_for("a Lease holder", WAIT, || async {
+        let held = leases.get_opt(&lease).await.ok().flatten()?;
+        held.spec?.holder_identity.filter(|h| !h.is_empty())
+    })
+    .await
+}
+
+/// The operator image (`make image`, run by `hack/test.sh`, whose digest it exports as
+/// `TOKENMINT_IMAGE`): the same binary assembles into the same digest, and the image holds the
+/// binary, the nonroot user and CA certificates, nothing else (no shell), and runs as 65532.
+#[test]
+fn the_operator_image_is_reproducible_runs_as_nonroot_and_holds_no_shell() {
+    let expected = std::env::var("TOKENMINT_IMAGE")
+        .expect("TOKENMINT_IMAGE: the digest hack/build-image.sh printed (make test sets it)");
+    let layout = Path::new(REPO).join("target/image/oci");
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let json = |digest: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blob(digest)).unwrap()).unwrap()
+    };
+    assert_eq!(
+        format!("sha256:{}", sha256_file(&blob(&expected))),
+        expected
+    );
+    let manifest = json(&expected);
+    let config = json(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["config"]["User"], "65532:65532");
+    assert_eq!(config["config"]["Entrypoint"], json!(["/tokenmint", "run"]));
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    let layer = blob(layers[0]["digest"].as_str().unwrap());
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(&layer)
+        .output()
+        .unwrap();
+    let mut files: Vec<String> = String::from_utf8(listing.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "etc",
+            "etc/group",
+            "etc/passwd",
+            "etc/ssl",
+            "etc/ssl/certs",
+            "etc/ssl/certs/ca-certificates.crt",
+            "tokenmint"
+        ]
+    );
+
+    // The image's own binary, assembled again elsewhere: the same digest.
+    let dir = tempfile::tempdir().unwrap();
+    let unpacked = Command::new("tar")
+        .arg("-xzf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("./tokenmint")
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let again = Command::new(format!("{REPO}/hack/build-image.sh"))
+        .env("TOKENMINT_IMAGE_BIN", dir.path().join("tokenmint"))
+        .env("TOKENMINT_IMAGE_OUT", dir.path().join("image"))
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), expected);
+}
+
+fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }

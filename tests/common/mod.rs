@@ -7,6 +7,7 @@
 
 pub mod authz;
 pub mod caddy;
+pub mod helm;
 pub mod nginx;
 pub mod tokens;
 pub mod verifiers;
