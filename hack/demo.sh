@@ -17,7 +17,8 @@ kubectl wait --for condition=Established --timeout 30s -f crds/ >/dev/null
 
 # Replace a previous demo operator, then start a fresh one detached from this shell.
 cargo build --quiet --bin tokenmint --bin kubectl-apitoken
-export PATH="$root/target/debug:$PATH"   # kubectl finds the plugin kubectl-apitoken there
+bin="${CARGO_TARGET_DIR:-$root/target}/debug"   # where cargo build (below) puts the binaries
+export PATH="$bin:$PATH"   # kubectl finds the plugin kubectl-apitoken there
 # Stops the process of pid file $1 if it still is one whose command line contains $2.
 stop_previous() {
   local pid
@@ -40,7 +41,7 @@ detach() {
   setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >"$log" 2>&1 &
 }
 detach "$state/operator.pid" "$state/operator.log" \
-  "$root/target/debug/tokenmint" run --metrics-addr "127.0.0.1:$port"
+  "$bin/tokenmint" run --metrics-addr "127.0.0.1:$port"
 echo "demo: operator running (metrics http://127.0.0.1:$port/metrics, log $state/operator.log)"
 
 # The gateway step below revokes this token, and revocation is final: start it afresh.
@@ -140,7 +141,7 @@ stop_previous "$state/authz.pid" tokenmint
 stop_previous "$state/nginx.pid" nginx
 authz_port=$(free_port 18480)
 detach "$state/authz.pid" "$state/authz.log" \
-  "$root/target/debug/tokenmint" authz --verifier "$ns/gateway" --output gateway-tokens \
+  "$bin/tokenmint" authz --verifier "$ns/gateway" --output gateway-tokens \
   --listen "127.0.0.1:$authz_port"
 app_port=$(free_port $((authz_port + 1)))
 nginx_port=$(free_port $((app_port + 1)))
