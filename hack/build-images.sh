@@ -3,7 +3,7 @@
 # skopeo turns it into a docker-archive that `ctr images import` takes), and caches them outside
 # git, keyed by what goes into them. Prints the directory holding the archives:
 #   pause.tar    tokenmint.local/pause:1    the pod sandbox (hack/node/pause.c, static)
-#   toolbox.tar  tokenmint.local/toolbox:1  Debian's static busybox: sh, cat, wget, nc for test pods
+#   toolbox.tar  tokenmint.local/toolbox:1  Debian's static busybox: sh, cat, nc, ... for test pods
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +41,8 @@ image pause tokenmint.local/pause:1 /pause
 mkdir -p "$work/toolbox-root/bin" "$work/toolbox-root/tmp"
 chmod 1777 "$work/toolbox-root/tmp"
 cp /bin/busybox "$work/toolbox-root/bin/busybox"
-for applet in sh cat cp date echo env grep head ls nc sleep sha256sum tail test wget; do
+# No wget: Debian's static busybox crashes in it (a static glibc's name lookup); nc speaks HTTP.
+for applet in sh cat cp cut date echo env grep head ls nc printf sleep sha256sum tail test; do
   ln -s busybox "$work/toolbox-root/bin/$applet"
 done
 image toolbox tokenmint.local/toolbox:1 /bin/sh

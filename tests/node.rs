@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::helm::{Release, chart, helm};
 use common::tokens::*;
+use common::verifiers::{create_map_verifier, wait_published};
 use common::*;
 use futures::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -150,6 +151,7 @@ async fn a_pod_reads_its_credential_and_the_kubelet_refreshes_the_mounted_file_a
 /// a ClusterRole: other tests' operators run beside it).
 #[tokio::test]
 async fn the_chart_runs_the_operator_on_the_node_and_an_upgrade_remints_nothing() {
+    ensure_crds();
     let ns = TestNs::new("node-chart").await;
     let release = ns.name.clone();
     let _release = Release(release.clone());
@@ -211,7 +213,11 @@ async fn the_chart_runs_the_operator_on_the_node_and_an_upgrade_remints_nothing(
         "{}",
         String::from_utf8_lossy(&via_service.stderr)
     );
-    assert!(String::from_utf8_lossy(&via_service.stdout).contains("tokenmint_reconciles"));
+    assert!(
+        String::from_utf8_lossy(&via_service.stdout)
+            .contains("tokenmint_reconcile_duration_seconds_count"),
+        "/metrics of either replica (a follower has reconciled nothing yet)"
+    );
 
     // An upgrade rolls both pods; the new leader takes the token over and mints nothing.
     let secret_before = secret(&ns, "app").await.unwrap();
@@ -350,4 +356,194 @@ fn the_operator_image_is_reproducible_runs_as_nonroot_and_holds_no_shell() {
 fn sha256_file(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+/// The operator image as the chart names it: `ghcr.io/tokenmint/tokenmint:<appVersion>`.
+fn operator_image() -> String {
+    let chart = std::fs::read_to_string(format!("{REPO}/charts/tokenmint/Chart.yaml")).unwrap();
+    let version = chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .expect("Chart.yaml has appVersion")
+        .trim()
+        .trim_matches('"');
+    format!("ghcr.io/tokenmint/tokenmint:{version}")
+}
+
+/// tokenmint authz reading the verifier's output Secret mounted as a file (`--file`), as a pod of
+/// its own.
+fn mounted_authz(output: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "authz-file"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "authz",
+                "image": operator_image(),
+                "imagePullPolicy": "Never",
+                "command": ["/tokenmint", "authz"],
+                "args": ["--file", "/etc/tokenmint/tokens.json", "--listen", "0.0.0.0:8080"],
+                "volumeMounts": [{"name": "map", "mountPath": "/etc/tokenmint", "readOnly": true}],
+                "securityContext": {"runAsNonRoot": true, "readOnlyRootFilesystem": true,
+                                    "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+            "volumes": [{"name": "map", "secret": {"secretName": output}}],
+        },
+    }))
+    .unwrap()
+}
+
+/// A client that sends its token (from its own Secret, as an app would) to both authz every 100 ms
+/// and prints each answer's status when it changes: `api CODE` (the API reader, through its
+/// Service), `file CODE` (the mounted one).
+fn authz_client(token: &str, api_host: &str, file_host: &str) -> Pod {
+    let script = r#"
+code() {
+  # busybox nc stops at the end of its input: keep it open long enough for the answer.
+  (printf 'GET /verify HTTP/1.0\r\nAuthorization: %s\r\n\r\n' "$API_AUTHORIZATION"; sleep 0.2) |
+    nc -w 2 "$1" 8080 | head -n 1 | cut -d' ' -f2
+}
+last_api=""; last_file=""
+while true; do
+  a=$(code "$API_HOST"); f=$(code "$FILE_HOST")
+  if [ "$a" != "$last_api" ]; then echo "api $a"; last_api=$a; fi
+  if [ "$f" != "$last_file" ]; then echo "file $f"; last_file=$f; fi
+  sleep 0.1
+done"#;
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "client",
+                "image": TOOLBOX,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script],
+                "env": [
+                    {"name": "API_AUTHORIZATION",
+                     "valueFrom": {"secretKeyRef": {"name": token, "key": "authorization-bearer"}}},
+                    {"name": "API_HOST", "value": api_host},
+                    {"name": "FILE_HOST", "value": file_host},
+                ],
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+/// Creates `pod` and waits until it runs; returns it as running.
+async fn run_pod(ns: &TestNs, pod: &Pod) -> Pod {
+    let pods = ns.api::<Pod>();
+    let name = pod.metadata.name.clone().unwrap();
+    pods.create(&PostParams::default(), pod).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(pods.clone(), &name, is_pod_running()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("pod {name} runs within 60s"))
+    .unwrap()
+    .unwrap()
+}
+
+/// `tokenmint authz` on the node, both ways it reads a verifier's output: through the API (the
+/// chart's authz Deployment, behind its Service) and from the output Secret mounted into its pod.
+/// A client pod sends the token it reads from its own Secret: let in by both, then, after
+/// `spec.revoked`, refused by both; how long each took is printed.
+#[tokio::test]
+async fn authz_on_the_node_lets_a_client_in_and_refuses_it_after_a_revocation_both_ways() {
+    ensure_crds();
+    let ns = TestNs::new("node-authz").await;
+    let release = ns.name.clone();
+    let _release = Release(release.clone());
+    let kubeconfig = kubeconfig_path();
+    create_map_verifier(&ns, "api", "api-tokens").await;
+    let watch = format!("watchNamespace={release}");
+    helm(&[
+        "install",
+        &release,
+        &chart(),
+        "--namespace",
+        &release,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--set",
+        &watch,
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "authz.enabled=true",
+        "--set",
+        "authz.verifier.name=api",
+        "--set",
+        "authz.output=api-tokens",
+        "--set",
+        "authz.replicas=1",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let issued = issue(
+        &ns,
+        "client",
+        spec_of(json!({"role": "reader", "audiences": ["api"]})),
+    )
+    .await;
+    wait_published(&ns, "api", "api-tokens", &issued.access_key).await;
+
+    let file_authz = run_pod(&ns, &mounted_authz("api-tokens")).await;
+    let file_ip = file_authz.status.unwrap().pod_ip.expect("a pod IP");
+    let service = ns
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .get(&format!("{release}-tokenmint-authz"))
+        .await
+        .unwrap();
+    let api_ip = service.spec.unwrap().cluster_ip.expect("a ClusterIP");
+    run_pod(&ns, &authz_client("client", &api_ip, &file_ip)).await;
+
+    let params = LogParams {
+        follow: true,
+        ..LogParams::default()
+    };
+    let mut lines = ns
+        .api::<Pod>()
+        .log_stream("client", &params)
+        .await
+        .unwrap()
+        .lines();
+    // Reads lines until both readers answered `code`; returns when each first did.
+    let mut until_both = async |code: &str| {
+        let (mut api, mut file) = (None, None);
+        while api.is_none() || file.is_none() {
+            let line = tokio::time::timeout(Duration::from_secs(180), lines.try_next())
+                .await
+                .unwrap_or_else(|_| panic!("both readers answer {code} within 180s"))
+                .unwrap()
+                .expect("the client's log goes on");
+            if line == format!("api {code}") {
+                api.get_or_insert_with(Instant::now);
+            }
+            if line == format!("file {code}") {
+                file.get_or_insert_with(Instant::now);
+            }
+        }
+        (api.unwrap(), file.unwrap())
+    };
+    until_both("200").await;
+
+    set_spec(&ns, "client", json!({"revoked": true}))
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    let (api, file) = until_both("401").await;
+    eprintln!(
+        "node: revoked -> refused: {:?} by authz reading the API, {:?} by authz reading the mounted output",
+        api - revoked,
+        file - revoked
+    );
+    ns.cleanup().await;
 }
