@@ -70,6 +70,8 @@ free_port() {
   done
 }
 
+. "$root/hack/lib/kubeconfig.sh"
+
 ossl() { openssl "$@" 2>/dev/null; }
 cert() { # name subject extensions
   ossl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "$2" \
@@ -79,28 +81,6 @@ cert() { # name subject extensions
   rm -f "$pki/$1.csr"
 }
 
-kubeconfig() { # file user
-  local b64="base64 -w0"
-  cat >"$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: tokenmint-local
-  cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
-    certificate-authority-data: $($b64 <"$pki/ca.crt")
-users:
-- name: $2
-  user:
-    client-certificate-data: $($b64 <"$pki/$2.crt")
-    client-key-data: $($b64 <"$pki/$2.key")
-contexts:
-- name: tokenmint-local
-  context: {cluster: tokenmint-local, user: $2}
-current-context: tokenmint-local
-EOF
-  chmod 600 "$1"
-}
 
 # The state of a new cluster: binaries, free ports, PKI, the KCM's kubeconfig.
 new_state() {

@@ -45,28 +45,7 @@ fail() { # component message
   exit 1
 }
 
-kubeconfig_for() { # file cert-name
-  local b64="base64 -w0"
-  cat >"$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: tokenmint-local
-  cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
-    certificate-authority-data: $($b64 <"$pki/ca.crt")
-users:
-- name: $2
-  user:
-    client-certificate-data: $($b64 <"$pki/$2.crt")
-    client-key-data: $($b64 <"$pki/$2.key")
-contexts:
-- name: tokenmint-local
-  context: {cluster: tokenmint-local, user: $2}
-current-context: tokenmint-local
-EOF
-  chmod 600 "$1"
-}
+. "$root/hack/lib/kubeconfig.sh"
 
 up() {
   [ "$(id -u)" -eq 0 ] || { echo "node: containers need root; run as root" >&2; exit 1; }
@@ -127,9 +106,9 @@ EOF
       fail containerd "importing $archive failed"
   done
 
-  kubeconfig_for "$node/kubelet.kubeconfig" kubelet
-  kubeconfig_for "$node/scheduler.kubeconfig" scheduler
-  kubeconfig_for "$node/proxy.kubeconfig" proxy
+  kubeconfig "$node/kubelet.kubeconfig" kubelet
+  kubeconfig "$node/scheduler.kubeconfig" scheduler
+  kubeconfig "$node/proxy.kubeconfig" proxy
   cat >"$node/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

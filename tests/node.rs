@@ -65,22 +65,13 @@ async fn a_pod_reads_its_credential_and_the_kubelet_refreshes_the_mounted_file_a
     let _op = Operator::start(&ns).await;
     let before = issue(&ns, "app", spec("reader")).await;
 
-    let pods = ns.api::<Pod>();
-    pods.create(&PostParams::default(), &consumer("app", "app"))
-        .await
-        .unwrap();
     let started = Instant::now();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        await_condition(pods.clone(), "app", is_pod_running()),
-    )
-    .await
-    .expect("the pod runs within 60s")
-    .unwrap();
+    run_pod(&ns, &consumer("app", "app")).await;
     eprintln!(
         "node: the pod ran {:?} after it was created",
         started.elapsed()
     );
+    let pods = ns.api::<Pod>();
 
     let params = LogParams {
         follow: true,
