@@ -20,6 +20,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> Result<(), operator::Error> {
+    release_large_blocks();
     match Cli::parse().command {
         Command::Crd { kind } => {
             match kind.as_deref() {
@@ -45,6 +46,18 @@ async fn main() -> Result<(), operator::Error> {
             telemetry::init(args.log_format);
             authz::run(args, shutdown_signal()).await
         }
+    }
+}
+
+/// Blocks of 128 KiB and more go back to the system when freed. glibc raises that threshold each
+/// time one is freed, after which large transient blocks (a 1 MiB Secret that a watch decodes
+/// and drops) stay in its arenas: 150 such Secrets left the operator 8 MiB larger, 2.5 MiB with
+/// the threshold fixed (tests/hardening.rs). musl, the image's libc, returns them anyway.
+fn release_large_blocks() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called once, first thing in main.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -54,10 +54,45 @@ pub struct RunArgs {
     /// credential into other namespaces.
     #[arg(long)]
     pub allow_replication_annotations: bool,
+    /// Whether the caches list through a watch (`sendInitialEvents`, the WatchList feature), one
+    /// object at a time, rather than in pages of 500: `auto` does where the API server enables it
+    /// by default (Kubernetes 1.32, and 1.34 on).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub streaming_lists: StreamingLists,
     /// How long a shutdown may wait for in-flight reconciles before the process exits anyway
     /// (keep it below the pod's termination grace period).
     #[arg(long, default_value = "10s", value_parser = crate::core::schedule::parse_seconds)]
     pub shutdown_timeout: Duration,
+}
+
+/// When the caches list through a watch.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamingLists {
+    /// Where the API server's version enables WatchList by default.
+    Auto,
+    Always,
+    Never,
+}
+
+impl StreamingLists {
+    /// Whether to stream, for an API server of version `major.minor` (as `/version` spells them:
+    /// some providers write `34+`).
+    fn decide(self, major: &str, minor: &str) -> bool {
+        let number = |s: &str| -> Option<u32> {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        match self {
+            StreamingLists::Always => true,
+            StreamingLists::Never => false,
+            // On by default in 1.32, off again in 1.33, on from 1.34.
+            StreamingLists::Auto => match (number(major), number(minor)) {
+                (Some(1), Some(minor)) => minor == 32 || minor >= 34,
+                (Some(major), _) => major > 1,
+                _ => false,
+            },
+        }
+    }
 }
 
 /// Runs the operator until `shutdown` resolves (or the Lease is lost), then stops within
@@ -142,7 +177,18 @@ pub async fn run(
             return Err(e.into());
         }
     };
+    let streaming_lists = match args.streaming_lists {
+        StreamingLists::Auto => match client.apiserver_version().await {
+            Ok(info) => StreamingLists::Auto.decide(&info.major, &info.minor),
+            Err(error) => {
+                tracing::warn!(%error, "API server version unknown: listing in pages");
+                false
+            }
+        },
+        fixed => fixed.decide("", ""),
+    };
     let settings = Settings {
+        streaming_lists,
         namespace: args.namespace,
         concurrency: args.concurrency,
         instance: if args.leader_elect {
@@ -201,4 +247,22 @@ pub async fn run(
         return Err("lost the leader-election Lease".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamingLists;
+
+    #[test]
+    fn lists_stream_where_the_api_server_enables_watch_list_by_default() {
+        let auto = |major, minor| StreamingLists::Auto.decide(major, minor);
+        assert!(!auto("1", "31"));
+        assert!(auto("1", "32"));
+        assert!(!auto("1", "33"));
+        assert!(auto("1", "34"));
+        assert!(auto("1", "35+"));
+        assert!(!auto("", "x"));
+        assert!(StreamingLists::Always.decide("1", "29"));
+        assert!(!StreamingLists::Never.decide("1", "34"));
+    }
 }

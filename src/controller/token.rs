@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -26,7 +26,7 @@ use crate::core::credential::{Credential, os_rng};
 use crate::core::schedule;
 use crate::core::token::plan::{self, Plan, Reason, Rules, Servers, Wake};
 use crate::core::token::secret::{self, TOKEN_LABEL};
-use crate::runtime::cache::{SecretCache, TokenCache};
+use crate::runtime::cache::{Claims, Kept, SecretCache, TokenCache};
 use crate::runtime::clock::now_seconds;
 use crate::runtime::dropped::Dropped;
 use crate::runtime::events::Events;
@@ -50,6 +50,19 @@ pub struct Settings {
     pub instance: Option<String>,
     /// The seal key and the installation's policy.
     pub rules: Rules,
+    /// List through a watch (`sendInitialEvents`), one object at a time, rather than in pages of
+    /// 500 decoded at once: what the first list after a restart holds in memory at its peak.
+    pub streaming_lists: bool,
+}
+
+/// How both caches list and watch.
+fn watch_config(settings: &Settings) -> watcher::Config {
+    let config = watcher::Config::default();
+    if settings.streaming_lists {
+        config.streaming_lists()
+    } else {
+        config
+    }
 }
 
 /// Consecutive failures of one token after which its error shows in status as `Ready=False,
@@ -145,33 +158,12 @@ pub async fn run(
     let (inputs_changed, inputs) = futures::channel::mpsc::unbounded::<()>();
     let secret_changed = inputs_changed.clone();
 
-    // Both caches drop managedFields (the bulk of each object; nothing here reads them), the token
-    // cache everything else no reconcile reads.
-    let secret_cache = Arc::new(SecretCache::json());
-    let secret_writer = secret_cache.clone();
-    let secret_events = watcher(
-        secrets,
-        watcher::Config::default().labels(&secret::managed_selector()),
-    )
-    .filter(not_gone)
-    .backoff(WatchBackoff::default())
-    .modify(|s: &mut Secret| s.metadata.managed_fields = None)
-    .inspect_ok(move |event| {
-        secret_writer.apply(event);
-        let _ = secret_changed.unbounded_send(());
-        secrets_synced.observe(Synced::SECRETS, event);
-        if matches!(event, watcher::Event::InitDone) {
-            listed.send_replace(true);
-            let _ = secrets_relisted.unbounded_send(());
-        }
-    })
-    .touched_objects();
-
     let token_cache = Arc::new(TokenCache::tokens());
     let token_writer = token_cache.clone();
     let wakeups = Arc::new(Wakeups::default());
     let forget = wakeups.clone();
-    let token_events = watcher(tokens, watcher::Config::default())
+    let (tokens_listed, tokens_listed_rx) = tokio::sync::watch::channel(false);
+    let token_events = watcher(tokens, watch_config(&settings))
         .filter(not_gone)
         .backoff(WatchBackoff::default())
         .modify(TokenObject::keep_what_is_read)
@@ -183,10 +175,45 @@ pub async fn run(
             let _ = inputs_changed.unbounded_send(());
             synced.observe(Synced::TOKENS, event);
             if matches!(event, watcher::Event::InitDone) {
+                tokens_listed.send_replace(true);
                 let _ = relisted.unbounded_send(());
             }
         })
         .applied_objects();
+    let (lookup, verifiers_changed, verifier_events, namespace_events) =
+        verifiers::watch(&client, settings.namespace.as_deref()).streams();
+
+    // Both caches drop managedFields (the bulk of each object; nothing here reads them), the token
+    // cache everything else no reconcile reads, the Secret cache every Secret no known token or
+    // verifier names. So the Secrets are listed after the tokens: listed before, a token Secret
+    // would come before its token and be read again from the API server.
+    let secret_cache = Arc::new(SecretCache::json(claims(&token_cache, &lookup)));
+    let secret_writer = secret_cache.clone();
+    let secret_watch = watcher(
+        secrets,
+        watch_config(&settings).labels(&secret::managed_selector()),
+    )
+    .filter(not_gone)
+    .backoff(WatchBackoff::default())
+    .modify(|s: &mut Secret| s.metadata.managed_fields = None);
+    let mut secret_watch = Some(secret_watch);
+    let secret_events = futures::stream::once(async move {
+        let mut listed = tokens_listed_rx;
+        // Err only when the token stream is gone, that is at shutdown.
+        let _ = listed.wait_for(|listed| *listed).await;
+    })
+    .filter_map(move |()| futures::future::ready(secret_watch.take()))
+    .flatten()
+    .inspect_ok(move |event| {
+        secret_writer.apply(event);
+        let _ = secret_changed.unbounded_send(());
+        secrets_synced.observe(Synced::SECRETS, event);
+        if matches!(event, watcher::Event::InitDone) {
+            listed.send_replace(true);
+            let _ = secrets_relisted.unbounded_send(());
+        }
+    })
+    .touched_objects();
 
     let reporter = Reporter {
         controller: MANAGER.to_owned(),
@@ -198,8 +225,6 @@ pub async fn run(
         series.state().iter().map(|t| token_view(t)).collect()
     }));
     let (retry, retries) = futures::channel::mpsc::unbounded();
-    let (lookup, verifiers_changed, verifier_events, namespace_events) =
-        verifiers::watch(&client, settings.namespace.as_deref()).streams();
     let (published, publications) = futures::channel::mpsc::unbounded();
     let verifier_shared = verifiers::Shared {
         client: client.clone(),
@@ -284,6 +309,26 @@ pub async fn run(
     futures::join!(token_controller, verifier_controller, event_sender);
     // A follower (or a stopped leader) exports no per-token series.
     metrics.set_tokens(Box::new(Vec::new));
+}
+
+/// The Secrets whose data the cache keeps: a token's own Secret (by the name its spec gives) and
+/// the outputs a verifier declares. Any other Secret that claims one of them as its controller is
+/// someone else's, kept as its identity ([`SecretCache`]).
+fn claims(tokens: &Arc<TokenCache>, lookup: &Lookup) -> Claims {
+    let tokens = tokens.clone();
+    let verifiers = lookup.verifiers.clone();
+    Arc::new(move |secret: &Secret, controller: &OwnerReference| {
+        let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        if controller.kind == ApiToken::kind(&()) {
+            let token = tokens.get(&key_from(Some(namespace), &controller.name));
+            token.is_some_and(|t| t.secret_name() == Some(name))
+        } else {
+            let key = ObjectRef::new(&controller.name).within(namespace);
+            let verifier = verifiers.get(&key);
+            verifier.is_some_and(|v| v.spec.outputs.iter().any(|o| o.secret_name == name))
+        }
+    })
 }
 
 /// The series one token shows on `/metrics`, from what the cache keeps without decoding it.
@@ -474,7 +519,20 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
     let secret_name = token.secret_name().to_owned();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::new(&secret_name).within(&ns);
-    let mut current: Option<Secret> = ctx.secrets.get(&key);
+    let mut current: Option<Secret> = match ctx.secrets.get(&key) {
+        Some(Kept::Whole(secret)) => Some(secret),
+        // Not known to be this token's when its event came, or over its budget in the cache.
+        Some(Kept::Trimmed(trimmed)) => {
+            ctx.metrics.secret_read();
+            let read = secrets
+                .get_opt(&secret_name)
+                .await
+                .map_err(read_error(&secret_name))?;
+            ctx.secrets.refresh(&key, &trimmed, read.clone());
+            read
+        }
+        None => None,
+    };
     // A Secret of another owner is not watched unless it carries our label, so the cache cannot say it
     // is gone: look before planning a create that would mint a credential only to be refused.
     let conflicted = token

@@ -8,21 +8,22 @@
 //! wins, and the cache still converges on the watch.
 //!
 //! What a cache keeps is its [`Storage`]: the token cache keeps each token compressed with the
-//! few fields read of every token beside it ([`CachedTokens`]), the Secret cache keeps JSON and
-//! drops the data of Secrets that are not tokenmint's ([`JsonSecrets`]).
+//! few fields read of every token beside it ([`CachedTokens`]), the Secret cache keeps JSON of the
+//! Secrets a known token or verifier names, and only the identity of every other ([`JsonSecrets`]).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::api::verifier::ApiTokenVerifier;
 use crate::api::{ApiToken, GROUP};
-use crate::core::token::secret::Packed;
+use crate::core::token::secret::{self, Packed};
 use crate::runtime::compact::{self, Dictionary};
 use crate::runtime::keys::{Key, key_from, meta_key};
 use crate::runtime::watched::{Cached, TokenObject};
@@ -155,15 +156,66 @@ impl Storage<TokenObject> for CachedTokens {
 /// ([`Packed`]). A reconcile deserializes the one Secret it needs, in microseconds.
 pub type SecretCache = Following<Secret, JsonSecrets>;
 
+/// Whether the controller a Secret names (an ApiToken or an ApiTokenVerifier in its namespace)
+/// is known and names that Secret as its own: the token's Secret, one of the verifier's outputs.
+pub type Claims = Arc<dyn Fn(&Secret, &OwnerReference) -> bool + Send + Sync>;
+
+/// What the cache holds of a Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kept {
+    /// All of it that tokenmint reads.
+    Whole(Secret),
+    /// Its identity only: name, namespace, uid, resourceVersion, deletionTimestamp, our labels and
+    /// its controller reference. Whoever needs more reads it from the API server
+    /// ([`SecretCache::refresh`]).
+    Trimmed(Secret),
+}
+
+impl Kept {
+    /// The Secret, whole or trimmed.
+    pub fn secret(&self) -> &Secret {
+        match self {
+            Kept::Whole(secret) | Kept::Trimmed(secret) => secret,
+        }
+    }
+
+    /// The Secret if the cache held all of it.
+    pub fn whole(self) -> Option<Secret> {
+        match self {
+            Kept::Whole(secret) => Some(secret),
+            Kept::Trimmed(_) => None,
+        }
+    }
+}
+
 impl SecretCache {
-    /// An empty Secret cache.
-    pub fn json() -> Self {
-        Following::new(JsonSecrets::default())
+    /// An empty Secret cache that keeps whole only the Secrets `claims` says are claimed.
+    pub fn json(claims: Claims) -> Self {
+        Following::new(JsonSecrets {
+            claims,
+            secrets: HashMap::new(),
+            relisting: None,
+        })
     }
 
     /// The Secret at `key`, as last seen.
-    pub fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
+    pub fn get(&self, key: &ObjectRef<Secret>) -> Option<Kept> {
         self.lock().get(key)
+    }
+
+    /// What a read from the API server found of a Secret the cache kept trimmed: kept in its place
+    /// if the cache still holds the version it replaces, whole if it is claimed by now (its token or
+    /// verifier was not known yet when its watch event came).
+    pub fn refresh(&self, key: &ObjectRef<Secret>, trimmed: &Secret, read: Option<Secret>) {
+        let based_on = trimmed.metadata.resource_version.as_deref();
+        let event = match read {
+            Some(mut secret) => {
+                secret.metadata.managed_fields = None;
+                watcher::Event::Apply(secret)
+            }
+            None => watcher::Event::Delete(trimmed.clone()),
+        };
+        self.advance(key, based_on, event);
     }
 
     /// The resourceVersion of the Secret at `key`, without decoding it: whoever derived something
@@ -175,19 +227,28 @@ impl SecretCache {
     }
 }
 
-impl Default for SecretCache {
-    fn default() -> Self {
-        SecretCache::json()
-    }
-}
-
 /// Secrets as JSON, with a relist swapped in only when complete (as a reflector does).
-#[derive(Default)]
+///
+/// Anyone who may create Secrets may give one our label and a controller reference to an ApiToken
+/// of theirs, and make it as large as the API server allows. So a Secret is kept whole only when
+/// [`Claims`] says its controller names it (one Secret per token, the declared outputs of each
+/// verifier), only with the data keys a token Secret has ([`secret::is_read_key`]), and only up to
+/// [`TOKEN_SECRET_BUDGET`]; anything else is kept as its identity, a few hundred bytes whatever
+/// it carries.
 pub struct JsonSecrets {
+    claims: Claims,
     secrets: HashMap<Key, StoredSecret>,
     /// A relist in progress.
     relisting: Option<HashMap<Key, StoredSecret>>,
 }
+
+/// The most a token Secret may take in the cache, compressed; one over it is kept trimmed and read
+/// from the API server by the reconcile that needs it. Ours take about 100 bytes; the largest a
+/// spec allows (64 scopes with 1 KiB filters) about 30 KiB.
+pub const TOKEN_SECRET_BUDGET: usize = 64 * 1024;
+
+/// The most a verifier output may take in the cache, compressed: an output holds at most 1 MiB.
+pub const OUTPUT_SECRET_BUDGET: usize = 2 * 1024 * 1024;
 
 fn key_of<K: kube::runtime::reflector::Lookup>(key: &ObjectRef<K>) -> Key {
     key_from(key.namespace.as_deref(), &key.name)
@@ -208,6 +269,50 @@ struct StoredSecret {
     /// ([`crate::runtime::compact`]).
     json: Box<[u8]>,
     packed: Packed,
+    whole: bool,
+}
+
+/// The controller reference of `secret` if its controller is one of our kinds.
+fn our_controller(secret: &Secret) -> Option<&OwnerReference> {
+    let controller = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let ours =
+        controller.kind == ApiToken::kind(&()) || controller.kind == ApiTokenVerifier::kind(&());
+    (ours && controller.api_version.starts_with(GROUP)).then_some(controller)
+}
+
+/// What a trimmed Secret keeps: enough to name it, to tell whose it is and which version it is.
+fn identity(secret: &Secret) -> Secret {
+    let meta = &secret.metadata;
+    let labels = meta.labels.as_ref().map(|labels| {
+        labels
+            .iter()
+            .filter(|(k, _)| secret::OUR_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    });
+    Secret {
+        metadata: ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            deletion_timestamp: meta.deletion_timestamp.clone(),
+            labels,
+            owner_references: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| vec![o.clone()]),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    }
 }
 
 impl JsonSecrets {
@@ -215,29 +320,34 @@ impl JsonSecrets {
         meta_key(&secret.metadata)
     }
 
-    /// Only a Secret controlled by an ApiToken or an ApiTokenVerifier keeps its data: any other Secret that carries our label
-    /// (anyone may set it) is kept as metadata, so nobody can grow the operator's memory with large
-    /// Secrets, and a foreign Secret's data is never held.
-    fn stored(secret: &Secret) -> Option<StoredSecret> {
-        let controlled = secret.metadata.owner_references.iter().flatten().any(|o| {
-            o.controller == Some(true)
-                && (o.kind == ApiToken::kind(&()) || o.kind == ApiTokenVerifier::kind(&()))
-                && o.api_version.starts_with(GROUP)
-        });
-        let kept = if controlled {
-            secret.clone()
-        } else {
-            Secret {
-                metadata: secret.metadata.clone(),
-                type_: secret.type_.clone(),
-                ..Secret::default()
-            }
-        };
-        let (json, packed) = Self::split(kept)?;
+    /// `secret` as kept: whole if claimed and within its budget, else trimmed.
+    fn stored(&self, secret: &Secret) -> Option<StoredSecret> {
+        let whole = our_controller(secret)
+            .filter(|controller| (self.claims)(secret, controller))
+            .and_then(|controller| {
+                let mut kept = secret.clone();
+                let budget = if controller.kind == ApiToken::kind(&()) {
+                    if let Some(data) = kept.data.as_mut() {
+                        data.retain(|k, _| secret::is_read_key(k));
+                    }
+                    TOKEN_SECRET_BUDGET
+                } else {
+                    OUTPUT_SECRET_BUDGET
+                };
+                let stored = Self::pack(kept, true)?;
+                (stored.json.len() + stored.packed.len() <= budget).then_some(stored)
+            });
+        whole.or_else(|| Self::pack(identity(secret), false))
+    }
+
+    fn pack(secret: Secret, whole: bool) -> Option<StoredSecret> {
+        let resource_version = secret.metadata.resource_version.as_deref().map(Into::into);
+        let (json, packed) = Self::split(secret)?;
         Some(StoredSecret {
-            resource_version: secret.metadata.resource_version.as_deref().map(Into::into),
+            resource_version,
             json: dictionary().pack(&json),
             packed,
+            whole,
         })
     }
 
@@ -247,21 +357,25 @@ impl JsonSecrets {
         Some((serde_json::to_vec(&secret).ok()?, packed))
     }
 
-    fn get(&self, key: &ObjectRef<Secret>) -> Option<Secret> {
+    fn get(&self, key: &ObjectRef<Secret>) -> Option<Kept> {
         let stored = self.secrets.get(&key_of(key))?;
         let mut secret: Secret =
             serde_json::from_slice(&dictionary().unpack(&stored.json)?).ok()?;
         if stored.packed != Packed::default() {
             stored.packed.restore(secret.data.get_or_insert_default());
         }
-        Some(secret)
+        Some(if stored.whole {
+            Kept::Whole(secret)
+        } else {
+            Kept::Trimmed(secret)
+        })
     }
 }
 
 impl Storage<Secret> for JsonSecrets {
     fn apply(&mut self, event: &watcher::Event<Secret>) {
         match event {
-            watcher::Event::Apply(secret) => match Self::stored(secret) {
+            watcher::Event::Apply(secret) => match self.stored(secret) {
                 Some(stored) => {
                     self.secrets.insert(Self::key(secret), stored);
                 }
@@ -274,7 +388,7 @@ impl Storage<Secret> for JsonSecrets {
             }
             watcher::Event::Init => self.relisting = Some(HashMap::new()),
             watcher::Event::InitApply(secret) => {
-                if let Some(stored) = Self::stored(secret) {
+                if let Some(stored) = self.stored(secret) {
                     self.relisting
                         .get_or_insert_default()
                         .insert(Self::key(secret), stored);
@@ -296,8 +410,18 @@ impl Storage<Secret> for JsonSecrets {
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
+
+    /// Claims as the operator's for tokens: a Secret is its controller's when it bears its name.
+    fn by_name() -> Claims {
+        Arc::new(|secret: &Secret, controller: &OwnerReference| {
+            secret.metadata.name.as_deref() == Some(controller.name.as_str())
+        })
+    }
+
+    fn cache() -> SecretCache {
+        SecretCache::json(by_name())
+    }
 
     fn secret(name: &str, version: &str, owned: bool) -> Secret {
         Secret {
@@ -330,12 +454,17 @@ mod tests {
     }
 
     fn version_of(cache: &SecretCache, name: &str) -> Option<String> {
-        cache.get(&key(name))?.metadata.resource_version
+        cache
+            .get(&key(name))?
+            .secret()
+            .metadata
+            .resource_version
+            .clone()
     }
 
     #[test]
     fn a_relist_is_served_only_once_complete_and_drops_what_is_gone() {
-        let cache = SecretCache::json();
+        let cache = cache();
         cache.apply(&watcher::Event::Apply(secret("a", "1", true)));
         cache.apply(&watcher::Event::Apply(secret("b", "1", true)));
         cache.apply(&watcher::Event::Init);
@@ -353,7 +482,7 @@ mod tests {
 
     #[test]
     fn our_write_replaces_only_the_version_it_was_based_on() {
-        let cache = SecretCache::json();
+        let cache = cache();
         cache.apply(&watcher::Event::Apply(secret("a", "1", true)));
         cache.advance(
             &key("a"),
@@ -373,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_create_lands_only_where_nothing_was_seen() {
-        let cache = SecretCache::json();
+        let cache = cache();
         cache.advance(
             &key("new"),
             None,
@@ -394,13 +523,116 @@ mod tests {
 
     #[test]
     fn secrets_that_are_not_tokenmints_are_kept_without_data() {
-        let cache = SecretCache::json();
+        let cache = cache();
         cache.apply(&watcher::Event::Apply(secret("mine", "1", true)));
         cache.apply(&watcher::Event::Apply(secret("ballast", "1", false)));
-        assert!(cache.get(&key("mine")).unwrap().data.is_some());
-        let ballast = cache.get(&key("ballast")).unwrap();
+        let mine = cache.get(&key("mine")).unwrap().whole().unwrap();
+        assert!(mine.data.is_some());
+        let Some(Kept::Trimmed(ballast)) = cache.get(&key("ballast")) else {
+            panic!("kept whole")
+        };
         assert!(ballast.data.is_none());
         assert_eq!(ballast.metadata.resource_version.as_deref(), Some("1"));
+    }
+
+    /// A Secret anyone could write: our label, a controller reference to the token `owner`, and
+    /// `bytes` of random data under `key`, among annotations and more owner references.
+    fn planted(name: &str, owner: &str, key: &str, bytes: usize) -> Secret {
+        let mut planted = secret(name, "7", true);
+        let reference = &mut planted.metadata.owner_references.as_mut().unwrap()[0];
+        reference.name = owner.into();
+        let mut junk = vec![0u8; bytes];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut junk);
+        planted
+            .data
+            .get_or_insert_default()
+            .insert(key.into(), ByteString(junk));
+        planted.metadata.labels = Some(BTreeMap::from([
+            (secret::MANAGED_BY_LABEL.into(), "tokenmint".into()),
+            ("team".into(), "x".repeat(60)),
+        ]));
+        planted.metadata.annotations = Some(BTreeMap::from([("note".into(), "y".repeat(bytes))]));
+        planted
+    }
+
+    fn kept_bytes(cache: &SecretCache, name: &str) -> usize {
+        let storage = cache.lock();
+        let stored = &storage.secrets[&key_of(&key(name))];
+        stored.json.len() + stored.packed.len()
+    }
+
+    #[test]
+    fn a_secret_its_controller_does_not_name_keeps_its_identity_only() {
+        let cache = cache();
+        for (name, data_key) in [("forged-1", "blob"), ("forged-2", "scopes")] {
+            cache.apply(&watcher::Event::Apply(planted(
+                name,
+                "bait",
+                data_key,
+                1 << 20,
+            )));
+            let Some(Kept::Trimmed(kept)) = cache.get(&key(name)) else {
+                panic!("{name} kept whole")
+            };
+            assert!(kept.data.is_none() && kept.metadata.annotations.is_none());
+            assert_eq!(
+                kept.metadata.uid,
+                planted(name, "bait", data_key, 0).metadata.uid
+            );
+            let labels = kept.metadata.labels.unwrap();
+            assert_eq!(
+                labels.keys().collect::<Vec<_>>(),
+                [secret::MANAGED_BY_LABEL]
+            );
+            assert_eq!(kept.metadata.owner_references.unwrap()[0].name, "bait");
+            assert!(
+                kept_bytes(&cache, name) < 512,
+                "{}",
+                kept_bytes(&cache, name)
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_secret_keeps_only_the_keys_tokenmint_reads_and_only_within_its_budget() {
+        let cache = cache();
+        // Its own token's Secret with someone's large key beside ours: the key is not kept.
+        let mut own = planted("bait", "bait", "blob", 1 << 20);
+        own.metadata.annotations = None;
+        cache.apply(&watcher::Event::Apply(own));
+        let kept = cache.get(&key("bait")).unwrap().whole().unwrap();
+        let data = kept.data.unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["password"]);
+        assert!(kept_bytes(&cache, "bait") < 1024);
+        // Filled under a key tokenmint reads: over the budget, trimmed, read from the API instead.
+        let full = planted("bait", "bait", "scopes", TOKEN_SECRET_BUDGET + 1);
+        cache.apply(&watcher::Event::Apply(full));
+        assert!(matches!(cache.get(&key("bait")), Some(Kept::Trimmed(_))));
+    }
+
+    #[test]
+    fn a_trimmed_secret_read_again_is_kept_whole_once_claimed() {
+        let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let known = claimed.clone();
+        let cache = SecretCache::json(Arc::new(move |_: &Secret, _: &OwnerReference| {
+            known.load(std::sync::atomic::Ordering::Relaxed)
+        }));
+        cache.apply(&watcher::Event::Apply(secret("t", "1", true)));
+        let Some(Kept::Trimmed(trimmed)) = cache.get(&key("t")) else {
+            panic!("its token was not known yet")
+        };
+        claimed.store(true, std::sync::atomic::Ordering::Relaxed);
+        cache.refresh(&key("t"), &trimmed, Some(secret("t", "1", true)));
+        assert_eq!(
+            cache.get(&key("t")),
+            Some(Kept::Whole(secret("t", "1", true)))
+        );
+        // A read that found it gone removes it; one based on a version no longer held changes nothing.
+        let stale = secret("t", "0", true);
+        cache.refresh(&key("t"), &stale, Some(secret("t", "2", true)));
+        assert_eq!(version_of(&cache, "t").as_deref(), Some("1"));
+        cache.refresh(&key("t"), &secret("t", "1", true), None);
+        assert!(cache.get(&key("t")).is_none());
     }
 
     #[test]
@@ -427,9 +659,9 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
             .collect(),
         );
-        let cache = SecretCache::json();
+        let cache = cache();
         cache.apply(&watcher::Event::Apply(seen.clone()));
-        assert_eq!(cache.get(&key("t")), Some(seen.clone()));
+        assert_eq!(cache.get(&key("t")), Some(Kept::Whole(seen.clone())));
         // What is kept: the Secret without the six forms, and the credential once.
         let storage = cache.lock();
         let stored = &storage.secrets[&key_of(&key("t"))];
@@ -442,14 +674,15 @@ mod tests {
     fn a_secret_like_the_sample_is_kept_in_a_third_of_its_json() {
         let mut seen = compact::issued().1.clone();
         seen.metadata.name = Some("payments-api".into());
+        seen.metadata.owner_references.as_mut().unwrap()[0].name = "payments-api".into();
         seen.metadata.uid = Some("5b0c6f3e-9a41-4d2b-8f7e-2c1d0a9b8e7f".into());
         seen.metadata.resource_version = Some("48213".into());
         let annotations = seen.metadata.annotations.as_mut().unwrap();
         annotations.insert(crate::core::seal::SEAL_ANNOTATION.into(), "x".repeat(43));
-        let cache = SecretCache::json();
+        let cache = cache();
         cache.apply(&watcher::Event::Apply(seen.clone()));
         let key = ObjectRef::new("payments-api").within("sample-namespace");
-        assert_eq!(cache.get(&key), Some(seen.clone()));
+        assert_eq!(cache.get(&key), Some(Kept::Whole(seen.clone())));
         let storage = cache.lock();
         let stored = &storage.secrets[&key_of(&key)];
         let json = JsonSecrets::split(seen).unwrap().0;

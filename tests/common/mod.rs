@@ -375,6 +375,14 @@ impl Process {
         harness::status_kib(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS for {pid}"))
     }
 
+    /// The most resident memory the process has had, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.what));
+        harness::status_kib(pid, "VmHWM").unwrap_or_else(|| panic!("no VmHWM for {pid}"))
+    }
+
     /// Whether the process is still running (a panic would have ended it).
     pub fn running(&mut self) -> bool {
         self.child
@@ -549,6 +557,11 @@ impl Operator {
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         self.process.rss_kib()
+    }
+
+    /// The most resident memory the process has had, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.process.peak_rss_kib()
     }
 
     /// Graceful stop: SIGTERM, then up to 10 s for the process to exit (SIGKILL after).

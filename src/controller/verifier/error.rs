@@ -5,6 +5,8 @@
 pub enum Error {
     #[error("ApiTokenVerifier has no namespace")]
     NoNamespace,
+    #[error("reading Secret {name}: {source}")]
+    ReadSecret { name: String, source: kube::Error },
     #[error("writing output Secret {name}: {source}")]
     WriteOutput { name: String, source: kube::Error },
     #[error("writing status: {0}")]

@@ -15,7 +15,7 @@ use crate::api::verifier::{ApiTokenVerifier, AudienceReason, AudienceStatus, Ver
 use crate::core::credential::Credential;
 use crate::core::verifier::render::{self, Rendering, TokenRef};
 use crate::core::verifier::trust::{Candidate, Trust, Verdict};
-use crate::runtime::cache::SecretCache;
+use crate::runtime::cache::{Kept, SecretCache};
 
 /// The verifier and namespace stores, also read by the token controller for `status.audiences`.
 #[derive(Clone)]
@@ -138,6 +138,7 @@ impl Accepting<'_> {
         self.outputs.iter().all(|(rendering, secret, key)| {
             self.secrets
                 .get(secret)
+                .and_then(Kept::whole)
                 .and_then(|s| s.data)
                 .and_then(|mut d| d.remove(key))
                 .is_some_and(|data| render::holds(*rendering, &data.0, credential))

@@ -38,7 +38,7 @@ use crate::core::verifier::publishable;
 use crate::core::verifier::render::{self, Entry, ObservedOutputs, TokenCredentials, TokenRef};
 use crate::core::verifier::status::Outcome;
 use crate::core::verifier::trust::Verdict;
-use crate::runtime::cache::{SecretCache, TokenCache};
+use crate::runtime::cache::{Kept, SecretCache, TokenCache};
 use crate::runtime::clock::now_seconds;
 use crate::runtime::coalesce::coalesce;
 use crate::runtime::keys::key_from;
@@ -197,7 +197,7 @@ async fn render_outputs(
             continue;
         }
         match verdict(&valid.trust, &token, &shared.lookup) {
-            Verdict::Accepted => accepted.extend(read_credentials(ctx, &token, now)),
+            Verdict::Accepted => accepted.extend(read_credentials(ctx, &token, now).await?),
             Verdict::Rejected(_) => rejected += 1,
             Verdict::NotNamed => {}
         }
@@ -215,7 +215,22 @@ async fn render_outputs(
     let mut foreign = Vec::new();
     for output in &valid.outputs {
         let key = ObjectRef::new(&output.secret_name).within(&ns);
-        match shared.secrets.get(&key) {
+        let secret = match shared.secrets.get(&key) {
+            Some(Kept::Trimmed(trimmed)) if controlled_by(&trimmed, &uid) => {
+                // Kept trimmed when its event came before this verifier was known: read it once.
+                let read = secrets
+                    .get_opt(&output.secret_name)
+                    .await
+                    .map_err(|source| Error::ReadSecret {
+                        name: output.secret_name.clone(),
+                        source,
+                    })?;
+                shared.secrets.refresh(&key, &trimmed, read.clone());
+                read
+            }
+            kept => kept.map(|k| k.secret().clone()),
+        };
+        match secret {
             Some(secret) if controlled_by(&secret, &uid) => {
                 current.insert(output.secret_name.clone(), secret);
             }
@@ -330,14 +345,22 @@ async fn render_outputs(
 
 /// [`publishable::credentials`], from what the last render read when neither the token nor its Secret has
 /// changed since.
-fn read_credentials(ctx: &Context, token: &ApiToken, now: Timestamp) -> Option<TokenCredentials> {
+async fn read_credentials(
+    ctx: &Context,
+    token: &ApiToken,
+    now: Timestamp,
+) -> Result<Option<TokenCredentials>, Error> {
     let expired = token.spec.expires_at.as_ref().is_some_and(|t| t.0 <= now);
     if token.spec.revoked == Some(true) || expired {
-        return None;
+        return Ok(None);
     }
-    let ns = token.metadata.namespace.clone()?;
+    let Some(ns) = token.metadata.namespace.clone() else {
+        return Ok(None);
+    };
     let key = ObjectRef::new(token.secret_name()).within(&ns);
-    let secret_version = ctx.shared.secrets.resource_version(&key)?;
+    let Some(secret_version) = ctx.shared.secrets.resource_version(&key) else {
+        return Ok(None);
+    };
     let token_version = token.metadata.resource_version.clone();
     {
         let read = ctx.read.lock().unwrap_or_else(PoisonError::into_inner);
@@ -345,13 +368,28 @@ fn read_credentials(ctx: &Context, token: &ApiToken, now: Timestamp) -> Option<T
             && r.token_version == token_version
             && r.secret_version == secret_version
         {
-            return r.credentials.clone();
+            return Ok(r.credentials.clone());
         }
     }
-    let credentials =
-        ctx.shared.secrets.get(&key).and_then(|secret| {
-            publishable::credentials(token, &secret, &ctx.shared.rules.key, now)
-        });
+    let secret = match ctx.shared.secrets.get(&key) {
+        Some(Kept::Whole(secret)) => Some(secret),
+        // Over its budget in the cache, or seen before its token was: read it once per version.
+        Some(Kept::Trimmed(trimmed)) => {
+            let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
+            let read =
+                api.get_opt(token.secret_name())
+                    .await
+                    .map_err(|source| Error::ReadSecret {
+                        name: token.secret_name().to_owned(),
+                        source,
+                    })?;
+            ctx.shared.secrets.refresh(&key, &trimmed, read.clone());
+            read
+        }
+        None => None,
+    };
+    let credentials = secret
+        .and_then(|secret| publishable::credentials(token, &secret, &ctx.shared.rules.key, now));
     let mut read = ctx.read.lock().unwrap_or_else(PoisonError::into_inner);
     // Forget Secrets that are gone, now and then (each read adds at most one entry).
     if read.len() > 64 && read.len().is_power_of_two() {
@@ -365,7 +403,7 @@ fn read_credentials(ctx: &Context, token: &ApiToken, now: Timestamp) -> Option<T
             credentials: credentials.clone(),
         },
     );
-    credentials
+    Ok(credentials)
 }
 
 fn error_policy(verifier: Arc<ApiTokenVerifier>, error: &Error, _: Arc<Context>) -> Action {

@@ -92,6 +92,19 @@ const SEALED_ANNOTATIONS: [&str; 7] = [
     PREVIOUS_RETIRES_AT_ANNOTATION,
 ];
 
+/// Labels tokenmint puts on the Secrets it writes, token Secrets and verifier outputs.
+pub const OUR_LABELS: [&str; 3] = [
+    MANAGED_BY_LABEL,
+    TOKEN_LABEL,
+    crate::api::verifier::VERIFIER_LABEL,
+];
+
+/// Whether tokenmint writes and reads `key` in a token Secret: the credential in every form, the
+/// staged and previous credentials, role and scopes. Keys others add are left alone, never read.
+pub fn is_read_key(key: &str) -> bool {
+    CREDENTIAL_KEYS.contains(&key) || NEXT_KEYS.contains(&key) || key == "role" || key == "scopes"
+}
+
 /// Label selector matching every Secret tokenmint manages.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")

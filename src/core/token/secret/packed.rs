@@ -40,6 +40,16 @@ pub(super) fn group_forms(prefix: &str, credential: &Credential) -> Vec<(String,
 }
 
 impl Packed {
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Takes out of `data` every credential group that is exactly the forms of one credential.
     pub fn take(data: &mut BTreeMap<String, ByteString>) -> Packed {
         let mut packed = Vec::new();
