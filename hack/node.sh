@@ -241,5 +241,8 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   import) import "${2:-}" ;;
-  *) echo "usage: hack/node.sh up|down|status|import ARCHIVE" >&2; exit 2 ;;
+  # SIGKILL of one container's process (as the kernel's OOM killer or a crash would end it): the
+  # tests' way to kill a pod without the graceful stop that `kubectl delete --force` still gives.
+  kill) ctr_ tasks kill --signal SIGKILL "${2:?container id}" ;;
+  *) echo "usage: hack/node.sh up|down|status|import ARCHIVE|kill CONTAINER_ID" >&2; exit 2 ;;
 esac

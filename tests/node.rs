@@ -6,21 +6,59 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::helm::{Release, chart, helm};
 use common::tokens::*;
-use common::verifiers::{create_map_verifier, wait_published};
+use common::verifiers::{create_map_verifier, create_verifier, wait_published};
 use common::*;
-use futures::{AsyncBufReadExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{LogParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions::is_pod_running};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokenmint::core::sha256_map::key as sha256_hex;
+
+/// The node, shared: a test that cordons it (a drain) holds it alone, every other node test holds
+/// it for reading, so no pod of theirs waits on a cordoned node.
+static NODE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// `helm install` of the chart as release `ns` in `ns`, scoped to it (a Role, not a ClusterRole:
+/// other tests' operators run beside it), with the image `make image` built and `sets` besides;
+/// waits until its pods are ready. The returned [`Release`] cleans up its cluster-scoped objects.
+fn install_chart(ns: &TestNs, sets: &[&str]) -> Release {
+    let kubeconfig = kubeconfig_path();
+    let watch = format!("watchNamespace={}", ns.name);
+    let mut args = vec![
+        "install",
+        &ns.name,
+        "--namespace",
+        &ns.name,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--set",
+        &watch,
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "120s",
+    ];
+    let chart = chart();
+    args.insert(2, &chart);
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    // Made first: a failed install still has its cluster-scoped objects removed.
+    let release = Release(ns.name.clone());
+    helm(&args);
+    release
+}
 
 /// The image every test pod runs: Debian's static busybox, built and imported by `make cluster-up`.
 const TOOLBOX: &str = "tokenmint.local/toolbox:1";
@@ -61,6 +99,7 @@ done"#;
 
 #[tokio::test]
 async fn a_pod_reads_its_credential_and_the_kubelet_refreshes_the_mounted_file_after_a_rotation() {
+    let _node = NODE.read().await;
     let ns = TestNs::new("node-consumer").await;
     let _op = Operator::start(&ns).await;
     let before = issue(&ns, "app", spec("reader")).await;
@@ -145,7 +184,7 @@ async fn the_chart_runs_the_operator_on_the_node_and_an_upgrade_remints_nothing(
     ensure_crds();
     let ns = TestNs::new("node-chart").await;
     let release = ns.name.clone();
-    let _release = Release(release.clone());
+    let _node = NODE.read().await;
     let kubeconfig = kubeconfig_path();
     let kubeconfig = kubeconfig.to_str().unwrap();
     let helm_in_ns = |args: &[&str]| {
@@ -154,22 +193,8 @@ async fn the_chart_runs_the_operator_on_the_node_and_an_upgrade_remints_nothing(
         helm(&all)
     };
     let chart = chart();
-    let watch = format!("watchNamespace={release}");
     let started = Instant::now();
-    helm_in_ns(&[
-        "install",
-        &release,
-        &chart,
-        "--set",
-        "replicas=2",
-        "--set",
-        &watch,
-        "--set",
-        "image.pullPolicy=Never",
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
+    let _release = install_chart(&ns, &["replicas=2"]);
     eprintln!("node: helm install --wait took {:?}", started.elapsed());
     let fullname = format!("{release}-tokenmint");
 
@@ -450,34 +475,17 @@ async fn authz_on_the_node_lets_a_client_in_and_refuses_it_after_a_revocation_bo
     ensure_crds();
     let ns = TestNs::new("node-authz").await;
     let release = ns.name.clone();
-    let _release = Release(release.clone());
-    let kubeconfig = kubeconfig_path();
+    let _node = NODE.read().await;
     create_map_verifier(&ns, "api", "api-tokens").await;
-    let watch = format!("watchNamespace={release}");
-    helm(&[
-        "install",
-        &release,
-        &chart(),
-        "--namespace",
-        &release,
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--set",
-        &watch,
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "authz.enabled=true",
-        "--set",
-        "authz.verifier.name=api",
-        "--set",
-        "authz.output=api-tokens",
-        "--set",
-        "authz.replicas=1",
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
+    let _release = install_chart(
+        &ns,
+        &[
+            "authz.enabled=true",
+            "authz.verifier.name=api",
+            "authz.output=api-tokens",
+            "authz.replicas=1",
+        ],
+    );
     let issued = issue(
         &ns,
         "client",
@@ -537,4 +545,247 @@ async fn authz_on_the_node_lets_a_client_in_and_refuses_it_after_a_revocation_bo
         file - revoked
     );
     ns.cleanup().await;
+}
+
+/// Every credential each token Secret in `ns` has held, as a watch saw them: a token minted twice
+/// (a rotation repeated by a new leader, say) shows a credential more than its rotations explain.
+struct Minted(std::sync::Arc<std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>>);
+
+impl Minted {
+    fn watch(ns: &TestNs) -> Minted {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let sink = seen.clone();
+        let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=tokenmint");
+        let events = watcher(ns.api::<Secret>(), config).applied_objects();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(Ok(secret)) = events.next().await {
+                let held = secret.data.as_ref().and_then(|d| d.get("password"));
+                let Some(password) = held.map(|p| String::from_utf8_lossy(&p.0).into_owned())
+                else {
+                    continue;
+                };
+                let name = secret.metadata.name.unwrap_or_default();
+                let mut seen = sink.lock().unwrap();
+                seen.entry(name)
+                    .or_insert_with(BTreeSet::new)
+                    .insert(password);
+            }
+        });
+        Minted(seen)
+    }
+
+    /// The distinct credentials Secret `name` has held so far.
+    fn count(&self, name: &str) -> usize {
+        self.0.lock().unwrap().get(name).map_or(0, BTreeSet::len)
+    }
+}
+
+/// Waits (longer than [`WAIT`]: a new leader takes the Lease only once it has expired) until token
+/// `name` is Active with `rotations` rotations, and returns it.
+async fn settled(ns: &TestNs, name: &str, rotations: u64) -> tokenmint::api::ApiToken {
+    wait_for(
+        &format!("{name} Active after {rotations} rotations"),
+        Duration::from_secs(120),
+        || async {
+            let t = token(ns, name).await;
+            let status = t.status.as_ref()?;
+            let active = status.phase == Some(tokenmint::api::Phase::Active);
+            (active && status.rotations == Some(rotations)).then_some(t)
+        },
+    )
+    .await
+}
+
+/// Token `name` as it must be after `rotations` rotations, each minted once: the Secret's
+/// credential is the one status records, and the watch saw no other.
+async fn minted_once(ns: &TestNs, minted: &Minted, name: &str, rotations: u64) {
+    let t = settled(ns, name, rotations).await;
+    let held = creds(ns, name).await;
+    assert_eq!(
+        status_of(&t).fingerprint.as_deref(),
+        Some(tokenmint::core::credential::fingerprint_of(&held.bearer).as_str()),
+        "{name}: the Secret holds a credential status does not record"
+    );
+    assert_eq!(
+        minted.count(name),
+        usize::try_from(rotations).unwrap() + 1,
+        "{name}: credentials minted"
+    );
+}
+
+/// The chart with two replicas; 20 tokens, served by a verifier whose publishDelay holds each
+/// rotation between staging and promotion, start rotating; once every next credential is staged
+/// and published, `fault` strikes the leader's pod, and 5 more tokens are created. The work is
+/// finished by whoever leads next, and every token ends with exactly the credentials its rotations
+/// explain.
+async fn fault_mid_rotation(prefix: &str, fault: impl AsyncFnOnce(&TestNs, &Pod)) {
+    ensure_crds();
+    let _node = NODE.read().await;
+    let ns = TestNs::new(prefix).await;
+    let _release = install_chart(&ns, &["replicas=2"]);
+    let fullname = format!("{}-tokenmint", ns.name);
+    let spec = json!({"publishDelay": "8s", "outputs": [{"secretName": "api-tokens", "format": "sha256-map"}]});
+    create_verifier(&ns, "api", spec).await;
+    let minted = Minted::watch(&ns);
+    let names: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
+    let served = || spec_of(json!({"role": "reader", "audiences": ["api"]}));
+    for name in &names {
+        create(&ns, name, served()).await;
+    }
+    for name in &names {
+        settled(&ns, name, 0).await;
+    }
+    let leader = lease_holder(&ns, &fullname).await;
+    for name in &names {
+        annotate(&ns, name, tokenmint::api::ROTATE_ANNOTATION, "r1").await;
+    }
+    for name in &names {
+        wait_for(
+            &format!("{name}'s next credential staged"),
+            WAIT,
+            || async { status_of(&token(&ns, name).await).next.as_ref().map(|_| ()) },
+        )
+        .await;
+    }
+    let struck = Instant::now();
+    fault(&ns, &ns.api::<Pod>().get(&leader).await.unwrap()).await;
+    for name in &names {
+        let rotations = status_of(&token(&ns, name).await).rotations;
+        assert_eq!(rotations, Some(0), "{name} was promoted before the fault");
+    }
+    let late: Vec<String> = (0..5).map(|i| format!("late{i}")).collect();
+    for name in &late {
+        create(&ns, name, served()).await;
+    }
+    for name in &names {
+        minted_once(&ns, &minted, name, 1).await;
+    }
+    for name in &late {
+        minted_once(&ns, &minted, name, 0).await;
+    }
+    let now_leading = lease_holder(&ns, &fullname).await;
+    eprintln!(
+        "node: every token settled {:?} after the fault on {leader}; {now_leading} leads",
+        struck.elapsed()
+    );
+    ns.cleanup().await;
+}
+
+/// SIGKILL of the leader's process: no graceful stop, the Lease not released (its container
+/// restarts in the same pod, whose identity may take the Lease at once).
+#[tokio::test]
+async fn killing_the_leader_mid_rotation_loses_no_token_and_mints_nothing_twice() {
+    fault_mid_rotation("node-kill", async |_, pod: &Pod| {
+        let status = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref());
+        let container = status.unwrap()[0].container_id.clone().unwrap();
+        let out = Command::new(format!("{REPO}/hack/node.sh"))
+            .args(["kill", container.trim_start_matches("containerd://")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+}
+
+/// The leader's pod deleted: it stops gracefully and releases the Lease; the other replica leads.
+#[tokio::test]
+async fn deleting_the_leader_pod_mid_rotation_loses_no_token_and_mints_nothing_twice() {
+    fault_mid_rotation("node-delete", async |ns: &TestNs, pod: &Pod| {
+        let name = pod.metadata.name.as_deref().unwrap();
+        ok(kubectl(&[
+            "delete",
+            "pod",
+            name,
+            "-n",
+            &ns.name,
+            "--wait=false",
+        ]));
+    })
+    .await;
+}
+
+/// The node drained of the operator's pods (both replicas evicted, the node cordoned, so none
+/// can run), a token created and another rotated meanwhile, then uncordoned: nothing happened
+/// while no operator ran, everything happens once after, and no token was lost or re-minted.
+#[tokio::test]
+async fn draining_and_uncordoning_the_node_loses_no_token_and_mints_nothing_twice() {
+    ensure_crds();
+    // A cordoned node schedules nothing: no other node test runs meanwhile.
+    let _node = NODE.write().await;
+    let ns = TestNs::new("node-drain").await;
+    let _release = install_chart(&ns, &["replicas=2"]);
+    let minted = Minted::watch(&ns);
+    let names = ["a", "b", "c"];
+    for name in names {
+        issue(&ns, name, spec("reader")).await;
+    }
+    let node = ok(kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]));
+    let _uncordon = Uncordon(node.clone());
+    let selector = format!("app.kubernetes.io/instance={}", ns.name);
+    let drained = Instant::now();
+    ok(kubectl(&[
+        "drain",
+        &node,
+        "--pod-selector",
+        &selector,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout",
+        "90s",
+    ]));
+    eprintln!("node: drained of the operator in {:?}", drained.elapsed());
+    let pods = ns.api::<Pod>();
+    let running = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+    assert_eq!(
+        running.count(),
+        0,
+        "an operator pod runs on the drained node"
+    );
+
+    create(&ns, "during", spec("reader")).await;
+    annotate(&ns, "a", tokenmint::api::ROTATE_ANNOTATION, "r1").await;
+    // Written by nobody while no operator runs (the annotation's write is the last event; the
+    // token has no status yet).
+    assert!(token(&ns, "during").await.status.is_none());
+
+    ok(kubectl(&["uncordon", &node]));
+    let uncordoned = Instant::now();
+    minted_once(&ns, &minted, "during", 0).await;
+    minted_once(&ns, &minted, "a", 1).await;
+    for name in ["b", "c"] {
+        minted_once(&ns, &minted, name, 0).await;
+    }
+    eprintln!(
+        "node: caught up {:?} after the uncordon",
+        uncordoned.elapsed()
+    );
+    ns.cleanup().await;
+}
+
+/// Uncordons the node on drop, whatever the test did before failing.
+struct Uncordon(String);
+
+impl Drop for Uncordon {
+    fn drop(&mut self) {
+        let _ = kubectl(&["uncordon", &self.0]);
+    }
 }
