@@ -10,6 +10,7 @@ mod common;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -19,8 +20,61 @@ use common::nginx::{Connection, Nginx};
 use common::tokens::*;
 use common::verifiers::create_map_verifier;
 use common::{Operator, TestNs, free_addr};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::watcher;
 use serde_json::json;
-use tokenmint::core::sha256_map::key as presented_hash;
+use tokenmint::core::sha256_map::{has_key, key as presented_hash};
+
+/// When one revocation reached each hop, from its patch; `None` where the watch here missed it.
+struct Hops {
+    emptied: Option<Duration>,
+    published: Option<Duration>,
+    refused: Duration,
+}
+
+/// One hop's time, from a revocation's [`Hops`].
+type Hop = fn(&Hops) -> Option<Duration>;
+
+/// Each version of the Secrets in a namespace with the instant its watch event arrived here.
+struct Arrivals(Arc<Mutex<Vec<(Instant, Secret)>>>);
+
+impl Arrivals {
+    fn record(api: kube::Api<Secret>) -> Arrivals {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+            while let Some(event) = events.next().await {
+                let secret = match event {
+                    Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => secret,
+                    // A revoked token's Secret is deleted: recorded as holding nothing.
+                    Ok(watcher::Event::Delete(secret)) => Secret {
+                        data: None,
+                        ..secret
+                    },
+                    _ => continue,
+                };
+                sink.lock().unwrap().push((Instant::now(), secret));
+            }
+        });
+        Arrivals(seen)
+    }
+
+    /// How long after `since` the first version of Secret `name` for which `pred` holds arrived.
+    fn first(
+        &self,
+        name: &str,
+        since: Instant,
+        pred: impl Fn(&Secret) -> bool,
+    ) -> Option<Duration> {
+        let seen = self.0.lock().unwrap();
+        seen.iter()
+            .filter(|(at, s)| *at >= since && s.metadata.name.as_deref() == Some(name))
+            .find(|(_, s)| pred(s))
+            .map(|(at, _)| at.duration_since(since))
+    }
+}
 
 /// Connections kept busy by the load generator, for every load measurement.
 const CONNECTIONS: usize = 16;
@@ -233,6 +287,9 @@ async fn authz_bench() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Every version of the token Secrets and of the output, as a watch here saw it arrive: where
+    // each revocation spent its time.
+    let arrivals = Arrivals::record(ns.api::<Secret>());
     let mut revoke = async |name: &str, bearer: &str| {
         let asked = Instant::now();
         set_spec(&ns, name, json!({"revoked": true})).await.unwrap();
@@ -240,7 +297,15 @@ async fn authz_bench() {
             assert!(asked.elapsed() < WAIT, "a revoked token never refused");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        asked.elapsed()
+        let refused = asked.elapsed();
+        let token = bearer.trim_start_matches("Bearer ");
+        Hops {
+            emptied: arrivals.first(name, asked, |s| !data(s).contains_key("password")),
+            published: arrivals.first("api-tokens", asked, |s| {
+                s.data.iter().flatten().all(|(_, v)| !has_key(&v.0, token))
+            }),
+            refused,
+        }
     };
     let mut took = Vec::new();
     for (name, bearer) in &bearers[..REVOCATIONS] {
@@ -251,21 +316,40 @@ async fn authz_bench() {
         tokio::time::sleep(SPACED).await;
         isolated.push(revoke(name, bearer).await);
     }
-    for (took, what) in [
-        (&mut took, format!("{REVOCATIONS} tokens one after another")),
+    println!(
+        "\n| revocation (patch `revoked: true`) → | tokens | p50 | p99 | max |\n|---|---|---|---|---|"
+    );
+    for (hops, what) in [
+        (&took, format!("{REVOCATIONS} one after another")),
         (
-            &mut isolated,
-            format!("{ISOLATED} tokens, each {SPACED:?} after the last refusal"),
+            &isolated,
+            format!("{ISOLATED}, each {SPACED:?} after the last refusal"),
         ),
     ] {
-        took.sort();
-        println!(
-            "\nrevocation (patch `revoked: true`) → first refused request at nginx, {what}: p50 {}, \
-             p99 {}, max {}",
-            ms(percentile(took, 50.0)),
-            ms(percentile(took, 99.0)),
-            ms(*took.last().unwrap())
-        );
+        let lines: [(&str, Hop); 4] = [
+            ("token Secret deleted or emptied (token controller)", |h| {
+                h.emptied
+            }),
+            ("gone from the output (verifier render and write)", |h| {
+                h.published
+            }),
+            (
+                "first refusal at nginx after the output changed (authz)",
+                |h| Some(h.refused.checked_sub(h.published?).unwrap_or_default()),
+            ),
+            ("first refusal at nginx", |h| Some(h.refused)),
+        ];
+        for (hop, of) in lines {
+            let mut seen: Vec<Duration> = hops.iter().filter_map(of).collect();
+            seen.sort();
+            let Some(max) = seen.last() else { continue };
+            println!(
+                "| {hop} | {what} | {} | {} | {} |",
+                ms(percentile(&seen, 50.0)),
+                ms(percentile(&seen, 99.0)),
+                ms(*max)
+            );
+        }
     }
     ns.cleanup().await;
 }
