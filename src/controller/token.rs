@@ -162,7 +162,6 @@ pub async fn run(
     let token_writer = token_cache.clone();
     let wakeups = Arc::new(Wakeups::default());
     let forget = wakeups.clone();
-    let (tokens_listed, tokens_listed_rx) = tokio::sync::watch::channel(false);
     let token_events = watcher(tokens, watch_config(&settings))
         .filter(not_gone)
         .backoff(WatchBackoff::default())
@@ -175,7 +174,6 @@ pub async fn run(
             let _ = inputs_changed.unbounded_send(());
             synced.observe(Synced::TOKENS, event);
             if matches!(event, watcher::Event::InitDone) {
-                tokens_listed.send_replace(true);
                 let _ = relisted.unbounded_send(());
             }
         })
@@ -184,26 +182,16 @@ pub async fn run(
         verifiers::watch(&client, settings.namespace.as_deref()).streams();
 
     // Both caches drop managedFields (the bulk of each object; nothing here reads them), the token
-    // cache everything else no reconcile reads, the Secret cache every Secret no known token or
-    // verifier names. So the Secrets are listed after the tokens: listed before, a token Secret
-    // would come before its token and be read again from the API server.
+    // cache everything else no reconcile reads, the Secret cache every Secret no token names.
     let secret_cache = Arc::new(SecretCache::json(claims(&token_cache, &lookup)));
     let secret_writer = secret_cache.clone();
-    let secret_watch = watcher(
+    let secret_events = watcher(
         secrets,
         watch_config(&settings).labels(&secret::managed_selector()),
     )
     .filter(not_gone)
     .backoff(WatchBackoff::default())
-    .modify(|s: &mut Secret| s.metadata.managed_fields = None);
-    let mut secret_watch = Some(secret_watch);
-    let secret_events = futures::stream::once(async move {
-        let mut listed = tokens_listed_rx;
-        // Err only when the token stream is gone, that is at shutdown.
-        let _ = listed.wait_for(|listed| *listed).await;
-    })
-    .filter_map(move |()| futures::future::ready(secret_watch.take()))
-    .flatten()
+    .modify(|s: &mut Secret| s.metadata.managed_fields = None)
     .inspect_ok(move |event| {
         secret_writer.apply(event);
         let _ = secret_changed.unbounded_send(());
@@ -311,9 +299,14 @@ pub async fn run(
     metrics.set_tokens(Box::new(Vec::new));
 }
 
-/// The Secrets whose data the cache keeps: a token's own Secret (by the name its spec gives) and
-/// the outputs a verifier declares. Any other Secret that claims one of them as its controller is
-/// someone else's, kept as its identity ([`SecretCache`]).
+/// The Secrets whose data the cache keeps: a token's own Secret and the outputs a verifier
+/// declares. Any other Secret that claims one of them as its controller is someone else's, kept as
+/// its identity ([`SecretCache`]).
+///
+/// A token's Secret is the one named as the token (the default `secretName`: one Secret per token
+/// whatever else anyone writes, and known as such before the token is, so the two caches list at
+/// once), or the one a known token's `secretName` gives. Verifier outputs need the verifier: one
+/// seen before it is kept trimmed until the verifier's first render reads it again.
 fn claims(tokens: &Arc<TokenCache>, lookup: &Lookup) -> Claims {
     let tokens = tokens.clone();
     let verifiers = lookup.verifiers.clone();
@@ -321,8 +314,10 @@ fn claims(tokens: &Arc<TokenCache>, lookup: &Lookup) -> Claims {
         let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
         let name = secret.metadata.name.as_deref().unwrap_or_default();
         if controller.kind == ApiToken::kind(&()) {
-            let token = tokens.get(&key_from(Some(namespace), &controller.name));
-            token.is_some_and(|t| t.secret_name() == Some(name))
+            controller.name == name || {
+                let token = tokens.get(&key_from(Some(namespace), &controller.name));
+                token.is_some_and(|t| t.secret_name() == Some(name))
+            }
         } else {
             let key = ObjectRef::new(&controller.name).within(namespace);
             let verifier = verifiers.get(&key);
