@@ -4,14 +4,17 @@
 # git, keyed by what goes into them. Prints the directory holding the archives:
 #   pause.tar    tokenmint.local/pause:1    the pod sandbox (hack/node/pause.c, static)
 #   toolbox.tar  tokenmint.local/toolbox:1  Debian's static busybox: sh, cat, nc, ... for test pods
+#   nginx.tar    tokenmint.local/nginx:1    Debian's nginx with exactly the libraries it links: the
+#                                           gateway in front of a tokenmint authz sidecar
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/install-node.sh"
+nginx=$("$here/install-nginx.sh")
 cache_root="${TOKENMINT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmint}"
-key=$( { cat "$here/node/pause.c" "$0"; sha256sum /bin/busybox; } | sha256sum | cut -c1-12)
+key=$( { cat "$here/node/pause.c" "$0"; sha256sum /bin/busybox "$nginx"; } | sha256sum | cut -c1-12)
 out="$cache_root/images-$key"
-if [ -f "$out/pause.tar" ] && [ -f "$out/toolbox.tar" ]; then
+if [ -f "$out/pause.tar" ] && [ -f "$out/toolbox.tar" ] && [ -f "$out/nginx.tar" ]; then
   echo "$out"
   exit 0
 fi
@@ -47,7 +50,18 @@ for applet in sh cat cp cut date echo env grep head ls nc printf sleep sha256sum
 done
 image toolbox tokenmint.local/toolbox:1 /bin/sh
 
+# No shell, no package: the binary, the libraries ldd names (the loader among them) and a /tmp.
+# Its config comes from a ConfigMap; nothing under /etc/nginx is used.
+mkdir -p "$work/nginx-root/usr/sbin" "$work/nginx-root/tmp"
+chmod 1777 "$work/nginx-root/tmp"
+cp "$nginx" "$work/nginx-root/usr/sbin/nginx"
+for lib in $(ldd "$nginx" | grep -o '/[^ ]*'); do
+  mkdir -p "$work/nginx-root$(dirname "$lib")"
+  cp -L "$lib" "$work/nginx-root$lib"
+done
+image nginx tokenmint.local/nginx:1 /usr/sbin/nginx
+
 rm -rf "$out"
 mv "$out.tmp" "$out"
-echo "build-images: built pause and toolbox in $(( $(date +%s) - start ))s" >&2
+echo "build-images: built pause, toolbox and nginx in $(( $(date +%s) - start ))s" >&2
 echo "$out"

@@ -17,7 +17,7 @@ use common::verifiers::{create_map_verifier, create_verifier, wait_published};
 use common::*;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{LogParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions::is_pod_running};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -386,44 +386,98 @@ fn operator_image() -> String {
     format!("ghcr.io/tokenmint/tokenmint:{version}")
 }
 
-/// tokenmint authz reading the verifier's output Secret mounted as a file (`--file`), as a pod of
-/// its own.
-fn mounted_authz(output: &str) -> Pod {
+/// nginx in the gateway pod: the README's `auth_request` pattern asking the authz sidecar on
+/// loopback, in front of an app (a second server here, answering with the role it was given).
+const GATEWAY_NGINX: &str = r#"
+daemon off;
+pid /tmp/nginx.pid;
+error_log stderr notice;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path /tmp/body; proxy_temp_path /tmp/proxy; fastcgi_temp_path /tmp/fastcgi;
+  uwsgi_temp_path /tmp/uwsgi; scgi_temp_path /tmp/scgi;
+  server {
+    listen 127.0.0.1:8081;
+    location / { return 200 "role=$http_x_tokenmint_role
+"; }
+  }
+  server {
+    listen 8080;
+    location = /_tokenmint {
+      internal;
+      proxy_pass http://127.0.0.1:9000/verify;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+    }
+    location / {
+      auth_request /_tokenmint;
+      auth_request_set $tm_role $upstream_http_x_tokenmint_role;
+      proxy_set_header X-Tokenmint-Role $tm_role;
+      proxy_pass http://127.0.0.1:8081;
+    }
+  }
+}
+"#;
+
+/// A gateway pod: Debian's nginx (`tokenmint.local/nginx:1`, built by `make cluster-up`) checking
+/// every request with `tokenmint authz` as a sidecar, which reads the verifier's sha256-map output
+/// `output` mounted from its Secret; nginx's config from the ConfigMap `gateway-nginx`.
+fn gateway(output: &str) -> Pod {
+    let locked = json!({"runAsNonRoot": true, "readOnlyRootFilesystem": true,
+                        "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "authz-file"},
+        "metadata": {"name": "gateway"},
         "spec": {
             "terminationGracePeriodSeconds": 0,
-            "containers": [{
-                "name": "authz",
-                "image": operator_image(),
-                "imagePullPolicy": "Never",
-                "command": ["/tokenmint", "authz"],
-                "args": ["--file", "/etc/tokenmint/tokens.json", "--listen", "0.0.0.0:8080"],
-                "volumeMounts": [{"name": "map", "mountPath": "/etc/tokenmint", "readOnly": true}],
-                "securityContext": {"runAsNonRoot": true, "readOnlyRootFilesystem": true,
-                                    "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-            }],
-            "volumes": [{"name": "map", "secret": {"secretName": output}}],
+            "containers": [
+                {
+                    "name": "nginx",
+                    "image": "tokenmint.local/nginx:1",
+                    "imagePullPolicy": "Never",
+                    "args": ["-p", "/tmp/", "-c", "/etc/gateway/nginx.conf"],
+                    "volumeMounts": [
+                        {"name": "config", "mountPath": "/etc/gateway", "readOnly": true},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                    "securityContext": locked,
+                },
+                {
+                    "name": "authz",
+                    "image": operator_image(),
+                    "imagePullPolicy": "Never",
+                    "command": ["/tokenmint", "authz"],
+                    "args": ["--file", "/etc/tokenmint/tokens.json", "--listen", "127.0.0.1:9000"],
+                    "volumeMounts": [{"name": "map", "mountPath": "/etc/tokenmint", "readOnly": true}],
+                    "securityContext": locked,
+                },
+            ],
+            "volumes": [
+                {"name": "map", "secret": {"secretName": output}},
+                {"name": "config", "configMap": {"name": "gateway-nginx"}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
         },
     }))
     .unwrap()
 }
 
-/// A client that sends its token (from its own Secret, as an app would) to both authz every 100 ms
-/// and prints each answer's status when it changes: `api CODE` (the API reader, through its
-/// Service), `file CODE` (the mounted one).
+/// A client that sends its token (from its own Secret, as an app would) every 100 ms to authz
+/// reading the API (its `/verify`, through the chart's Service) and to the gateway pod's nginx (an
+/// app path, checked by the sidecar reading the mounted output), and prints each answer's status
+/// when it changes: `api CODE`, `file CODE`.
 fn authz_client(token: &str, api_host: &str, file_host: &str) -> Pod {
     let script = r#"
 code() {
   # busybox nc stops at the end of its input: keep it open long enough for the answer.
-  (printf 'GET /verify HTTP/1.0\r\nAuthorization: %s\r\n\r\n' "$API_AUTHORIZATION"; sleep 0.2) |
+  (printf 'GET %s HTTP/1.0\r\nAuthorization: %s\r\n\r\n' "$2" "$API_AUTHORIZATION"; sleep 0.2) |
     nc -w 2 "$1" 8080 | head -n 1 | cut -d' ' -f2
 }
 last_api=""; last_file=""
 while true; do
-  a=$(code "$API_HOST"); f=$(code "$FILE_HOST")
+  a=$(code "$API_HOST" /verify); f=$(code "$FILE_HOST" /pipes/top_pages)
   if [ "$a" != "$last_api" ]; then echo "api $a"; last_api=$a; fi
   if [ "$f" != "$last_file" ]; then echo "file $f"; last_file=$f; fi
   sleep 0.1
@@ -467,9 +521,10 @@ async fn run_pod(ns: &TestNs, pod: &Pod) -> Pod {
 }
 
 /// `tokenmint authz` on the node, both ways it reads a verifier's output: through the API (the
-/// chart's authz Deployment, behind its Service) and from the output Secret mounted into its pod.
-/// A client pod sends the token it reads from its own Secret: let in by both, then, after
-/// `spec.revoked`, refused by both; how long each took is printed.
+/// chart's authz Deployment, behind its Service) and from the output Secret mounted into a gateway
+/// pod, as the sidecar nginx's `auth_request` asks. A client pod sends the token it reads from its
+/// own Secret: let in by both, then, after `spec.revoked`, refused by both; how long each took is
+/// printed.
 #[tokio::test]
 async fn authz_on_the_node_lets_a_client_in_and_refuses_it_after_a_revocation_both_ways() {
     ensure_crds();
@@ -494,8 +549,20 @@ async fn authz_on_the_node_lets_a_client_in_and_refuses_it_after_a_revocation_bo
     .await;
     wait_published(&ns, "api", "api-tokens", &issued.access_key).await;
 
-    let file_authz = run_pod(&ns, &mounted_authz("api-tokens")).await;
-    let file_ip = file_authz.status.unwrap().pod_ip.expect("a pod IP");
+    let config = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "gateway-nginx"},
+        "data": {"nginx.conf": GATEWAY_NGINX},
+    });
+    ns.api::<ConfigMap>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(config).unwrap(),
+        )
+        .await
+        .unwrap();
+    let gateway = run_pod(&ns, &gateway("api-tokens")).await;
+    let file_ip = gateway.status.unwrap().pod_ip.expect("a pod IP");
     let service = ns
         .api::<k8s_openapi::api::core::v1::Service>()
         .get(&format!("{release}-tokenmint-authz"))
