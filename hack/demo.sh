@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: cluster up, CRDs in, operator running in the background, examples
-# applied; waits until every ApiToken has been reconciled and shows the result.
+# `make demo`: cluster up (a control plane and its node), the operator image built here and
+# installed by Helm as Pods, the examples applied; waits until every ApiToken has been
+# reconciled and shows the result; then a verifier's htpasswd output checked by nginx, and a
+# gateway Pod (nginx asking the chart's tokenmint authz) checking a client Pod's token before and
+# after a revocation.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,11 +18,11 @@ export PATH="$state/bin:$PATH"   # the pinned kubectl, not whatever the machine 
 kubectl apply --server-side -f crds/
 kubectl wait --for condition=Established --timeout 30s -f crds/ >/dev/null
 
-# Replace a previous demo operator, then start a fresh one detached from this shell.
-cargo build --quiet --bin tokenmint --bin kubectl-apitoken
-bin="${CARGO_TARGET_DIR:-$root/target}/debug"   # where cargo build (below) puts the binaries
+cargo build --quiet --bin kubectl-apitoken
+bin="${CARGO_TARGET_DIR:-$root/target}/debug"   # where cargo build puts the plugin
 export PATH="$bin:$PATH"   # kubectl finds the plugin kubectl-apitoken there
-# Stops the process of pid file $1 if it still is one whose command line contains $2.
+# Stops the process of pid file $1 if it still is one whose command line contains $2 (what an
+# earlier version of this demo ran on the host).
 stop_previous() {
   local pid
   [ -f "$1" ] && pid=$(cat "$1") || return 0
@@ -30,23 +33,36 @@ stop_previous() {
   fi
 }
 stop_previous "$state/operator.pid" tokenmint
-# shellcheck disable=SC1091
-. "$state/env"   # OPERATOR_METRICS_PORT: reserved by cluster-up.sh
-port=$OPERATOR_METRICS_PORT
-# Runs "$@" detached from this shell, its pid in file $1, its output in file $2.
-detach() {
-  local pidfile=$1 log=$2
-  shift 2
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >"$log" 2>&1 &
-}
-detach "$state/operator.pid" "$state/operator.log" \
-  "$bin/tokenmint" run --metrics-addr "127.0.0.1:$port"
-echo "demo: operator running (metrics http://127.0.0.1:$port/metrics, log $state/operator.log)"
+stop_previous "$state/authz.pid" tokenmint
+stop_previous "$state/nginx.pid" nginx
+
+# The operator image built here (no registry: imported into the node), and the pinned helm.
+hack/build-image.sh >/dev/null
+hack/node.sh import "${TOKENMINT_IMAGE_OUT:-$root/target/image}/tokenmint.tar" >/dev/null
+helm=$(hack/install-tools.sh)
 
 # The gateway step below revokes this token, and revocation is final: start it afresh.
 kubectl delete apitoken -n "$ns" gateway-client --ignore-not-found --wait >/dev/null
-kubectl apply --server-side -f examples/
+# Every example but app-deployment.yaml, whose image (curlimages/curl) no registry here serves;
+# the client Pod below consumes a token the same way. The verifier the chart's authz watches is
+# among them: authz is ready only once it can read it.
+examples=()
+for f in examples/*.yaml; do
+  [ "$f" = examples/app-deployment.yaml ] || examples+=(-f "$f")
+done
+kubectl apply --server-side "${examples[@]}"
+
+# The chart installed by Helm with tokenmint authz for the gateway verifier of
+# examples/authz-gateway.yaml.
+"$helm" upgrade --install tokenmint charts/tokenmint --namespace tokenmint-system --create-namespace \
+  --set image.pullPolicy=Never --set authz.enabled=true --set authz.replicas=1 \
+  --set authz.verifier.namespace="$ns" --set authz.verifier.name=gateway \
+  --set authz.output=gateway-tokens --wait --timeout 180s >/dev/null
+# A release from an earlier run may have been scaled to 0 by `make test`.
+kubectl -n tokenmint-system scale deployment/tokenmint --replicas=1 >/dev/null
+kubectl -n tokenmint-system rollout status deployment/tokenmint --timeout 120s >/dev/null
+echo "demo: operator running as a Pod (helm release tokenmint in tokenmint-system; logs: kubectl -n tokenmint-system logs deploy/tokenmint)"
+
 
 # Some examples are meant to end up revoked or expired, so "Ready" is not the goal:
 # wait until every ApiToken has a status.phase other than Pending.
@@ -55,7 +71,7 @@ deadline=$(( $(date +%s) + ${DEMO_TIMEOUT:-60} ))
 until p=$(phases) && [ -n "$p" ] && ! grep -qxE '\[(Pending)?\]' <<<"$p"; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "demo: ApiTokens not reconciled after ${DEMO_TIMEOUT:-60}s; operator log tail:" >&2
-    tail -n 30 "$state/operator.log" >&2
+    kubectl -n tokenmint-system logs deploy/tokenmint --tail 30 >&2
     exit 1
   fi
   sleep 1
@@ -133,83 +149,120 @@ mirror absent
 echo "  after kubectl apitoken revoke $client:       HTTP $(ask)"
 kubectl delete apitoken -n "$ns" "$client" --wait=false >/dev/null
 
-# ---------------------------------------------------------------- the gateway: nginx + tokenmint authz
-# nginx checks each request with `auth_request` against `tokenmint authz`, which watches the
-# sha256-map output of verifier `gateway` (examples/authz-gateway.yaml); a second nginx server
-# stands in for the app and answers with the X-Tokenmint-* headers it received.
-stop_previous "$state/authz.pid" tokenmint
-stop_previous "$state/nginx.pid" nginx
-authz_port=$(free_port 18480)
-detach "$state/authz.pid" "$state/authz.log" \
-  "$bin/tokenmint" authz --verifier "$ns/gateway" --output gateway-tokens \
-  --listen "127.0.0.1:$authz_port"
-app_port=$(free_port $((authz_port + 1)))
-nginx_port=$(free_port $((app_port + 1)))
-prefix="$state/nginx"
-mkdir -p "$prefix/tmp"
+# ---------------------------------------------------------------- the gateway: Pods on the node
+# A gateway Pod runs Debian's nginx (tokenmint.local/nginx:1, built by cluster-up): each request
+# is checked with `auth_request` against the chart's tokenmint authz (its Service), which watches
+# the sha256-map output of verifier `gateway`; a second nginx server in the Pod stands in for the
+# app and answers with the X-Tokenmint-* headers it received. A client Pod reads gateway-client's
+# token from its Secret (an environment variable, as an app would) and asks twice a second.
+authz_ip=$(kubectl -n tokenmint-system get service tokenmint-authz -o jsonpath='{.spec.clusterIP}')
 forward=""
 for h in token role scope filter; do
   forward+="auth_request_set \$tm_$h \$upstream_http_x_tokenmint_$h; proxy_set_header X-Tokenmint-$h \$tm_$h;"
 done
-cat >"$prefix/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1;
-pid $prefix/nginx.pid; error_log $prefix/error.log notice;
-events { worker_connections 64; }
-http {
-  access_log off; default_type text/plain;
-  client_body_temp_path $prefix/tmp/body; proxy_temp_path $prefix/tmp/proxy;
-  fastcgi_temp_path $prefix/tmp/fastcgi; uwsgi_temp_path $prefix/tmp/uwsgi; scgi_temp_path $prefix/tmp/scgi;
-  server {
-    listen 127.0.0.1:$app_port;
-    location / { return 200 "the app saw: token=\$http_x_tokenmint_token role=\$http_x_tokenmint_role scope=\$http_x_tokenmint_scope filter=\$http_x_tokenmint_filter\n"; }
-  }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location = /_tokenmint/top_pages {
-      internal;
-      proxy_pass http://127.0.0.1:$authz_port/verify?scope=PIPES:READ:top_pages;
-      proxy_pass_request_body off; proxy_set_header Content-Length "";
+kubectl -n "$ns" delete pod gateway client --ignore-not-found --wait >/dev/null
+kubectl apply --server-side -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: gateway-nginx, namespace: $ns}
+data:
+  nginx.conf: |
+    daemon off; pid /tmp/nginx.pid; error_log stderr notice;
+    events { worker_connections 64; }
+    http {
+      access_log off; default_type text/plain;
+      client_body_temp_path /tmp/body; proxy_temp_path /tmp/proxy; fastcgi_temp_path /tmp/fastcgi;
+      uwsgi_temp_path /tmp/uwsgi; scgi_temp_path /tmp/scgi;
+      server {
+        listen 127.0.0.1:8081;
+        location / { return 200 "the app saw: token=\$http_x_tokenmint_token role=\$http_x_tokenmint_role scope=\$http_x_tokenmint_scope filter=\$http_x_tokenmint_filter\n"; }
+      }
+      server {
+        listen 8080;
+        location = /_tokenmint/top_pages {
+          internal;
+          proxy_pass http://$authz_ip:8080/verify?scope=PIPES:READ:top_pages;
+          proxy_pass_request_body off; proxy_set_header Content-Length "";
+        }
+        location /pipes/top_pages {
+          auth_request /_tokenmint/top_pages;
+          $forward
+          proxy_pass http://127.0.0.1:8081;
+        }
+      }
     }
-    location /pipes/top_pages {
-      auth_request /_tokenmint/top_pages;
-      $forward
-      proxy_pass http://127.0.0.1:$app_port;
-    }
-  }
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gateway, namespace: $ns, labels: {app: gateway}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: nginx
+      image: tokenmint.local/nginx:1
+      imagePullPolicy: Never
+      args: [-p, /tmp/, -c, /etc/gateway/nginx.conf]
+      securityContext: {runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      volumeMounts:
+        - {name: config, mountPath: /etc/gateway, readOnly: true}
+        - {name: tmp, mountPath: /tmp}
+  volumes:
+    - {name: config, configMap: {name: gateway-nginx}}
+    - {name: tmp, emptyDir: {}}
+YAML
+kubectl -n "$ns" wait pod/gateway --for=condition=Ready --timeout 60s >/dev/null
+gateway_ip=$(kubectl -n "$ns" get pod gateway -o jsonpath='{.status.podIP}')
+kubectl apply --server-side -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: $ns}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: client
+      image: tokenmint.local/toolbox:1
+      imagePullPolicy: Never
+      env:
+        - name: API_AUTHORIZATION
+          valueFrom: {secretKeyRef: {name: gateway-client, key: authorization-bearer}}
+      command: [/bin/sh, -c]
+      args:
+        - |
+          last=""
+          while true; do
+            # busybox nc stops at the end of its input: keep it open long enough for the answer.
+            out=\$( (printf 'GET /pipes/top_pages HTTP/1.0\r\nAuthorization: %s\r\n\r\n' "\$API_AUTHORIZATION"; sleep 0.3) | nc -w 2 $gateway_ip 8080)
+            code=\$(printf '%s' "\$out" | head -n 1 | cut -d' ' -f2)
+            if [ "\$code" != "\$last" ]; then
+              echo "HTTP \$code \$(printf '%s' "\$out" | grep '^the app saw' || true)"
+              last=\$code
+            fi
+            sleep 0.5
+          done
+YAML
+kubectl -n "$ns" wait pod/client --for=condition=Ready --timeout 60s >/dev/null
+# Prints the client's new log lines until one starts with "HTTP $1", within 60 s.
+shown=0
+client_until() {
+  local deadline=$(( $(date +%s) + 60 )) lines
+  while :; do
+    mapfile -t lines < <(kubectl -n "$ns" logs client)
+    while [ "$shown" -lt "${#lines[@]}" ]; do
+      echo "  client pod: ${lines[$shown]}"
+      shown=$((shown + 1))
+      case "${lines[$((shown - 1))]}" in "HTTP $1"*) return 0 ;; esac
+    done
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "demo: the client never got HTTP $1" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
 }
-CONF
-detach "$state/nginx.pid" "$prefix/stderr.log" \
-  "$nginx_bin" -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log"
-deadline=$(( $(date +%s) + 30 ))
-until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$authz_port/readyz")" = 200 ] \
-  && (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null; do
-  if [ "$(date +%s)" -ge "$deadline" ]; then
-    echo "demo: authz or nginx not up after 30s; logs:" >&2
-    tail -n 20 "$state/authz.log" "$prefix/error.log" >&2
-    exit 1
-  fi
-  sleep 0.2
-done
-echo "demo: nginx on 127.0.0.1:$nginx_port checks /pipes/top_pages with tokenmint authz (log $state/authz.log)"
-bearer=$(kubectl apitoken reveal -n "$ns" gateway-client)
-# The app's answer when let in; only the status when refused.
-request() {
-  local out
-  out=$(curl -s -w '\nHTTP %{http_code}' -H "Authorization: Bearer $bearer" \
-    "http://127.0.0.1:$nginx_port/pipes/top_pages")
-  case "$out" in
-    *"HTTP 200") echo "  $out" ;;
-    *) echo "  ${out##*$'\n'}" ;;
-  esac
-}
-# The map reaches authz through its watch within a second of the token's Secret.
-until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $bearer" \
-  "http://127.0.0.1:$nginx_port/pipes/top_pages")" = 200 ]; do
-  [ "$(date +%s)" -lt "$deadline" ] || { echo "demo: the token was never let in" >&2; exit 1; }
-  sleep 0.2
-done
-echo "demo: GET /pipes/top_pages with the Bearer token of gateway-client:"
-request
+echo "demo: gateway pod $gateway_ip (nginx + the chart's tokenmint authz) checks client pod requests to /pipes/top_pages:"
+client_until 200
 kubectl apitoken revoke -n "$ns" gateway-client --yes --wait
-echo "demo: the same request right after the revocation:"
-request
+echo "demo: after the revocation:"
+client_until 401
+# The gateway stays for a look (kubectl -n tokenmint-demo logs gateway); the client stops asking.
+kubectl -n "$ns" delete pod client --wait=false >/dev/null
