@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The local node beside the control plane: containerd, kubelet, kube-scheduler and kube-proxy,
 # started by hack/cluster-up.sh and torn down by hack/cluster-down.sh.
-#   hack/node.sh up     start the node and wait until it is Ready (needs root: containers)
+#   hack/node.sh up     start the node and wait until it is Ready (needs root: containers); refuses
+#                       when kube-proxy or CNI chains are already in iptables (down removes them all)
 #   hack/node.sh status exit 0 if every node process runs
 #   hack/node.sh import ARCHIVE   import an image (a docker-archive) into the node's containerd
+#   hack/node.sh kill CONTAINER   SIGKILL one container's process (the tests' crash)
 #   hack/node.sh down   stop it and undo what it did to this machine: containers, mounts, network
 #                       namespaces, the CNI bridge, iptables chains, ip_forward
 # State, logs and pids are in .cluster/node/. What took time to find:
@@ -54,6 +56,22 @@ up() {
   local bin="$state/bin" images
   images=$("$root/hack/build-images.sh")
   mkdir -p "$node/cni" "$node/containerd" "$node/kubelet" "$node/pod-logs"
+
+  # down removes every KUBE-* and CNI-* chain: so none may be here before us. Chains left by a
+  # cluster of ours are gone by now (cluster-up runs cluster-down on stale state); any other are
+  # another Kubernetes node's or CNI's on this machine, which ours would share and then delete.
+  local save foreign=""
+  for save in iptables-save ip6tables-save; do
+    command -v "$save" >/dev/null || continue
+    foreign+=$("$save" | grep -oE '^:(KUBE|CNI)-[^ ]+' | head -3 | tr '\n' ' ' || true)
+  done
+  if [ -n "$foreign" ]; then
+    echo "node: iptables already has kube-proxy or CNI chains ($foreign...): another Kubernetes" >&2
+    echo "node: node on this machine, or a cluster removed without make cluster-down. Ours would share" >&2
+    echo "node: them and delete them at cluster-down; remove them first, or use another machine." >&2
+    exit 1
+  fi
+  touch "$node/iptables.ours"   # from here on, the KUBE-* and CNI-* chains are ours to remove
 
   # What down restores: the forwarding switch and the network namespaces that were already here.
   cat /proc/sys/net/ipv4/ip_forward >"$node/ip_forward.before"
@@ -211,7 +229,9 @@ down() {
   ip link delete "$BRIDGE" 2>/dev/null || true
   # kube-proxy's and the kubelet's KUBE-* chains, CNI's CNI-* chains, and every rule naming them.
   local save restore
-  for pair in iptables-save:iptables-restore ip6tables-save:ip6tables-restore; do
+  local pairs="iptables-save:iptables-restore ip6tables-save:ip6tables-restore"
+  [ -f "$node/iptables.ours" ] || pairs=""   # up refused: the chains there are someone else's
+  for pair in $pairs; do
     save=${pair%%:*}; restore=${pair#*:}
     command -v "$save" >/dev/null || continue
     "$save" | grep -v -e 'KUBE-' -e 'CNI-' | "$restore" 2>/dev/null || true
