@@ -115,8 +115,7 @@ impl Credential {
 /// Fingerprint of a Bearer token as shown in status and on the Secret.
 pub fn fingerprint_of(bearer: &str) -> String {
     let digest = Sha256::digest(bearer.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", hex::encode(&digest[..8]))
 }
 
 /// Username and password recovered from a token string.

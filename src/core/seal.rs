@@ -56,7 +56,7 @@ impl SealKey {
             .chain_update(b"tokenmint seal key id\0")
             .chain_update(key)
             .finalize();
-        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let id = hex::encode(&digest[..8]);
         Ok(SealKey {
             id,
             key: key.to_vec(),
@@ -95,11 +95,7 @@ impl SealKey {
             put(&mut mac, Some(field.name.as_bytes()));
             put(&mut mac, field.value);
         }
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// Whether `seal` is the seal of `fields` for `uid`, compared in constant time.

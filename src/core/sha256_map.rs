@@ -71,10 +71,7 @@ pub fn digest(presented: &str) -> Digest32 {
 
 /// The map's key for a presented credential: its SHA-256 in lower-case hex.
 pub fn key(presented: &str) -> String {
-    digest(presented)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(digest(presented))
 }
 
 /// The digest a key spells, if it is 64 lower-case hex digits.
