@@ -160,8 +160,8 @@ pub type SecretCache = Following<Secret, JsonSecrets>;
 /// is known and names that Secret as its own: the token's Secret, one of the verifier's outputs.
 pub type Claims = Arc<dyn Fn(&Secret, &OwnerReference) -> bool + Send + Sync>;
 
-/// What the cache holds of a Secret.
-#[derive(Clone, Debug, PartialEq)]
+/// What the cache holds of a Secret. `Debug` names it, never its data.
+#[derive(Clone, PartialEq)]
 pub enum Kept {
     /// All of it that tokenmint reads.
     Whole(Secret),
@@ -169,6 +169,21 @@ pub enum Kept {
     /// its controller reference. Whoever needs more reads it from the API server
     /// ([`SecretCache::refresh`]).
     Trimmed(Secret),
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let meta = &self.secret().metadata;
+        let form = match self {
+            Kept::Whole(_) => "Whole",
+            Kept::Trimmed(_) => "Trimmed",
+        };
+        f.debug_struct(form)
+            .field("namespace", &meta.namespace)
+            .field("name", &meta.name)
+            .field("resource_version", &meta.resource_version)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Kept {
@@ -608,6 +623,20 @@ mod tests {
         let full = planted("bait", "bait", "scopes", TOKEN_SECRET_BUDGET + 1);
         cache.apply(&watcher::Event::Apply(full));
         assert!(matches!(cache.get(&key("bait")), Some(Kept::Trimmed(_))));
+    }
+
+    #[test]
+    fn debug_names_a_kept_secret_and_shows_none_of_its_data() {
+        let kept = Kept::Whole(secret("t", "1", true));
+        let shown = format!("{kept:?}");
+        assert!(
+            shown.contains("\"t\"") && shown.contains("\"1\""),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("secret") && !shown.contains("115"),
+            "{shown}"
+        );
     }
 
     #[test]
