@@ -213,6 +213,10 @@ async fn render_outputs(
     let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
     let mut current: BTreeMap<String, Secret> = BTreeMap::new();
     let mut foreign = Vec::new();
+    // An output the cache held trimmed (seen before this verifier was known, after a restart):
+    // the token controller could not see what it holds, so it hears of its staged credentials
+    // below as if the output had been written.
+    let mut reread = false;
     for output in &valid.outputs {
         let key = ObjectRef::new(&output.secret_name).within(&ns);
         let secret = match shared.secrets.get(&key) {
@@ -226,6 +230,7 @@ async fn render_outputs(
                         source,
                     })?;
                 shared.secrets.refresh(&key, &trimmed, read.clone());
+                reread = true;
                 read
             }
             kept => kept.map(|k| k.secret().clone()),
@@ -322,7 +327,7 @@ async fn render_outputs(
             wrote = true;
         }
     }
-    if wrote {
+    if wrote || reread {
         for staged in accepted.iter().filter(|t| t.next.is_some()) {
             let token = key_from(Some(&staged.token.namespace), &staged.token.name);
             let _ = shared.published.unbounded_send(token);
