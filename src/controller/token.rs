@@ -519,12 +519,10 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
         // Not known to be this token's when its event came, or over its budget in the cache.
         Some(Kept::Trimmed(trimmed)) => {
             ctx.metrics.secret_read();
-            let read = secrets
-                .get_opt(&secret_name)
+            ctx.secrets
+                .read_again(&secrets, &key, &trimmed)
                 .await
-                .map_err(read_error(&secret_name))?;
-            ctx.secrets.refresh(&key, &trimmed, read.clone());
-            read
+                .map_err(read_error(&secret_name))?
         }
         None => None,
     };

@@ -218,6 +218,19 @@ impl SecretCache {
         self.lock().get(key)
     }
 
+    /// Reads from the API server (through `api`, in the Secret's namespace) a Secret the cache kept
+    /// trimmed, and keeps what it found in its place ([`SecretCache::refresh`]).
+    pub async fn read_again(
+        &self,
+        api: &kube::Api<Secret>,
+        key: &ObjectRef<Secret>,
+        trimmed: &Secret,
+    ) -> Result<Option<Secret>, kube::Error> {
+        let read = api.get_opt(&key.name).await?;
+        self.refresh(key, trimmed, read.clone());
+        Ok(read)
+    }
+
     /// What a read from the API server found of a Secret the cache kept trimmed: kept in its place
     /// if the cache still holds the version it replaces, whole if it is claimed by now (its token or
     /// verifier was not known yet when its watch event came).

@@ -222,16 +222,12 @@ async fn render_outputs(
         let secret = match shared.secrets.get(&key) {
             Some(Kept::Trimmed(trimmed)) if controlled_by(&trimmed, &uid) => {
                 // Kept trimmed when its event came before this verifier was known: read it once.
-                let read = secrets
-                    .get_opt(&output.secret_name)
-                    .await
-                    .map_err(|source| Error::ReadSecret {
-                        name: output.secret_name.clone(),
-                        source,
-                    })?;
-                shared.secrets.refresh(&key, &trimmed, read.clone());
                 reread = true;
-                read
+                shared
+                    .secrets
+                    .read_again(&secrets, &key, &trimmed)
+                    .await
+                    .map_err(read_error(&output.secret_name))?
             }
             kept => kept.map(|k| k.secret().clone()),
         };
@@ -381,15 +377,11 @@ async fn read_credentials(
         // Over its budget in the cache, or seen before its token was: read it once per version.
         Some(Kept::Trimmed(trimmed)) => {
             let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
-            let read =
-                api.get_opt(token.secret_name())
-                    .await
-                    .map_err(|source| Error::ReadSecret {
-                        name: token.secret_name().to_owned(),
-                        source,
-                    })?;
-            ctx.shared.secrets.refresh(&key, &trimmed, read.clone());
-            read
+            ctx.shared
+                .secrets
+                .read_again(&api, &key, &trimmed)
+                .await
+                .map_err(read_error(token.secret_name()))?
         }
         None => None,
     };
@@ -409,6 +401,14 @@ async fn read_credentials(
         },
     );
     Ok(credentials)
+}
+
+/// The error of reading Secret `name`.
+fn read_error(name: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
+    move |source| Error::ReadSecret {
+        name: name.to_owned(),
+        source,
+    }
 }
 
 fn error_policy(verifier: Arc<ApiTokenVerifier>, error: &Error, _: Arc<Context>) -> Action {
