@@ -57,7 +57,8 @@ kubectl apply --server-side "${examples[@]}"
 "$helm" upgrade --install tokenmint charts/tokenmint --namespace tokenmint-system --create-namespace \
   --set image.pullPolicy=Never --set authz.enabled=true --set authz.replicas=1 \
   --set authz.verifier.namespace="$ns" --set authz.verifier.name=gateway \
-  --set authz.output=gateway-tokens --wait --timeout 180s >/dev/null
+  --set authz.output=gateway-tokens --set authz.usage.granularity=1m \
+  --set authz.usage.flushInterval=2s --wait --timeout 180s >/dev/null
 # A release from an earlier run may have been scaled to 0 by `make test`.
 kubectl -n tokenmint-system scale deployment/tokenmint --replicas=1 >/dev/null
 kubectl -n tokenmint-system rollout status deployment/tokenmint --timeout 120s >/dev/null
@@ -261,6 +262,13 @@ client_until() {
 }
 echo "demo: gateway pod $gateway_ip (nginx + the chart's tokenmint authz) checks client pod requests to /pipes/top_pages:"
 client_until 200
+# authz records the use (written every 2 s here, 30 s by default) and the operator folds it in.
+for _ in $(seq 60); do
+  [ -n "$(kubectl get apitoken -n "$ns" gateway-client -o jsonpath='{.status.lastUsedAt}')" ] && break
+  sleep 0.5
+done
+echo "demo: last use, as authz recorded it (LAST USED: never = checked by authz, not used; unknown = no authz reports):"
+kubectl apitoken list -n "$ns" | sed 's/^/  /'
 kubectl apitoken revoke -n "$ns" gateway-client --yes --wait
 echo "demo: after the revocation:"
 client_until 401

@@ -50,6 +50,21 @@ pub struct RunArgs {
     /// Namespace of the seal key Secret (in a cluster: the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub seal_key_namespace: String,
+    /// Namespaces whose usage records (ConfigMaps `tokenmint authz --usage-namespace` writes) are
+    /// believed for `status.lastUsedAt`; repeat or separate by commas. Only namespaces no tenant
+    /// can write to: a record there can claim any token's use. Default: the operator's own.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub usage_namespace: Vec<String>,
+    /// Tokens whose status is updated per second because a later use was recorded: at 100,000
+    /// tokens in continuous use and a 1h granularity, 28 would be needed; fewer makes a last use
+    /// lag more, never lost.
+    #[arg(long, default_value_t = 20)]
+    pub usage_updates_per_second: u32,
     /// Let secretTemplate carry Reflector, kubed or mittwald replicator annotations, which copy the
     /// credential into other namespaces.
     #[arg(long)]
@@ -189,6 +204,8 @@ pub async fn run(
     };
     let settings = Settings {
         streaming_lists,
+        usage_namespaces: args.usage_namespace,
+        usage_updates_per_second: args.usage_updates_per_second,
         namespace: args.namespace,
         concurrency: args.concurrency,
         instance: if args.leader_elect {

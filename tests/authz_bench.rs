@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::watcher;
 use serde_json::json;
 use tokenmint::core::sha256_map::{has_key, key as presented_hash};
+use tokenmint::core::usage;
 
 /// When one revocation reached each hop, from its patch; `None` where the watch here missed it.
 struct Hops {
@@ -189,13 +190,16 @@ fn row(what: &str, l: &Load) -> String {
 }
 
 async fn authz_on_file(dir: &Path, map: &[u8]) -> Authz {
+    authz_on_file_with(dir, map, &[], Path::new("/nonexistent")).await
+}
+
+/// authz on a copy of `map` with `extra` flags and the identity in `kubeconfig`.
+async fn authz_on_file_with(dir: &Path, map: &[u8], extra: &[&str], kubeconfig: &Path) -> Authz {
     let path = dir.join("tokens.json");
     std::fs::write(&path, map).unwrap();
-    let authz = Authz::start(
-        &["--file", path.to_str().unwrap()],
-        Path::new("/nonexistent"),
-    )
-    .await;
+    let mut args = vec!["--file", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let authz = Authz::start(&args, kubeconfig).await;
     common::wait_for(
         "the synthetic map loaded",
         Duration::from_secs(120),
@@ -203,6 +207,113 @@ async fn authz_on_file(dir: &Path, map: &[u8]) -> Authz {
     )
     .await;
     authz
+}
+
+/// Last-use recording off, on without writes in the run (the hot path alone: written once an hour),
+/// and on with a write every second (the hot path plus the writes, and the API server they load on
+/// these same two cores), same map, runs alternated; and the usage-record writes it costs with every
+/// credential of the map in use.
+async fn usage_rows(dir: &Path) {
+    let ns = TestNs::new("bench-usage").await;
+    let verifier = format!("{}/api", ns.name);
+    let recording = |every: &'static str| {
+        vec![
+            "--verifier".to_owned(),
+            verifier.clone(),
+            "--usage-namespace".to_owned(),
+            ns.name.clone(),
+            "--usage-granularity".to_owned(),
+            "1m".to_owned(),
+            "--usage-flush-interval".to_owned(),
+            every.to_owned(),
+        ]
+    };
+    let selector = format!("{}={}", usage::RECORD_LABEL, usage::RECORD_VERSION);
+    let records = ns.api::<k8s_openapi::api::core::v1::ConfigMap>();
+    println!(
+        "\n| credentials in use | recording | requests/s | p99 | usage-record writes | writes/s | entries in the records | authz RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in [10_000, 100_000] {
+        let (map, headers) = synthetic_map(n, n);
+        let kubeconfig = common::kubeconfig_path();
+        let hourly = recording("1h");
+        let hourly: Vec<&str> = hourly.iter().map(String::as_str).collect();
+        let each_second = recording("1s");
+        let each_second: Vec<&str> = each_second.iter().map(String::as_str).collect();
+        let variants = [
+            ("off", authz_on_file(dir, &map).await),
+            (
+                "on, hot path (written hourly)",
+                authz_on_file_with(dir, &map, &hourly, &kubeconfig).await,
+            ),
+            (
+                "on, written every 1 s",
+                authz_on_file_with(dir, &map, &each_second, &kubeconfig).await,
+            ),
+        ];
+        let writes = |authz: &Authz| {
+            ["create", "update"]
+                .iter()
+                .map(|verb| {
+                    authz.metric(&format!(
+                        "tokenmint_authz_api_requests_total{{verb=\"{verb}\"}}"
+                    ))
+                })
+                .sum::<f64>()
+        };
+        let before = writes(&variants[2].1);
+        let started = Instant::now();
+        let mut runs: Vec<(usize, Load)> = Vec::new();
+        // Alternated, so drift on a shared machine falls on all alike.
+        for round in 0..6 {
+            let v = round % 3;
+            runs.push((v, load(variants[v].1.addr(), "/verify", &headers)));
+        }
+        // The last write of what the runs let in.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let took = started.elapsed();
+        let written = writes(&variants[2].1) - before;
+        let listed = records
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let entries: usize = listed
+            .items
+            .iter()
+            .filter_map(|r| r.data.as_ref())
+            .map(|d| d.len())
+            .sum();
+        for (v, (what, authz)) in variants.iter().enumerate() {
+            let mine: Vec<&Load> = runs
+                .iter()
+                .filter(|(r, _)| *r == v)
+                .map(|(_, l)| l)
+                .collect();
+            let per_second = mine.iter().map(|l| l.per_second).sum::<f64>() / mine.len() as f64;
+            let p99 = mine.iter().map(|l| l.p99).max().unwrap();
+            let (writes, rate, entries) = if v == 2 {
+                (
+                    format!("{written:.0}"),
+                    format!("{:.2}", written / took.as_secs_f64()),
+                    entries.to_string(),
+                )
+            } else {
+                ("-".into(), "-".into(), "-".into())
+            };
+            println!(
+                "| {n} | {what} | {per_second:.0} | {} | {writes} | {rate} | {entries} | {:.1} MiB |",
+                ms(p99),
+                authz.rss_kib() as f64 / 1024.0
+            );
+        }
+        // Records of the next size start empty.
+        for record in listed.items {
+            let name = record.metadata.name.unwrap();
+            records.delete(&name, &Default::default()).await.unwrap();
+        }
+    }
+    ns.cleanup().await;
 }
 
 #[tokio::test]
@@ -257,6 +368,8 @@ async fn authz_bench() {
     );
     drop(nginx);
     drop(authz);
+
+    usage_rows(dir.path()).await;
 
     // Revocation → first refused request at nginx, one token at a time, through the API.
     let ns = TestNs::new("bench-authz").await;

@@ -217,6 +217,11 @@ fn seal_key_rules(secret: &str) -> BTreeSet<Rule> {
     .into()
 }
 
+/// Reading the usage records `tokenmint authz` writes in the release namespace.
+fn usage_rules() -> BTreeSet<Rule> {
+    [row("", "configmaps", &[], &["get", "list", "watch"])].into()
+}
+
 /// What the chart aggregates into the built-in `view` role: reading tokens and verifiers.
 fn view_rules() -> BTreeSet<Rule> {
     [
@@ -369,6 +374,10 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
         rules(named(&docs, "Role", "tokenmint-seal-key")),
         seal_key_rules("tokenmint-seal-key")
     );
+    assert_eq!(
+        rules(named(&docs, "Role", "tokenmint-usage")),
+        usage_rules()
+    );
     for role in of_kind(&docs, &["Role"]) {
         assert_eq!(role["metadata"]["namespace"], "tokenmint-system");
     }
@@ -376,6 +385,7 @@ fn chart_defaults_render_a_locked_down_single_writer_deployment() {
         ("ClusterRole", "tokenmint", ""),
         ("Role", "tokenmint-leader-election", "tokenmint-system"),
         ("Role", "tokenmint-seal-key", "tokenmint-system"),
+        ("Role", "tokenmint-usage", "tokenmint-system"),
     ]);
     assert_eq!(bound_to_operator(&docs, "tokenmint"), bound);
     assert_eq!(
@@ -432,7 +442,7 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
         .into()
     );
     let roles = of_kind(&docs, &["Role"]);
-    assert_eq!(roles.len(), 3);
+    assert_eq!(roles.len(), 4);
     let in_apps = named(&docs, "Role", "tm-tokenmint");
     assert_eq!(in_apps["metadata"]["namespace"], "apps");
     assert_eq!(rules(in_apps), operator_rules());
@@ -443,6 +453,10 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
     let seal = named(&docs, "Role", "tm-tokenmint-seal-key");
     assert_eq!(seal["metadata"]["namespace"], "ops");
     assert_eq!(rules(seal), seal_key_rules("tokenmint-seal-key"));
+    // Usage records are believed in the release namespace only.
+    let usage = named(&docs, "Role", "tm-tokenmint-usage");
+    assert_eq!(usage["metadata"]["namespace"], "ops");
+    assert_eq!(rules(usage), usage_rules());
     for binding in of_kind(&docs, &["RoleBinding"]) {
         assert_eq!(binding["subjects"][0]["namespace"], "ops");
     }
@@ -452,6 +466,7 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
             ("Role", "tm-tokenmint", "apps"),
             ("Role", "tm-tokenmint-leader-election", "ops"),
             ("Role", "tm-tokenmint-seal-key", "ops"),
+            ("Role", "tm-tokenmint-usage", "ops"),
         ])
     );
 
@@ -473,7 +488,7 @@ fn rbac_values_switch_exactly_their_objects() {
         names(&of_kind(&docs, &["ClusterRole"])),
         ["tokenmint".to_owned()].into()
     );
-    assert_eq!(of_kind(&docs, &["Role"]).len(), 2);
+    assert_eq!(of_kind(&docs, &["Role"]).len(), 3);
     // rbac.create=false: no RBAC object at all, the aggregated roles included.
     let docs = render("tokenmint", "tokenmint-system", &["rbac.create=false"]);
     let rbac = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
@@ -482,7 +497,7 @@ fn rbac_values_switch_exactly_their_objects() {
         "{}",
         to_yaml(&of_kind(&docs, &rbac))
     );
-    // Without leader election there is no Lease Role; the seal key's stays.
+    // Without leader election there is no Lease Role; the seal key's and the usage records' stay.
     let docs = render(
         "tokenmint",
         "tokenmint-system",
@@ -490,7 +505,11 @@ fn rbac_values_switch_exactly_their_objects() {
     );
     assert_eq!(
         names(&of_kind(&docs, &["Role"])),
-        ["tokenmint-seal-key".to_owned()].into()
+        [
+            "tokenmint-seal-key".to_owned(),
+            "tokenmint-usage".to_owned()
+        ]
+        .into()
     );
 }
 
@@ -710,10 +729,20 @@ fn authz_is_off_by_default_and_on_may_only_list_and_watch_its_output_secret_and_
     assert_eq!(binding["metadata"]["namespace"], "data");
     assert_eq!(binding["subjects"][0]["name"], name);
     assert_eq!(binding["subjects"][0]["namespace"], "tokenmint-system");
+    // Usage records in the release namespace: ConfigMaps, nothing else, nowhere else.
+    let usage = named(&docs, "Role", "tokenmint-authz-usage");
+    assert_eq!(usage["metadata"]["namespace"], "tokenmint-system");
+    assert_eq!(
+        rules(usage),
+        BTreeSet::from([row("", "configmaps", &[], &["get", "create", "update"])])
+    );
     // Nothing else is bound to authz's ServiceAccount.
     assert_eq!(
         bound_to_operator(&docs, name),
-        bindings(&[("Role", name, "data")])
+        bindings(&[
+            ("Role", name, "data"),
+            ("Role", "tokenmint-authz-usage", "tokenmint-system")
+        ])
     );
     let deployment = named(&docs, "Deployment", name);
     let pod = &deployment["spec"]["template"]["spec"];
@@ -728,6 +757,10 @@ fn authz_is_off_by_default_and_on_may_only_list_and_watch_its_output_secret_and_
         .collect();
     assert!(args.contains(&"--verifier=data/api"), "{args:?}");
     assert!(args.contains(&"--output=api-tokens"), "{args:?}");
+    assert!(
+        args.contains(&"--usage-namespace=$(POD_NAMESPACE)"),
+        "{args:?}"
+    );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     // The operator's Service, PDB and ServiceMonitor do not select authz's pods, nor its theirs.
     let selector = &deployment["spec"]["selector"]["matchLabels"];
@@ -1400,12 +1433,26 @@ async fn chart_rbac_denies_what_the_operator_does_not_need() {
         "delete apitokens"
     );
 
-    // Nothing outside its resources.
+    // Nothing outside its resources. ConfigMaps: it reads usage records in its own namespace
+    // only, and writes none.
+    let elsewhere: Api<ConfigMap> = Api::namespaced(as_operator.clone(), "default");
+    assert_eq!(
+        status_code(elsewhere.list(&ListParams::default()).await),
+        403,
+        "list configmaps outside the release namespace"
+    );
     let configmaps: Api<ConfigMap> = Api::namespaced(as_operator.clone(), &ns.name);
     assert_eq!(
         status_code(configmaps.list(&ListParams::default()).await),
+        200,
+        "list usage records in the release namespace"
+    );
+    let forged: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "tokenmint-usage-x"}})).unwrap();
+    assert_eq!(
+        status_code(configmaps.create(&PostParams::default(), &forged).await),
         403,
-        "list configmaps"
+        "create configmaps"
     );
     let pod: Pod = serde_json::from_value(json!({
         "metadata": { "name": "escape" },

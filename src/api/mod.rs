@@ -63,6 +63,12 @@ const DNS1123_SUBDOMAIN_PATTERN: &str =
         json_path = ".status.nextRotationAt"
     ),
     printcolumn(
+        name = "Last Used",
+        // Empty when no use is recorded: `kubectl apitoken list` tells never from unknown.
+        type_ = "date",
+        json_path = ".status.lastUsedAt"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -251,6 +257,16 @@ pub struct ApiTokenStatus {
     /// Last value of the tokenmint.dev/retire-previous annotation that was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retire_request: Option<String>,
+    /// When any credential of this token was last let in by a `tokenmint authz` that reports use (to
+    /// the minute, and up to the authz's granularity old). Never moves backwards; kept across
+    /// rotations and revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
+    /// True when a verifier that accepts this token is served by a `tokenmint authz` that reports
+    /// use: no `lastUsedAt` then means never used. False or absent: last use is unknown (htpasswd
+    /// servers and authz without usage records report none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_tracked: bool,
     /// One entry per spec.audiences item: whether that verifier accepts this token, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -275,6 +291,10 @@ pub struct PreviousCredential {
     pub fingerprint: String,
     /// When the previous credential stops being valid.
     pub retires_at: Time,
+    /// When the previous credential was last let in (see `status.lastUsedAt`): still in use, or
+    /// safe to retire early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
 }
 
 /// A staged credential, published by verifiers before it becomes current. Never its secret key.

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use axum::http::HeaderValue;
 use jiff::Timestamp;
@@ -13,6 +14,7 @@ use jiff::Timestamp;
 use crate::core::scope::{self, Scope};
 use crate::core::sha256_map::{self, Item};
 pub use crate::core::sha256_map::{Digest32, MapError, digest};
+use crate::core::usage::Minute;
 
 /// What one credential may do, as the map says, with its response headers made once at load.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub struct Grant {
     pub scopes: Vec<GrantedScope>,
     /// The credential is refused from this instant on; `None`: until it leaves the map.
     pub not_after: Option<Timestamp>,
+    /// Where [`Credentials::note_use`] records it.
+    slot: usize,
 }
 
 /// One scope of a grant: its canonical string (the `X-Tokenmint-Scope` value) and its parts.
@@ -41,6 +45,10 @@ pub struct GrantedScope {
 #[derive(Debug, Default)]
 pub struct Credentials {
     by_digest: HashMap<Digest32, Arc<Grant>>,
+    /// Each credential's grant, by its slot.
+    grants: Vec<Arc<Grant>>,
+    /// The minute each credential was last let in (0: not since loaded), by slot.
+    used: Box<[AtomicU32]>,
     /// Distinct credentials (each has a Bearer and a Basic key).
     credentials: usize,
     /// Items left out because they could not be read (a credential refused, never one let in).
@@ -66,6 +74,27 @@ impl Credentials {
     pub fn skipped(&self) -> usize {
         self.skipped
     }
+
+    /// `grant`'s credential was let in during `minute`. On the hot path: one relaxed load, and a
+    /// store only the first time in a minute, so checks never wait on each other.
+    pub fn note_use(&self, grant: &Grant, minute: Minute) {
+        if let Some(slot) = self.used.get(grant.slot)
+            && slot.load(Ordering::Relaxed) < minute
+        {
+            slot.fetch_max(minute, Ordering::Relaxed);
+        }
+    }
+
+    /// Every credential let in since this map was loaded, with the last minute it was.
+    pub fn uses(&self) -> impl Iterator<Item = (&Grant, Minute)> {
+        self.grants
+            .iter()
+            .zip(self.used.iter())
+            .filter_map(|(grant, used)| {
+                let minute = used.load(Ordering::Relaxed);
+                (minute > 0).then_some((grant.as_ref(), minute))
+            })
+    }
 }
 
 /// Reads a `sha256-map` document. An item that cannot be read (a key that is not 64 hex digits, a
@@ -86,10 +115,11 @@ pub fn parse(data: &[u8]) -> Result<Credentials, MapError> {
             entries.push((digest, grant.clone()));
             continue;
         }
-        match grant(item) {
+        match grant(item, credentials.grants.len()) {
             Some(grant) => {
                 let grant = Arc::new(grant);
                 shared.insert(item, grant.clone());
+                credentials.grants.push(grant.clone());
                 entries.push((digest, grant));
             }
             None => credentials.skipped += 1,
@@ -97,10 +127,15 @@ pub fn parse(data: &[u8]) -> Result<Credentials, MapError> {
     }
     credentials.credentials = shared.len();
     credentials.by_digest = entries.into_iter().collect();
+    credentials.used = credentials
+        .grants
+        .iter()
+        .map(|_| AtomicU32::new(0))
+        .collect();
     Ok(credentials)
 }
 
-fn grant(item: &Item) -> Option<Grant> {
+fn grant(item: &Item, slot: usize) -> Option<Grant> {
     let scopes = item
         .scopes
         .iter()
@@ -128,6 +163,7 @@ fn grant(item: &Item) -> Option<Grant> {
         role: header(&item.role)?,
         scopes,
         not_after,
+        slot,
     })
 }
 
@@ -187,6 +223,20 @@ pub(crate) mod tests {
         assert_eq!(events.scope.resource.as_deref(), Some("events"));
         assert_eq!(events.filter.as_ref().unwrap(), "tenant_id = 42");
         assert!(creds.get(&digest("tm-AAAAAAAAAAAAAAA1")).is_none());
+    }
+
+    #[test]
+    fn a_use_is_noted_per_credential_and_never_moves_back() {
+        let creds = parse(&map_of(item(&[], None))).unwrap();
+        assert_eq!(creds.uses().count(), 0);
+        let grant = creds.get(&digest(BEARER)).unwrap();
+        creds.note_use(grant, 100);
+        creds.note_use(creds.get(&digest(BASIC)).unwrap(), 99);
+        let uses: Vec<_> = creds
+            .uses()
+            .map(|(g, m)| (g.access_key.clone(), m))
+            .collect();
+        assert_eq!(uses, [("AAAAAAAAAAAAAAA1".to_owned(), 100)]);
     }
 
     #[test]

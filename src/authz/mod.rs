@@ -11,6 +11,7 @@ pub mod check;
 pub mod map;
 pub mod server;
 pub mod source;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,26 @@ pub struct AuthzArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Record when each credential was last let in, as usage records (ConfigMaps) in this namespace
+    /// (authz's own; the operator folds them into each token's `status.lastUsedAt` when it trusts
+    /// the namespace). Needs `--verifier`. Without it nothing is recorded.
+    #[arg(long, value_name = "NS", requires = "verifier")]
+    pub usage_namespace: Option<String>,
+    /// A credential in continuous use is written at most once per this period (at least 1m), so a
+    /// last use is up to this old.
+    #[arg(long, default_value = "1h", value_parser = parse_granularity)]
+    pub usage_granularity: Duration,
+    /// How often what was seen is written (the delay before a first use shows).
+    #[arg(long, default_value = "30s", value_parser = crate::core::schedule::parse_seconds)]
+    pub usage_flush_interval: Duration,
+}
+
+fn parse_granularity(text: &str) -> Result<Duration, String> {
+    let period = crate::core::schedule::parse_seconds(text)?;
+    if period < crate::core::usage::MIN_GRANULARITY {
+        return Err("at least 1m".into());
+    }
+    Ok(period)
 }
 
 fn parse_verifier(text: &str) -> Result<VerifierRef, String> {
@@ -104,6 +125,9 @@ pub struct Shared {
     state: RwLock<State>,
     max_stale: Option<Duration>,
     pub metrics: server::AuthzMetrics,
+    /// Uses noted in maps that were replaced, until the usage writer takes them; `None`: uses are
+    /// not recorded.
+    replaced: Option<usage::Replaced>,
 }
 
 #[derive(Debug)]
@@ -126,7 +150,21 @@ impl Shared {
             }),
             max_stale,
             metrics: server::AuthzMetrics::new(),
+            replaced: None,
         }
+    }
+
+    /// Also notes each credential's uses, for [`usage::write`].
+    pub fn recording_uses(self) -> Shared {
+        Shared {
+            replaced: Some(usage::Replaced::default()),
+            ..self
+        }
+    }
+
+    /// Whether uses are noted.
+    pub fn records_uses(&self) -> bool {
+        self.replaced.is_some()
     }
 
     /// Replaces what is served, and counts the load. What was just read is current.
@@ -151,8 +189,12 @@ impl Shared {
         }
         self.metrics.loaded(result, credentials);
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        state.output = output;
+        let old = std::mem::replace(&mut state.output, output);
         state.confirmed_at = Instant::now();
+        drop(state);
+        if let (Some(replaced), Output::Loaded(old)) = (&self.replaced, old) {
+            replaced.keep(&old);
+        }
     }
 
     /// How long what is served may go unconfirmed (`None` for a file).
@@ -166,6 +208,14 @@ impl Shared {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .confirmed_at = Instant::now();
+    }
+
+    /// The map loaded, stale or not: what its uses were noted in.
+    fn loaded(&self) -> Option<Arc<Credentials>> {
+        match &self.state.read().unwrap_or_else(|e| e.into_inner()).output {
+            Output::Loaded(credentials) => Some(credentials.clone()),
+            _ => None,
+        }
     }
 
     /// The credentials to check against, or why there are none.
@@ -201,11 +251,46 @@ pub async fn run(
         _ => return Err("give --verifier NS/NAME with --output SECRET, or --file PATH".into()),
     };
     let max_stale = matches!(source, source::Source::Secret { .. }).then_some(args.max_stale);
-    let shared = Arc::new(Shared::new(max_stale));
-    tracing::info!(source = %source, key = %args.key, listen = %args.listen, "tokenmint authz starting");
+    let recorder = match (&args.usage_namespace, &args.verifier) {
+        (Some(namespace), Some(verifier)) => {
+            let client = match &source {
+                source::Source::Secret { client, .. } => client.clone(),
+                source::Source::File(_) => kube::Client::try_default().await?,
+            };
+            Some(usage::Settings {
+                client,
+                namespace: namespace.clone(),
+                verifier: verifier.to_string(),
+                granularity: args.usage_granularity,
+                every: args.usage_flush_interval,
+            })
+        }
+        _ => None,
+    };
+    let mut shared = Shared::new(max_stale);
+    if recorder.is_some() {
+        shared = shared.recording_uses();
+    }
+    let shared = Arc::new(shared);
+    tracing::info!(source = %source, key = %args.key, listen = %args.listen,
+        usage_namespace = args.usage_namespace.as_deref().unwrap_or("(not recorded)"),
+        "tokenmint authz starting");
     let follow = tokio::spawn(source.follow(args.key.clone(), shared.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writer =
+        recorder.map(|settings| tokio::spawn(usage::write(settings, shared.clone(), stopped)));
     let served = server::serve(args.listen, shared, shutdown).await;
     follow.abort();
+    if let Some(writer) = writer {
+        // What was seen since the last write, written once more before the process goes.
+        stop.send_replace(true);
+        if tokio::time::timeout(usage::LAST_WRITE, writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last usage write did not finish in time");
+        }
+    }
     Ok(served?)
 }
 

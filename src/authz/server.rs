@@ -177,14 +177,13 @@ async fn verify(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap)
         .iter()
         .map(HeaderValue::as_bytes)
         .collect();
-    let decision = check::check(
-        &credentials,
-        &authorization,
-        uri.query(),
-        jiff::Timestamp::now(),
-    );
+    let now = jiff::Timestamp::now();
+    let decision = check::check(&credentials, &authorization, uri.query(), now);
     let (result, reason, response) = match decision {
         Decision::Allowed { grant, scope } => {
+            if shared.records_uses() {
+                credentials.note_use(grant, crate::core::usage::minute_of(now));
+            }
             let mut headers = no_store();
             headers.insert(TOKEN_HEADER, grant.token.clone());
             headers.insert(ROLE_HEADER, grant.role.clone());

@@ -7,5 +7,6 @@
 
 pub mod error;
 pub mod token;
+pub mod usage;
 pub mod verifier;
 pub mod write;

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
 use crate::controller::error::Error;
+use crate::controller::usage;
 use crate::controller::verifier::{self as verifiers, Lookup};
 use crate::controller::write::{Written, write_secret};
 use crate::core::credential::{Credential, os_rng};
@@ -53,6 +54,10 @@ pub struct Settings {
     /// List through a watch (`sendInitialEvents`), one object at a time, rather than in pages of
     /// 500 decoded at once: what the first list after a restart holds in memory at its peak.
     pub streaming_lists: bool,
+    /// Namespaces whose usage records (written by `tokenmint authz`) are believed.
+    pub usage_namespaces: Vec<String>,
+    /// Tokens reconciled per second because a later use was recorded.
+    pub usage_updates_per_second: u32,
 }
 
 /// How both caches list and watch.
@@ -94,6 +99,8 @@ pub struct Context {
     published: Mutex<HashMap<String, Timestamp>>,
     /// When each token is next due: its rotation, expiry or promotion.
     wakeups: Arc<Wakeups>,
+    /// The recorded last uses of credentials.
+    usage: Arc<usage::Book>,
 }
 
 impl Context {
@@ -208,6 +215,12 @@ pub async fn run(
         instance: settings.instance.clone(),
     };
     let (events, event_sender) = Events::new(client.clone(), reporter);
+    let (usage, usage_changed) = usage::watch(
+        &client,
+        &settings.usage_namespaces,
+        events.clone(),
+        settings.usage_updates_per_second,
+    );
     let series = token_cache.clone();
     metrics.set_tokens(Box::new(move || {
         series.state().iter().map(|t| token_view(t)).collect()
@@ -236,6 +249,7 @@ pub async fn run(
         lookup,
         published: Mutex::default(),
         wakeups: wakeups.clone(),
+        usage,
     });
     let shutdown = futures::FutureExt::shared(shutdown);
     let verifier_controller = verifiers::run(
@@ -283,6 +297,8 @@ pub async fn run(
         publications.map(one).boxed(),
         // A rotation, expiry or promotion is due.
         due.map(Request::One).boxed(),
+        // A credential was used later than its token's status says.
+        usage_changed.boxed(),
     ]);
     let all = token_cache.clone();
     let token_controller = queue::drive(
@@ -336,6 +352,7 @@ fn token_view(object: &Cached) -> TokenView {
         phase: summary.phase.unwrap_or(Phase::Pending),
         next_rotation: summary.next_rotation,
         expiry: summary.expiry,
+        last_used: summary.last_used,
     }
 }
 
@@ -576,12 +593,30 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
     Err(Error::Contended { name: secret_name })
 }
 
+/// Whether an authz that reports use serves a verifier that accepts `token`.
+fn usage_tracked(token: &ApiToken, status: &ApiTokenStatus, book: &usage::Book) -> bool {
+    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
+    let audiences = token.spec.audiences.iter().flatten();
+    audiences
+        .zip(&status.audiences)
+        .any(|(audience, reported)| {
+            reported.accepted
+                && audience
+                    .resolve(namespace)
+                    .is_ok_and(|verifier| book.tracks(&verifier.to_string()))
+        })
+}
+
 /// After the Secret write: status (only if it changed), the Event, metrics, and when to come back.
 async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result<Wake, Error> {
     let name = token.name_any();
     let mut plan = plan;
     plan.status.audiences = verifiers::audiences_of(token, &ctx.lookup);
-    let observed = serde_json::to_value(token.status.clone().unwrap_or_default()).ok();
+    let last = token.status.clone().unwrap_or_default();
+    let key = key_from(Some(ns), &name);
+    crate::core::usage::fold(&mut plan.status, &last, &ctx.usage.uses_of(&key));
+    plan.status.usage_tracked = usage_tracked(token, &plan.status, &ctx.usage);
+    let observed = serde_json::to_value(last).ok();
     if serde_json::to_value(&plan.status).ok() != observed {
         write_status(ctx, &token.metadata, &plan.status).await?;
     }

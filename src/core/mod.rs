@@ -14,4 +14,5 @@ pub mod scope;
 pub mod seal;
 pub mod sha256_map;
 pub mod token;
+pub mod usage;
 pub mod verifier;

@@ -10,6 +10,7 @@ use kube::runtime::events::{Event, Recorder, Reporter};
 /// flight records them. In a rotation storm the API server's capacity goes to the credentials
 /// first (every Event still follows its status write). When more than `BACKLOG` wait,
 /// the reconcile records its own, as before, so a bulk cannot grow the queue without bound.
+#[derive(Clone)]
 pub struct Events {
     queue: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     client: Client,

@@ -49,6 +49,8 @@ pub struct TokenView {
     pub next_rotation: Option<i64>,
     /// Unix seconds of expiry, if any.
     pub expiry: Option<i64>,
+    /// Unix seconds of the last recorded use, if any.
+    pub last_used: Option<i64>,
 }
 
 /// Where the per-token series come from at scrape time: the controller's token cache.
@@ -115,7 +117,7 @@ impl Collector for TokenCollector {
             };
             family.encode_family(&labels)?.encode_gauge(count)?;
         }
-        let timestamps: [TimestampSeries; 2] = [
+        let timestamps: [TimestampSeries; 3] = [
             (
                 "token_next_rotation_timestamp_seconds",
                 "Unix time of the token's next scheduled rotation",
@@ -125,6 +127,11 @@ impl Collector for TokenCollector {
                 "token_expiry_timestamp_seconds",
                 "Unix time at which the token expires",
                 |t| t.expiry,
+            ),
+            (
+                "token_last_used_timestamp_seconds",
+                "Unix time a credential of the token was last let in by an authz that reports use",
+                |t| t.last_used,
             ),
         ];
         for (name, help, value) in timestamps {
@@ -348,6 +355,7 @@ mod tests {
             phase,
             next_rotation: Some(1_900_000_000),
             expiry: None,
+            last_used: None,
         }
     }
 

@@ -72,6 +72,8 @@ pub struct Summary {
     pub next_rotation: Option<i64>,
     /// Unix seconds of `status.expiresAt`.
     pub expiry: Option<i64>,
+    /// Unix seconds of `status.lastUsedAt`.
+    pub last_used: Option<i64>,
     /// `spec.secretName`, when set.
     secret_name: Option<Box<str>>,
     /// Whether `spec.audiences` names any verifier.
@@ -96,6 +98,7 @@ impl Summary {
             phase: status.and_then(|s| s.phase),
             next_rotation: seconds(status.and_then(|s| s.next_rotation_at.as_ref())),
             expiry: seconds(status.and_then(|s| s.expires_at.as_ref())),
+            last_used: seconds(status.and_then(|s| s.last_used_at.as_ref())),
             ..Summary::default()
         }
     }

@@ -193,6 +193,11 @@ impl Authz {
         }
     }
 
+    /// Stops it with SIGTERM, as a kubelet does, and waits until it has exited.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
     /// Whether the process is still running (a panic would have ended it).
     pub fn running(&mut self) -> bool {
         self.process.running()

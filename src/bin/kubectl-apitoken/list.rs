@@ -125,6 +125,7 @@ pub fn table(tokens: &[ApiToken], now: Timestamp, all_namespaces: bool, wide: bo
         "PHASE",
         "CREATED",
         "NEXT ROTATION",
+        "LAST USED",
     ]);
     if wide {
         headers.extend([
@@ -153,6 +154,7 @@ pub fn table(tokens: &[ApiToken], now: Timestamp, all_namespaces: bool, wide: bo
                 .map_or_else(|| NONE.to_owned(), |p| p.as_str().to_owned()),
             age(token.metadata.creation_timestamp.as_ref().map(|t| t.0), now),
             relative(status.next_rotation_at.as_ref().map(|t| t.0), now),
+            last_used(&status, now),
         ]);
         if wide {
             let expires = status
@@ -180,11 +182,15 @@ pub fn table(tokens: &[ApiToken], now: Timestamp, all_namespaces: bool, wide: bo
                 status.previous.as_ref().map_or_else(
                     || NONE.to_owned(),
                     |p| {
-                        format!(
-                            "{} until {}",
-                            p.access_key,
-                            relative(Some(p.retires_at.0), now)
-                        )
+                        let until = relative(Some(p.retires_at.0), now);
+                        match &p.last_used_at {
+                            Some(used) => format!(
+                                "{} until {until}, used {}",
+                                p.access_key,
+                                relative(Some(used.0), now)
+                            ),
+                            None => format!("{} until {until}", p.access_key),
+                        }
                     },
                 ),
                 relative(expires, now),
@@ -194,6 +200,16 @@ pub fn table(tokens: &[ApiToken], now: Timestamp, all_namespaces: bool, wide: bo
         table.push(row);
     }
     table
+}
+
+/// When any credential of the token was last let in: `3h ago`; `never` when an authz that reports
+/// use checks it and has not let it in; `unknown` when none does (an htpasswd server cannot say).
+fn last_used(status: &tokenmint::api::ApiTokenStatus, now: Timestamp) -> String {
+    match (&status.last_used_at, status.usage_tracked) {
+        (Some(at), _) => relative(Some(at.0), now),
+        (None, true) => "never".to_owned(),
+        (None, false) => "unknown".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -247,10 +263,24 @@ mod tests {
         ];
         assert_eq!(
             table(&tokens, now(), false, false).render(),
-            "NAME              ACCESS KEY         DESCRIPTION           ROLE     PHASE    CREATED   NEXT ROTATION\n\
-             superset-reader   XkQBXKr652MV1VF9   Superset dashboards   reader   Active   5m        in 29d\n\
-             new               <none>             Superset dashboards   reader   <none>   5m        <none>\n"
+            "NAME              ACCESS KEY         DESCRIPTION           ROLE     PHASE    CREATED   NEXT ROTATION   LAST USED\n\
+             superset-reader   XkQBXKr652MV1VF9   Superset dashboards   reader   Active   5m        in 29d          unknown\n\
+             new               <none>             Superset dashboards   reader   <none>   5m        <none>          unknown\n"
         );
+    }
+
+    #[test]
+    fn last_used_tells_a_time_from_never_from_unknown() {
+        let mut used = active(token("analytics", "used"));
+        let status = used.status.as_mut().unwrap();
+        status.last_used_at = Some(Time(now() - SignedDuration::from_hours(3)));
+        status.usage_tracked = true;
+        let mut quiet = active(token("analytics", "quiet"));
+        quiet.status.as_mut().unwrap().usage_tracked = true;
+        let untracked = active(token("analytics", "htpasswd-only"));
+        let t = table(&[used, quiet, untracked], now(), false, false);
+        let column: Vec<&str> = t.rows.iter().map(|r| r[7].as_str()).collect();
+        assert_eq!(column, ["3h ago", "never", "unknown"]);
     }
 
     #[test]
@@ -281,7 +311,7 @@ mod tests {
             true,
         );
         assert_eq!(
-            &t.headers[7..],
+            &t.headers[8..],
             &[
                 "SECRET",
                 "ROTATIONS",
@@ -292,7 +322,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            &t.rows[0][7..],
+            &t.rows[0][8..],
             &[
                 "superset-reader",
                 "2",

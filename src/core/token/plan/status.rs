@@ -79,6 +79,12 @@ pub(super) fn active_status(
             access_key: p.credential.access_key.clone(),
             fingerprint: p.credential.fingerprint(),
             retires_at: Time(p.retires_at),
+            // Its last use, while it is the same credential.
+            last_used_at: last
+                .previous
+                .as_ref()
+                .filter(|last| last.access_key == p.credential.access_key)
+                .and_then(|last| last.last_used_at.clone()),
         }),
         next: held.next.as_ref().map(|n| NextCredential {
             access_key: n.credential.access_key.clone(),
@@ -86,6 +92,9 @@ pub(super) fn active_status(
             promote_at: Time(n.promote_at),
         }),
         last_retire_request: held.retire_request.clone(),
+        // Last use is the controller's to fold in, from the usage records; kept meanwhile.
+        last_used_at: last.last_used_at.clone(),
+        usage_tracked: last.usage_tracked,
         // Which verifiers accept the token is the controller's to fill in: it sees the verifiers.
         audiences: last.audiences.clone(),
         observed_generation: token.metadata.generation,
@@ -162,6 +171,8 @@ pub(super) fn end(
         last_retire_request: held
             .and_then(|h| h.retire_request.clone())
             .or(last.last_retire_request.clone()),
+        last_used_at: last.last_used_at.clone(),
+        usage_tracked: last.usage_tracked,
         audiences: last.audiences.clone(),
         observed_generation: token.metadata.generation,
         conditions: vec![ready(token, last, false, reason, message.clone(), now)],
