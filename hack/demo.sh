@@ -58,7 +58,8 @@ kubectl apply --server-side "${examples[@]}"
   --set image.pullPolicy=Never --set authz.enabled=true --set authz.replicas=1 \
   --set authz.verifier.namespace="$ns" --set authz.verifier.name=gateway \
   --set authz.output=gateway-tokens --set authz.usage.granularity=1m \
-  --set authz.usage.flushInterval=2s --wait --timeout 180s >/dev/null
+  --set authz.usage.flushInterval=2s --set consumers.enabled=true --set consumers.window=1s \
+  --wait --timeout 180s >/dev/null
 # A release from an earlier run may have been scaled to 0 by `make test`.
 kubectl -n tokenmint-system scale deployment/tokenmint --replicas=1 >/dev/null
 kubectl -n tokenmint-system rollout status deployment/tokenmint --timeout 120s >/dev/null
@@ -162,6 +163,7 @@ for h in token role scope filter; do
   forward+="auth_request_set \$tm_$h \$upstream_http_x_tokenmint_$h; proxy_set_header X-Tokenmint-$h \$tm_$h;"
 done
 kubectl -n "$ns" delete pod gateway client --ignore-not-found --wait >/dev/null
+kubectl -n "$ns" delete deployment client --ignore-not-found --wait >/dev/null
 kubectl apply --server-side -f - >/dev/null <<YAML
 apiVersion: v1
 kind: ConfigMap
@@ -213,43 +215,57 @@ spec:
 YAML
 kubectl -n "$ns" wait pod/gateway --for=condition=Ready --timeout 60s >/dev/null
 gateway_ip=$(kubectl -n "$ns" get pod gateway -o jsonpath='{.status.podIP}')
+# The client is a Deployment that gateway-client names as its consumer (spec.consumers): it reads
+# the token from an environment variable, so after a rotation tokenmint restarts it, once.
 kubectl apply --server-side -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Pod
+apiVersion: apps/v1
+kind: Deployment
 metadata: {name: client, namespace: $ns}
 spec:
-  terminationGracePeriodSeconds: 0
-  containers:
-    - name: client
-      image: tokenmint.local/toolbox:1
-      imagePullPolicy: Never
-      env:
-        - name: API_AUTHORIZATION
-          valueFrom: {secretKeyRef: {name: gateway-client, key: authorization-bearer}}
-      command: [/bin/sh, -c]
-      args:
-        - |
-          last=""
-          while true; do
-            # busybox nc stops at the end of its input: keep it open long enough for the answer.
-            out=\$( (printf 'GET /pipes/top_pages HTTP/1.0\r\nAuthorization: %s\r\n\r\n' "\$API_AUTHORIZATION"; sleep 0.3) | nc -w 2 $gateway_ip 8080)
-            code=\$(printf '%s' "\$out" | head -n 1 | cut -d' ' -f2)
-            if [ "\$code" != "\$last" ]; then
-              echo "HTTP \$code \$(printf '%s' "\$out" | grep '^the app saw' || true)"
-              last=\$code
-            fi
-            sleep 0.5
-          done
+  replicas: 1
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+        - name: client
+          image: tokenmint.local/toolbox:1
+          imagePullPolicy: Never
+          env:
+            - name: API_AUTHORIZATION
+              valueFrom: {secretKeyRef: {name: gateway-client, key: authorization-bearer}}
+          command: [/bin/sh, -c]
+          args:
+            - |
+              last=""
+              while true; do
+                # busybox nc stops at the end of its input: keep it open long enough for the answer.
+                out=\$( (printf 'GET /pipes/top_pages HTTP/1.0\r\nAuthorization: %s\r\n\r\n' "\$API_AUTHORIZATION"; sleep 0.3) | nc -w 2 $gateway_ip 8080)
+                code=\$(printf '%s' "\$out" | head -n 1 | cut -d' ' -f2)
+                if [ "\$code" != "\$last" ]; then
+                  echo "HTTP \$code \$(printf '%s' "\$out" | grep '^the app saw' || true)"
+                  last=\$code
+                fi
+                sleep 0.5
+              done
 YAML
-kubectl -n "$ns" wait pod/client --for=condition=Ready --timeout 60s >/dev/null
-# Prints the client's new log lines until one starts with "HTTP $1", within 60 s.
+kubectl -n "$ns" rollout status deployment/client --timeout 60s >/dev/null
+# The client's running pod (a restart replaces it).
+client_pod() {
+  kubectl -n "$ns" rollout status deployment/client --timeout 60s >/dev/null
+  # shellcheck disable=SC2016 # a go-template, not shell
+  kubectl -n "$ns" get pods -l app=client -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{if eq .status.phase "Running"}}{{.metadata.name}}{{"\n"}}{{end}}{{end}}{{end}}' | tail -n 1
+}
+pod=$(client_pod)
+# Prints the client pod's new log lines until one starts with "HTTP $1", within 60 s.
 shown=0
 client_until() {
   local deadline=$(( $(date +%s) + 60 )) lines
   while :; do
-    mapfile -t lines < <(kubectl -n "$ns" logs client)
+    mapfile -t lines < <(kubectl -n "$ns" logs "$pod")
     while [ "$shown" -lt "${#lines[@]}" ]; do
-      echo "  client pod: ${lines[$shown]}"
+      echo "  client pod $pod: ${lines[$shown]}"
       shown=$((shown + 1))
       case "${lines[$((shown - 1))]}" in "HTTP $1"*) return 0 ;; esac
     done
@@ -269,8 +285,23 @@ for _ in $(seq 60); do
 done
 echo "demo: last use, as authz recorded it (LAST USED: never = checked by authz, not used; unknown = no authz reports):"
 kubectl apitoken list -n "$ns" | sed 's/^/  /'
+
+# A rotation: the new credential is staged, published by the verifier, promoted; then tokenmint
+# restarts the consumer once (the previous credential stays valid for the overlap meanwhile).
+kubectl apitoken rotate -n "$ns" gateway-client --wait >/dev/null
+fingerprint=$(kubectl get apitoken -n "$ns" gateway-client -o jsonpath='{.status.fingerprint}')
+for _ in $(seq 120); do
+  state=$(kubectl get apitoken -n "$ns" gateway-client -o jsonpath='{.status.consumers[0].state}|{.status.consumers[0].fingerprint}|{.status.consumers[0].restartedAt}')
+  [ "${state%%|*}" = Current ] && [ "$(cut -d'|' -f2 <<<"$state")" = "$fingerprint" ] && break
+  sleep 0.5
+done
+echo "demo: after kubectl apitoken rotate gateway-client: status.consumers[0] = $state (state|credential|restartedAt);"
+echo "  Deployment client restarted once: generation $(kubectl -n "$ns" get deployment client -o jsonpath='{.metadata.generation}'), pod template annotation credential.tokenmint.dev/gateway-client=$(kubectl -n "$ns" get deployment client -o jsonpath='{.spec.template.metadata.annotations.credential\.tokenmint\.dev/gateway-client}')"
+pod=$(client_pod)
+shown=0
+client_until 200
 kubectl apitoken revoke -n "$ns" gateway-client --yes --wait
 echo "demo: after the revocation:"
 client_until 401
 # The gateway stays for a look (kubectl -n tokenmint-demo logs gateway); the client stops asking.
-kubectl -n "$ns" delete pod client --wait=false >/dev/null
+kubectl -n "$ns" delete deployment client --wait=false >/dev/null

@@ -65,6 +65,20 @@ pub struct RunArgs {
     /// lag more, never lost.
     #[arg(long, default_value_t = 20)]
     pub usage_updates_per_second: u32,
+    /// How long a consumer's due restart waits for other tokens of the same workload, so tokens
+    /// promoted together restart it once.
+    #[arg(long, default_value = "5s", value_parser = crate::core::schedule::parse_seconds)]
+    pub consumer_window: Duration,
+    /// Consumer rollouts at once in the cluster.
+    #[arg(long, default_value_t = 10)]
+    pub consumer_rollouts: usize,
+    /// Consumer rollouts at once in one namespace.
+    #[arg(long, default_value_t = 2)]
+    pub consumer_rollouts_per_namespace: usize,
+    /// How long a consumer's rollout may take before it counts as stuck (a Warning Event; the
+    /// previous credential's retirement stops waiting for it at one more overlap anyway).
+    #[arg(long, default_value = "10m", value_parser = crate::core::schedule::parse_seconds)]
+    pub consumer_rollout_timeout: Duration,
     /// Let secretTemplate carry Reflector, kubed or mittwald replicator annotations, which copy the
     /// credential into other namespaces.
     #[arg(long)]
@@ -206,6 +220,12 @@ pub async fn run(
         streaming_lists,
         usage_namespaces: args.usage_namespace,
         usage_updates_per_second: args.usage_updates_per_second,
+        consumers: crate::controller::consumers::Settings {
+            window: args.consumer_window,
+            max: args.consumer_rollouts.max(1),
+            per_namespace: args.consumer_rollouts_per_namespace.max(1),
+            timeout: args.consumer_rollout_timeout,
+        },
         namespace: args.namespace,
         concurrency: args.concurrency,
         instance: if args.leader_elect {

@@ -481,6 +481,51 @@ fn watch_namespace_gets_a_role_in_that_namespace_and_nothing_cluster_wide() {
 }
 
 #[test]
+fn consumer_restarts_are_off_by_default_and_on_grant_only_reading_watching_and_patching_workloads()
+{
+    let workloads = row(
+        "apps",
+        "deployments",
+        &[],
+        &["get", "list", "watch", "patch"],
+    );
+    let apps = |rules: &BTreeSet<Rule>| -> BTreeSet<Rule> {
+        rules.iter().filter(|r| r.0 == "apps").cloned().collect()
+    };
+    let defaults = render("tokenmint", "tokenmint-system", &[]);
+    assert!(apps(&rules(named(&defaults, "ClusterRole", "tokenmint"))).is_empty());
+    let on = render(
+        "tokenmint",
+        "tokenmint-system",
+        &[
+            "consumers.enabled=true",
+            "consumers.window=2s",
+            "consumers.maxRollouts=4",
+        ],
+    );
+    let granted = apps(&rules(named(&on, "ClusterRole", "tokenmint")));
+    let kinds: BTreeSet<&str> = granted.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(kinds, ["daemonsets", "deployments", "statefulsets"].into());
+    assert!(
+        granted.iter().all(|r| r.3 == workloads.3 && r.2.is_empty()),
+        "{granted:?}"
+    );
+    let args = container_args(&on);
+    for flag in ["--consumer-window=2s", "--consumer-rollouts=4"] {
+        assert!(args.iter().any(|a| a == flag), "{args:?}");
+    }
+    // With watchNamespace, only there.
+    let scoped = render(
+        "tm",
+        "ops",
+        &["watchNamespace=apps", "consumers.enabled=true"],
+    );
+    let role = named(&scoped, "Role", "tm-tokenmint");
+    assert_eq!(role["metadata"]["namespace"], "apps");
+    assert_eq!(apps(&rules(role)).len(), 3);
+}
+
+#[test]
 fn rbac_values_switch_exactly_their_objects() {
     // rbac.aggregate=false: the operator keeps its roles, users get none from the chart.
     let docs = render("tokenmint", "tokenmint-system", &["rbac.aggregate=false"]);

@@ -856,3 +856,451 @@ impl Drop for Uncordon {
         let _ = kubectl(&["uncordon", &self.0]);
     }
 }
+
+/// nginx in front of the chart's authz (its Service, reading the verifier's output through the
+/// API), logging the status of every checked request with the asking pod's name (`X-Pod`).
+fn api_gateway(authz_ip: &str) -> (ConfigMap, Pod) {
+    let conf = format!(
+        r#"
+daemon off;
+pid /tmp/nginx.pid;
+error_log stderr notice;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  log_format checked 'checked $status $http_x_pod';
+  client_body_temp_path /tmp/body; proxy_temp_path /tmp/proxy; fastcgi_temp_path /tmp/fastcgi;
+  uwsgi_temp_path /tmp/uwsgi; scgi_temp_path /tmp/scgi;
+  server {{
+    listen 127.0.0.1:8081;
+    access_log off;
+    location / {{ return 200 "ok\n"; }}
+  }}
+  server {{
+    listen 8080;
+    location = /_tokenmint {{
+      internal;
+      access_log off;
+      proxy_pass http://{authz_ip}:8080/verify;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+    }}
+    location / {{
+      access_log /dev/stdout checked;
+      auth_request /_tokenmint;
+      proxy_pass http://127.0.0.1:8081;
+    }}
+  }}
+}}
+"#
+    );
+    let config = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "api-gateway-nginx"},
+        "data": {"nginx.conf": conf},
+    }))
+    .unwrap();
+    let locked = json!({"runAsNonRoot": true, "readOnlyRootFilesystem": true,
+                        "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    let pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api-gateway"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "nginx",
+                "image": "tokenmint.local/nginx:1",
+                "imagePullPolicy": "Never",
+                "args": ["-p", "/tmp/", "-c", "/etc/gateway/nginx.conf"],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/etc/gateway", "readOnly": true},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+                "securityContext": locked,
+            }],
+            "volumes": [
+                {"name": "config", "configMap": {"name": "api-gateway-nginx"}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        },
+    }))
+    .unwrap();
+    (config, pod)
+}
+
+/// A Deployment of `replicas` pods reading `tokens`' Bearer tokens from environment variables when
+/// they start (`TOKEN_0`, ...; the first is sent), asking the gateway at `gateway_ip` every 100 ms
+/// and stopping at once on SIGTERM. With `ready_only_with`, a pod is ready only while its first
+/// token is that value, so a restart for a new credential never becomes ready (a stuck rollout).
+fn consumer_deployment(
+    name: &str,
+    tokens: &[&str],
+    replicas: i32,
+    gateway_ip: &str,
+    ready_only_with: Option<&str>,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    let script = r#"
+trap 'exit 0' TERM
+while true; do
+  (printf 'GET /app HTTP/1.0\r\nAuthorization: Bearer %s\r\nX-Pod: %s\r\n\r\n' "$TOKEN_0" "$HOSTNAME"; sleep 0.2) |
+    nc -w 2 "$GATEWAY" 8080 >/dev/null
+  sleep 0.1 & wait $!
+done"#;
+    let mut env = vec![json!({"name": "GATEWAY", "value": gateway_ip})];
+    for (i, token) in tokens.iter().enumerate() {
+        env.push(json!({"name": format!("TOKEN_{i}"),
+            "valueFrom": {"secretKeyRef": {"name": token, "key": "token"}}}));
+    }
+    let mut container = json!({
+        "name": "app",
+        "image": TOOLBOX,
+        "imagePullPolicy": "Never",
+        "command": ["/bin/sh", "-c", script],
+        "env": env,
+    });
+    // Ready 3 s after start: a rollout of two replicas takes several seconds, as a real one does.
+    container["readinessProbe"] = json!({
+        "exec": {"command": ["/bin/sh", "-c", "true"]},
+        "initialDelaySeconds": 3,
+        "periodSeconds": 1,
+    });
+    if let Some(first) = ready_only_with {
+        container["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "FIRST", "value": first}));
+        container["readinessProbe"] = json!({
+            "exec": {"command": ["/bin/sh", "-c", "test \"$TOKEN_0\" = \"$FIRST\""]},
+            "periodSeconds": 1,
+        });
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "progressDeadlineSeconds": 10,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 5, "containers": [container]},
+            },
+        },
+    }))
+    .unwrap()
+}
+
+/// The chart with consumer restarts and authz on verifier `api` (publishDelay 0s), and the
+/// gateway pod in front of authz; the gateway's IP.
+async fn consumer_cluster(ns: &TestNs) -> (Release, String) {
+    create_map_verifier(ns, "api", "api-tokens").await;
+    let release = install_chart(
+        ns,
+        &[
+            "authz.enabled=true",
+            "authz.verifier.name=api",
+            "authz.output=api-tokens",
+            "authz.replicas=1",
+            "consumers.enabled=true",
+            "consumers.window=2s",
+        ],
+    );
+    let service = ns
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .get(&format!("{}-tokenmint-authz", ns.name))
+        .await
+        .unwrap();
+    let authz_ip = service.spec.unwrap().cluster_ip.expect("a ClusterIP");
+    let (config, pod) = api_gateway(&authz_ip);
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+    let gateway = run_pod(ns, &pod).await;
+    (release, gateway.status.unwrap().pod_ip.expect("a pod IP"))
+}
+
+async fn create_deployment(ns: &TestNs, deployment: &k8s_openapi::api::apps::v1::Deployment) {
+    ns.api::<k8s_openapi::api::apps::v1::Deployment>()
+        .create(&PostParams::default(), deployment)
+        .await
+        .unwrap();
+}
+
+/// Deployment `name`'s generation: one more per pod-template change, i.e. per restart.
+async fn generation(ns: &TestNs, name: &str) -> i64 {
+    let d = ns
+        .api::<k8s_openapi::api::apps::v1::Deployment>()
+        .get(name)
+        .await
+        .unwrap();
+    d.metadata.generation.unwrap()
+}
+
+/// The annotations of Deployment `name`'s pod template.
+async fn template_annotations(ns: &TestNs, name: &str) -> BTreeMap<String, String> {
+    let d = ns
+        .api::<k8s_openapi::api::apps::v1::Deployment>()
+        .get(name)
+        .await
+        .unwrap();
+    let template = d.spec.unwrap().template;
+    template
+        .metadata
+        .and_then(|m| m.annotations)
+        .unwrap_or_default()
+}
+
+/// Waits until Deployment `name` has every replica ready and available on its current template.
+async fn rolled_out(ns: &TestNs, name: &str) {
+    let api = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
+    let done = |d: Option<&k8s_openapi::api::apps::v1::Deployment>| {
+        d.is_some_and(|d| {
+            tokenmint::core::consumer::deployment_progress(d)
+                == tokenmint::core::consumer::Progress::Complete
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(120), await_condition(api, name, done))
+        .await
+        .unwrap_or_else(|_| panic!("Deployment {name} rolled out within 120s"))
+        .unwrap();
+}
+
+/// Waits until token `name`'s consumers all run its current credential, as its status says.
+async fn consumers_current(ns: &TestNs, name: &str) -> tokenmint::api::ApiToken {
+    wait_for(
+        &format!("{name}'s consumers on the current credential"),
+        Duration::from_secs(180),
+        || async {
+            let t = token(ns, name).await;
+            let status = t.status.as_ref()?;
+            let current = !status.consumers.is_empty()
+                && status
+                    .consumers
+                    .iter()
+                    .all(|c| c.state == "Current" && c.fingerprint == status.fingerprint);
+            current.then_some(t)
+        },
+    )
+    .await
+}
+
+/// The statuses nginx logged for the checks of `pod`-prefixed clients.
+async fn gateway_statuses(ns: &TestNs) -> BTreeMap<String, usize> {
+    let log = ns
+        .api::<Pod>()
+        .logs("api-gateway", &LogParams::default())
+        .await
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    for line in log.lines().filter_map(|l| l.strip_prefix("checked ")) {
+        let status = line.split(' ').next().unwrap_or_default().to_owned();
+        *counts.entry(status).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A 2-replica Deployment reading its Bearer token from an environment variable sends it through
+/// nginx + authz without pause across three rotations with an overlap: no request is refused, each
+/// rotation restarts it exactly once, after the new credential was promoted; the operator, deleted
+/// mid-rollout, does not restart it again. Prints rotation → every pod on the new credential.
+#[tokio::test]
+async fn a_deployment_reading_its_token_from_env_rides_through_rotations_with_no_refused_request() {
+    ensure_crds();
+    let _node = NODE.read().await;
+    let ns = TestNs::new("node-consumers").await;
+    let (_release, gateway_ip) = consumer_cluster(&ns).await;
+    let spec = json!({"role": "reader", "audiences": ["api"],
+        "rotation": {"period": "30d", "overlap": "60s"},
+        "consumers": [{"kind": "Deployment", "name": "app"}]});
+    let first = issue(&ns, "app", spec_of(spec)).await;
+    wait_published(&ns, "api", "api-tokens", &first.access_key).await;
+    create_deployment(
+        &ns,
+        &consumer_deployment("app", &["app"], 2, &gateway_ip, None),
+    )
+    .await;
+    rolled_out(&ns, "app").await;
+    // Named before any rotation: adopted, not restarted.
+    let adopted = consumers_current(&ns, "app").await;
+    assert!(status_of(&adopted).consumers[0].restarted_at.is_none());
+    assert_eq!(generation(&ns, "app").await, 1);
+
+    let fullname = format!("{}-tokenmint", ns.name);
+    for rotation in 1..=3u64 {
+        let asked = Instant::now();
+        annotate(
+            &ns,
+            "app",
+            tokenmint::api::ROTATE_ANNOTATION,
+            &rotation.to_string(),
+        )
+        .await;
+        settled(&ns, "app", rotation).await;
+        let promoted = asked.elapsed();
+        if rotation == 2 {
+            // The operator goes while the restart is queued or rolling out; its successor reads the
+            // annotation already on the pod template and restarts nothing again.
+            wait_for("the restart under way", WAIT, || async {
+                let t = token(&ns, "app").await;
+                let state = status_of(&t).consumers.first().map(|c| c.state.clone());
+                matches!(state.as_deref(), Some("RollingOut")).then_some(())
+            })
+            .await;
+            let leader = lease_holder(&ns, &fullname).await;
+            ns.api::<Pod>()
+                .delete(&leader, &Default::default())
+                .await
+                .unwrap();
+        }
+        let t = consumers_current(&ns, "app").await;
+        eprintln!(
+            "node: rotation {rotation}: promoted {promoted:?} after the request, every consumer pod on the new credential {:?} after it",
+            asked.elapsed()
+        );
+        assert_eq!(
+            generation(&ns, "app").await,
+            1 + i64::try_from(rotation).unwrap(),
+            "one restart per rotation"
+        );
+        let consumer = &status_of(&t).consumers[0];
+        assert!(consumer.restarted_at.is_some());
+        let annotations = template_annotations(&ns, "app").await;
+        assert_eq!(
+            annotations["credential.tokenmint.dev/app"],
+            status_of(&t).fingerprint.clone().unwrap()
+        );
+    }
+    let statuses = gateway_statuses(&ns).await;
+    eprintln!("node: the gateway's answers to the consumer across 3 rotations: {statuses:?}");
+    assert!(
+        statuses.get("200").copied().unwrap_or(0) > 100,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.keys().collect::<Vec<_>>(),
+        ["200"],
+        "a refused request"
+    );
+    let events = events(&ns, "app").await;
+    let restarts = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("ConsumerRestarted"))
+        .count();
+    assert_eq!(restarts, 3, "one ConsumerRestarted Event per rotation");
+    ns.cleanup().await;
+}
+
+/// Two tokens of one Deployment rotating in the same second restart it once. A restart that never
+/// becomes ready is stuck: status and a Warning say so, the previous credential is kept past its
+/// overlap while the rollout does not finish, and retired at one more overlap with a Warning.
+#[tokio::test]
+async fn tokens_rotating_together_restart_a_workload_once_and_a_stuck_rollout_holds_retirement_within_its_bound()
+ {
+    ensure_crds();
+    let _node = NODE.read().await;
+    let ns = TestNs::new("node-consumers-stuck").await;
+    let (_release, gateway_ip) = consumer_cluster(&ns).await;
+    let of = |consumer: &str| {
+        spec_of(json!({"role": "reader", "audiences": ["api"],
+            "rotation": {"period": "30d", "overlap": "20s"},
+            "consumers": [{"kind": "Deployment", "name": consumer}]}))
+    };
+    issue(&ns, "a", of("pair")).await;
+    issue(&ns, "b", of("pair")).await;
+    let stuck = issue(&ns, "s", of("stuck")).await;
+    create_deployment(
+        &ns,
+        &consumer_deployment("pair", &["a", "b"], 1, &gateway_ip, None),
+    )
+    .await;
+    create_deployment(
+        &ns,
+        &consumer_deployment("stuck", &["s"], 1, &gateway_ip, Some(&stuck.bearer)),
+    )
+    .await;
+    rolled_out(&ns, "pair").await;
+    rolled_out(&ns, "stuck").await;
+    consumers_current(&ns, "a").await;
+    consumers_current(&ns, "b").await;
+    consumers_current(&ns, "s").await;
+
+    // a and b in the same second: one restart of pair, carrying both credentials.
+    annotate(&ns, "a", tokenmint::api::ROTATE_ANNOTATION, "1").await;
+    annotate(&ns, "b", tokenmint::api::ROTATE_ANNOTATION, "1").await;
+    annotate(&ns, "s", tokenmint::api::ROTATE_ANNOTATION, "1").await;
+    settled(&ns, "a", 1).await;
+    settled(&ns, "b", 1).await;
+    let a = consumers_current(&ns, "a").await;
+    let b = consumers_current(&ns, "b").await;
+    assert_eq!(
+        generation(&ns, "pair").await,
+        2,
+        "one restart for two tokens"
+    );
+    let annotations = template_annotations(&ns, "pair").await;
+    assert_eq!(
+        annotations["credential.tokenmint.dev/a"],
+        status_of(&a).fingerprint.clone().unwrap()
+    );
+    assert_eq!(
+        annotations["credential.tokenmint.dev/b"],
+        status_of(&b).fingerprint.clone().unwrap()
+    );
+
+    // s: its restart never becomes ready (progressDeadlineSeconds 10): Stuck, with a Warning.
+    let rotated = settled(&ns, "s", 1).await;
+    let first_retirement = status_of(&rotated).previous.clone().unwrap().retires_at.0;
+    let stuck_event = wait_event(&ns, "s", "ConsumerStuck", "Warning").await;
+    assert!(
+        stuck_event
+            .message
+            .unwrap_or_default()
+            .contains("progress deadline")
+    );
+    let t = wait_for("s's consumer reported Stuck", WAIT, || async {
+        let t = token(&ns, "s").await;
+        (status_of(&t).consumers.first()?.state == "Stuck").then_some(t)
+    })
+    .await;
+    assert!(status_of(&t).previous.is_some());
+    // Past the first retirement instant the previous credential is still there, moved on.
+    wait_for(
+        "the first retirement instant passed",
+        Duration::from_secs(60),
+        || async {
+            (jiff::Timestamp::now() > first_retirement + jiff::SignedDuration::from_secs(2))
+                .then_some(())
+        },
+    )
+    .await;
+    let held = status_of(&token(&ns, "s").await).previous.clone();
+    let held = held.expect("the previous credential is kept while the consumer is stuck");
+    assert!(held.retires_at.0 > first_retirement);
+    // ... and retired at one more overlap, with a Warning.
+    let retired = wait_event(&ns, "s", "RetiredBeforeConsumers", "Warning").await;
+    assert!(
+        retired
+            .message
+            .unwrap_or_default()
+            .contains("status.consumers")
+    );
+    let t = wait_phase(&ns, "s", tokenmint::api::Phase::Active, |t| {
+        status_of(t).previous.is_none()
+    })
+    .await;
+    assert_eq!(status_of(&t).consumers[0].state, "Stuck");
+    assert!(
+        jiff::Timestamp::now() <= first_retirement + jiff::SignedDuration::from_secs(20 + 15),
+        "retired within one more overlap"
+    );
+    assert_eq!(
+        generation(&ns, "stuck").await,
+        2,
+        "restarted once, not again"
+    );
+    ns.cleanup().await;
+}

@@ -135,6 +135,80 @@ pub struct ApiTokenSpec {
     /// Shape of the credential: Bearer prefix and key lengths. Applies to credentials minted after a change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<TokenFormat>,
+
+    /// Workloads in this namespace that read the credential only when they start (an environment
+    /// variable, a `subPath` mount): after each rotation is promoted, tokenmint restarts each once,
+    /// and with an overlap keeps the previous credential until they have moved (bounded). At most 16.
+    /// Needs the chart's `consumers.enabled` (RBAC to read and patch workloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y.kind == x.kind && y.name == x.name))")
+        .message("spec.consumers: each workload at most once"))]
+    pub consumers: Option<Vec<Consumer>>,
+}
+
+/// A workload that reads the token's credential when it starts.
+#[derive(
+    KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub struct Consumer {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (apps/v1), in the token's namespace.
+    pub kind: ConsumerKind,
+    /// The workload's name.
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN_PATTERN))]
+    pub name: String,
+}
+
+/// The workload kinds a consumer may be.
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum ConsumerKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl ConsumerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerKind::Deployment => "Deployment",
+            ConsumerKind::StatefulSet => "StatefulSet",
+            ConsumerKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// What tokenmint last did for one consumer, and where its rollout stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    pub kind: ConsumerKind,
+    pub name: String,
+    /// `Current` (runs the current credential as far as tokenmint knows), `Pending` (a restart is
+    /// queued), `RollingOut`, `Stuck` (the rollout does not progress), `NotFound`, `Forbidden`
+    /// (tokenmint may not read or patch it: the chart's `consumers.enabled`) or `Conflict` (another
+    /// field manager owns tokenmint's pod-template annotation).
+    pub state: String,
+    /// Fingerprint of the credential the workload was last restarted for, or found running with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// When tokenmint last restarted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<Time>,
+    /// Why, for the states that are not `Current`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One permission of the token, e.g. `DATASOURCES:READ` on resource `events` with a row filter.
@@ -267,6 +341,10 @@ pub struct ApiTokenStatus {
     /// servers and authz without usage records report none).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub usage_tracked: bool,
+    /// One entry per spec.consumers item: the last restart, and its rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub consumers: Vec<ConsumerStatus>,
     /// One entry per spec.audiences item: whether that verifier accepts this token, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]

@@ -5,6 +5,7 @@
 //! outputs; both report with [`error::Error`], and the token controller's Secret writes go through
 //! [`write`](mod@write). Only this layer, [`crate::runtime`] and [`crate::authz`] talk to the API server.
 
+pub mod consumers;
 pub mod error;
 pub mod token;
 pub mod usage;

@@ -19,6 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{ApiToken, ApiTokenStatus, MANAGER, Phase};
+use crate::controller::consumers::{self, Consumers};
 use crate::controller::error::Error;
 use crate::controller::usage;
 use crate::controller::verifier::{self as verifiers, Lookup};
@@ -58,6 +59,8 @@ pub struct Settings {
     pub usage_namespaces: Vec<String>,
     /// Tokens reconciled per second because a later use was recorded.
     pub usage_updates_per_second: u32,
+    /// Limits of consumer restarts.
+    pub consumers: consumers::Settings,
 }
 
 /// How both caches list and watch.
@@ -101,6 +104,8 @@ pub struct Context {
     wakeups: Arc<Wakeups>,
     /// The recorded last uses of credentials.
     usage: Arc<usage::Book>,
+    /// The tokens' consumers and their restarts.
+    consumers: Arc<Consumers>,
 }
 
 impl Context {
@@ -226,6 +231,13 @@ pub async fn run(
         series.state().iter().map(|t| token_view(t)).collect()
     }));
     let (retry, retries) = futures::channel::mpsc::unbounded();
+    let (rolled, rollouts) = futures::channel::mpsc::unbounded();
+    let consumers = Arc::new(Consumers::new(
+        client.clone(),
+        settings.consumers.clone(),
+        events.clone(),
+        rolled,
+    ));
     let (published, publications) = futures::channel::mpsc::unbounded();
     let verifier_shared = verifiers::Shared {
         client: client.clone(),
@@ -250,8 +262,10 @@ pub async fn run(
         published: Mutex::default(),
         wakeups: wakeups.clone(),
         usage,
+        consumers: consumers.clone(),
     });
     let shutdown = futures::FutureExt::shared(shutdown);
+    let shutdown_restarts = shutdown.clone();
     let verifier_controller = verifiers::run(
         verifier_shared,
         caches_listed_rx,
@@ -299,6 +313,8 @@ pub async fn run(
         due.map(Request::One).boxed(),
         // A credential was used later than its token's status says.
         usage_changed.boxed(),
+        // A consumer's restart moved on.
+        rollouts.boxed(),
     ]);
     let all = token_cache.clone();
     let token_controller = queue::drive(
@@ -310,7 +326,13 @@ pub async fn run(
     );
     // The Event sender ends once the controller (and with it every queued Event's sender) is gone,
     // after sending what is still queued; the process's shutdown deadline bounds that.
-    futures::join!(token_controller, verifier_controller, event_sender);
+    let restarts = consumers.drive(shutdown_restarts);
+    futures::join!(
+        token_controller,
+        verifier_controller,
+        event_sender,
+        restarts
+    );
     // A follower (or a stopped leader) exports no per-token series.
     metrics.set_tokens(Box::new(Vec::new));
 }
@@ -567,9 +589,15 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
             let held = accepting.as_ref().is_some_and(|a| a.published(c));
             held.then(|| ctx.published_since(c, now))
         };
+        let consumers_moving = crate::core::consumer::moving(
+            token.status.as_ref().map_or(&[][..], |s| &s.consumers[..]),
+        ) || ctx
+            .consumers
+            .restarting(&key_from(Some(&ns), &token.name_any()));
         let servers = Servers {
             publish_delay: accepting.as_ref().map(|a| a.publish_delay),
             published: &published,
+            consumers_moving,
         };
         let plan = plan::plan(token, &observed, &servers, &ctx.rules, now, &mut os_rng());
         match write_secret(&secrets, &*ctx.secrets, &key, &plan.write).await? {
@@ -616,6 +644,22 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
     let key = key_from(Some(ns), &name);
     crate::core::usage::fold(&mut plan.status, &last, &ctx.usage.uses_of(&key));
     plan.status.usage_tracked = usage_tracked(token, &plan.status, &ctx.usage);
+    plan.status.consumers = match (
+        &token.spec.consumers,
+        plan.status.phase,
+        &plan.status.fingerprint,
+    ) {
+        (None, ..) => Vec::new(),
+        (Some(_), Some(Phase::Active), Some(fingerprint)) => {
+            ctx.consumers.sync(token, fingerprint).await
+        }
+        (Some(_), ..) => consumers::kept(token),
+    };
+    // A consumer out of reach (no RBAC yet) is looked at again now and then, not in a loop.
+    let forbidden = crate::core::consumer::state::FORBIDDEN;
+    if plan.status.consumers.iter().any(|c| c.state == forbidden) {
+        plan.wake = plan::earlier(plan.wake, consumers::FORBIDDEN_RECHECK, now_seconds());
+    }
     let observed = serde_json::to_value(last).ok();
     if serde_json::to_value(&plan.status).ok() != observed {
         write_status(ctx, &token.metadata, &plan.status).await?;

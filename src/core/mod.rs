@@ -6,6 +6,7 @@
 //! [`verifier`] what one ApiTokenVerifier's outputs should hold.
 
 pub mod conditions;
+pub mod consumer;
 pub mod credential;
 pub mod htpasswd;
 pub mod invalid;

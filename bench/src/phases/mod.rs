@@ -204,6 +204,7 @@ pub(super) fn token_manifest(name: &str, period: &str, audiences: &[String]) -> 
             secret_name: None,
             secret_template: None,
             format: None,
+            consumers: None,
         },
     )
 }

@@ -118,4 +118,11 @@ src/controller/ makes (tests/install.rs proves they suffice and that more is den
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.consumers.enabled }}
+# Consumers (spec.consumers): read a named workload, set tokenmint's pod-template annotation on it
+# (a restart), and watch that one workload by name until its rollout ends.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
 {{- end }}

@@ -205,6 +205,7 @@ pub fn manifest(
         secret_name: args.secret_name.clone(),
         secret_template: None,
         format: None,
+        consumers: None,
     };
     // The installation's policy is the operator's to apply; the plugin checks only the contract.
     let policy = Policy {

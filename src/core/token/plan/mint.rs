@@ -99,7 +99,27 @@ impl Minting<'_> {
         if retire {
             held.retire_request = token.retire_request().map(str::to_owned);
         }
+        let moving = self.servers.consumers_moving;
+        if let (Some(previous), Some(overlap), false, true) =
+            (&mut held.previous, spec.overlap, retire, moving)
+        {
+            // Consumers still moving: the retirement steps ahead of the servers' publish delay
+            // (so no server refuses the credential meanwhile), at most one more overlap.
+            let limit = held.issued_at + overlap.as_duration() + overlap.as_duration();
+            let lead = self.servers.publish_delay.unwrap_or_default() + STAGE_LEAD;
+            if now + lead >= previous.retires_at && previous.retires_at < limit {
+                previous.retires_at = (now + lead + CONSUMER_HOLD_STEP).min(limit);
+            }
+        }
+        let mut event = unreported_rotation(last, &held);
         if retire || held.previous.as_ref().is_some_and(|p| now >= p.retires_at) {
+            if moving && !retire && held.previous.is_some() {
+                event = Some(Transition {
+                    warning: true,
+                    reason: Reason::RetiredBeforeConsumers,
+                    note: "the previous credential retired at the end of its overlap and one more, before every consumer had restarted with the current one (see status.consumers)".into(),
+                });
+            }
             held.previous = None;
         }
         let desired = secret::desired(token, spec, &held, self.key);
@@ -113,7 +133,7 @@ impl Minting<'_> {
             write,
             wake: wake_active(&status, &held, self.servers),
             status,
-            event: unreported_rotation(last, &held),
+            event,
             mints: false,
         }
     }

@@ -17,6 +17,10 @@ use super::types::*;
 pub(super) fn wake_active(status: &ApiTokenStatus, held: &Held, servers: &Servers<'_>) -> Wake {
     let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
     let retires = status.previous.as_ref().map(|p| p.retires_at.0);
+    // While consumers move, the retirement may step ahead: look before the servers must know.
+    let hold = retires
+        .filter(|_| servers.consumers_moving)
+        .map(|at| at - servers.publish_delay.unwrap_or_default() - STAGE_LEAD);
     let staging = match &held.next {
         // Its promotion once published; else the timeout (a publication wakes the token earlier).
         Some(next) => Some(
@@ -33,6 +37,7 @@ pub(super) fn wake_active(status: &ApiTokenStatus, held: &Held, servers: &Server
         at(&status.next_rotation_at),
         at(&status.expires_at),
         retires,
+        hold,
         staging,
     ])
     .map_or(Wake::OnChange, Wake::At)
@@ -95,6 +100,8 @@ pub(super) fn active_status(
         // Last use is the controller's to fold in, from the usage records; kept meanwhile.
         last_used_at: last.last_used_at.clone(),
         usage_tracked: last.usage_tracked,
+        // The consumers' rollouts are the controller's to fill in, like the audiences.
+        consumers: last.consumers.clone(),
         // Which verifiers accept the token is the controller's to fill in: it sees the verifiers.
         audiences: last.audiences.clone(),
         observed_generation: token.metadata.generation,
@@ -173,6 +180,7 @@ pub(super) fn end(
             .or(last.last_retire_request.clone()),
         last_used_at: last.last_used_at.clone(),
         usage_tracked: last.usage_tracked,
+        consumers: last.consumers.clone(),
         audiences: last.audiences.clone(),
         observed_generation: token.metadata.generation,
         conditions: vec![ready(token, last, false, reason, message.clone(), now)],

@@ -32,6 +32,10 @@ pub struct Servers<'a> {
     /// Since when every output of every verifier that accepts the token holds `credential` (as
     /// first seen); `None` while one does not.
     pub published: &'a (dyn Fn(&Credential) -> Option<Timestamp> + Sync),
+    /// A consumer of the token (`spec.consumers`) has not moved to the current credential yet: its
+    /// restart is queued, rolling out or stuck. The previous credential's retirement waits, at most
+    /// one more overlap.
+    pub consumers_moving: bool,
 }
 
 impl Servers<'_> {
@@ -39,6 +43,7 @@ impl Servers<'_> {
     pub const NONE: Servers<'static> = Servers {
         publish_delay: None,
         published: &|_| None,
+        consumers_moving: false,
     };
 
     /// When the staged `next` may become current, if its servers have it: `publish_delay` after
@@ -61,6 +66,10 @@ pub const STAGE_LEAD: SignedDuration = SignedDuration::from_secs(10);
 /// publish it (one that is down, or whose output is full) before it is promoted anyway: a stuck
 /// server must not hold every token's rotation back for ever.
 pub const PUBLISH_TIMEOUT: SignedDuration = SignedDuration::from_secs(30);
+
+/// How far the previous credential's retirement moves at a time while consumers are still moving;
+/// never past one more overlap after its first instant.
+pub const CONSUMER_HOLD_STEP: SignedDuration = SignedDuration::from_secs(60);
 
 /// How long to wait before looking again at a Secret owned by someone else (such Secrets are not watched).
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(30);
@@ -144,6 +153,17 @@ pub enum Wake {
     OnChange,
 }
 
+/// The earlier of `wake` and `after` from `now`.
+pub fn earlier(wake: Wake, after: Duration, now: Timestamp) -> Wake {
+    let at = SignedDuration::try_from(after).map_or(Timestamp::MAX, |d| now + d);
+    match wake {
+        Wake::OnChange => Wake::After(after),
+        Wake::At(t) if t > at => Wake::After(after),
+        Wake::After(d) if d > after => Wake::After(after),
+        other => other,
+    }
+}
+
 /// An Event on the ApiToken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -162,6 +182,8 @@ pub enum Reason {
     SecretConflict,
     InvalidSpec,
     Error,
+    /// The previous credential retired while a consumer had not moved (an Event only).
+    RetiredBeforeConsumers,
 }
 
 impl Reason {
@@ -175,6 +197,7 @@ impl Reason {
             Reason::SecretConflict => "SecretConflict",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Error => "Error",
+            Reason::RetiredBeforeConsumers => "RetiredBeforeConsumers",
         }
     }
 }

@@ -94,6 +94,23 @@ fn run_with(t: &ApiToken, secret: Option<&Secret>, rules: &Rules, now: Timestamp
     )
 }
 
+/// Plans for a token without verifiers while a consumer has not moved to its current credential.
+fn run_moving(t: &ApiToken, secret: Option<&Secret>, now: Timestamp) -> Plan {
+    let rules = rules();
+    let servers = Servers {
+        consumers_moving: true,
+        ..Servers::NONE
+    };
+    plan(
+        t,
+        &observe(t, secret, &rules.key),
+        &servers,
+        &rules,
+        now,
+        &mut rng(),
+    )
+}
+
 fn edit(secret: &Secret, key: &str, value: &str) -> Secret {
     let mut s = secret.clone();
     s.data
@@ -206,6 +223,7 @@ fn run_served(
     let servers = Servers {
         publish_delay: Some(SignedDuration::from_secs(delay)),
         published: &held,
+        consumers_moving: false,
     };
     plan(
         t,

@@ -168,6 +168,49 @@ fn a_rotation_with_overlap_keeps_the_previous_credential_until_it_retires() {
 }
 
 #[test]
+fn retirement_waits_for_moving_consumers_at_most_one_more_overlap_then_warns() {
+    let (t, secret) = issue(&overlapping(), at(0));
+    let (mut t, mut current) = applied(&t, run(&t, Some(&secret), at(3600)), "2");
+    // Not moving: retires at its instant (overlap 600 s), quietly.
+    let quiet = run(&t, Some(&current), at(4200));
+    assert_eq!(quiet.status.previous, None);
+    assert!(quiet.event.is_none());
+    // Moving: ten seconds ahead of the instant it steps a minute on, and the next look comes
+    // before the next step is due.
+    let held = run_moving(&t, Some(&current), at(4190));
+    assert_eq!(
+        held.status.previous.as_ref().unwrap().retires_at,
+        Time(at(4260))
+    );
+    assert_eq!(held.wake, Wake::At(at(4250)));
+    // Follow the wake-ups while consumers stay stuck: never past one more overlap (4800), then
+    // retired with a Warning.
+    let mut now = at(4190);
+    for version in 3.. {
+        let p = run_moving(&t, Some(&current), now);
+        if p.status.previous.is_none() {
+            assert_eq!(now, at(4800));
+            let event = p.event.expect("a Warning");
+            assert!(event.warning);
+            assert_eq!(event.reason, Reason::RetiredBeforeConsumers);
+            break;
+        }
+        let retires = p.status.previous.as_ref().unwrap().retires_at.0;
+        assert!(retires <= at(4800), "never past one more overlap");
+        let Wake::At(wake) = p.wake else {
+            panic!("{:?}", p.wake)
+        };
+        assert!(
+            wake < retires || retires == at(4800),
+            "looks before the step is due"
+        );
+        now = if retires == at(4800) { retires } else { wake };
+        (t, current) = applied(&t, p, &version.to_string());
+        assert!(version < 30, "the hold ends");
+    }
+}
+
+#[test]
 fn retire_previous_retires_at_once_and_only_once() {
     let (t, secret) = issue(&overlapping(), at(0));
     let (t, rotated) = applied(&t, run(&t, Some(&secret), at(3600)), "2");
