@@ -686,12 +686,18 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         &[
             "prometheusRule.enabled=true",
             "prometheusRule.expiringSoonDays=30",
+            "prometheusRule.unusedDays=90",
         ],
     );
     let dir = tempfile::tempdir().unwrap();
     let rendered = dir.path().join("rendered.yaml");
     let spec = &one(&docs, "PrometheusRule")["spec"];
-    std::fs::write(&rendered, serde_yaml::to_string(spec).unwrap()).unwrap();
+    let text = serde_yaml::to_string(spec).unwrap();
+    assert!(
+        text.contains("> 90 * 86400") && text.contains("< 30 * 86400"),
+        "{text}"
+    );
+    std::fs::write(&rendered, text).unwrap();
     run(promtool, &["check", "rules", rendered.to_str().unwrap()]);
 }
 

@@ -1304,3 +1304,103 @@ async fn tokens_rotating_together_restart_a_workload_once_and_a_stuck_rollout_ho
     );
     ns.cleanup().await;
 }
+
+/// A measurement, not a check (`cargo test --test node -- --ignored consumer_storm`): 200 tokens
+/// with overlaps, four per Deployment, 50 one-replica Deployments reading them from environment
+/// variables, all 200 rotated at once. Prints how long until every consumer ran the new
+/// credentials, how many restarts each Deployment took, and the most rollouts under way at once (a
+/// watch on the Deployments, sampled every 100 ms).
+#[tokio::test]
+#[ignore = "a measurement: run alone"]
+async fn consumer_storm() {
+    ensure_crds();
+    let _node = NODE.read().await;
+    let ns = TestNs::new("node-consumer-storm").await;
+    create_map_verifier(&ns, "api", "api-tokens").await;
+    let _release = install_chart(
+        &ns,
+        &[
+            "consumers.enabled=true",
+            "consumers.maxRollouts=10",
+            "consumers.maxRolloutsPerNamespace=10",
+        ],
+    );
+    const DEPLOYMENTS: usize = 50;
+    const PER: usize = 4;
+    let names: Vec<String> = (0..DEPLOYMENTS * PER).map(|i| format!("t{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let consumer = format!("app{:02}", i / PER);
+        create(
+            &ns,
+            name,
+            spec_of(json!({"role": "reader", "audiences": ["api"],
+                "rotation": {"period": "30d", "overlap": "10m"},
+                "consumers": [{"kind": "Deployment", "name": consumer}]})),
+        )
+        .await;
+    }
+    for name in &names {
+        settled(&ns, name, 0).await;
+    }
+    for d in 0..DEPLOYMENTS {
+        let tokens: Vec<&str> = names[d * PER..(d + 1) * PER]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let deployment = consumer_deployment(&format!("app{d:02}"), &tokens, 1, "127.0.0.1", None);
+        create_deployment(&ns, &deployment).await;
+    }
+    for d in 0..DEPLOYMENTS {
+        rolled_out(&ns, &format!("app{d:02}")).await;
+    }
+    for name in &names {
+        consumers_current(&ns, name).await;
+    }
+    // Rollouts under way, as the Deployments say, sampled until every token's consumer is current.
+    let api = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let (api, peak) = (api.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(list) = api.list(&Default::default()).await {
+                    let rolling = list
+                        .items
+                        .iter()
+                        .filter(|d| {
+                            tokenmint::core::consumer::deployment_progress(d)
+                                != tokenmint::core::consumer::Progress::Complete
+                        })
+                        .count();
+                    peak.fetch_max(rolling, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    for name in &names {
+        annotate(&ns, name, tokenmint::api::ROTATE_ANNOTATION, "storm").await;
+    }
+    let annotated = started.elapsed();
+    for name in &names {
+        settled(&ns, name, 1).await;
+    }
+    let promoted = started.elapsed();
+    for name in &names {
+        consumers_current(&ns, name).await;
+    }
+    let moved = started.elapsed();
+    sampler.abort();
+    let mut restarts = BTreeMap::new();
+    for d in 0..DEPLOYMENTS {
+        let generation = generation(&ns, &format!("app{d:02}")).await;
+        *restarts.entry(generation - 1).or_insert(0) += 1;
+    }
+    eprintln!(
+        "node: consumer storm: {} tokens rotated ({annotated:?} to ask), all promoted {promoted:?}, every consumer on the new credentials {moved:?} after the first request; restarts per Deployment -> Deployments: {restarts:?}; most rollouts at once: {}",
+        names.len(),
+        peak.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    ns.cleanup().await;
+}

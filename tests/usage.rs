@@ -298,3 +298,113 @@ async fn records_from_an_untrusted_namespace_or_with_future_or_malformed_entries
 async fn token_named(ns: &TestNs, name: &str) -> ApiToken {
     ns.api::<ApiToken>().get(name).await.unwrap()
 }
+
+/// `spec.inactivity` end to end, with the shortest durations an authz granularity of one minute
+/// allows: a token nobody uses is warned at `warnAfter` and revoked at `revokeAfter` (its Secret
+/// deleted, for good); one used meanwhile is left alone; one whose policy is shorter than twice the
+/// granularity gets a condition naming the field and is never revoked.
+#[tokio::test]
+async fn an_unused_token_is_warned_then_revoked_and_a_used_one_or_a_bad_policy_is_not() {
+    let ns = TestNs::new("usage-inactive").await;
+    let op = Operator::start(&ns).await;
+    create_map_verifier(&ns, VERIFIER, OUTPUT).await;
+    let policy = |warn: &str, revoke: &str| {
+        spec_of(json!({"role": "reader", "audiences": [VERIFIER],
+            "inactivity": {"warnAfter": warn, "revokeAfter": revoke}}))
+    };
+    let idle = issue(&ns, "idle", policy("2m", "3m")).await;
+    let busy = issue(&ns, "busy", policy("2m", "3m")).await;
+    issue(&ns, "hasty", policy("1m", "3m")).await;
+    wait_published(&ns, VERIFIER, OUTPUT, &idle.access_key).await;
+    wait_published(&ns, VERIFIER, OUTPUT, &busy.access_key).await;
+    let authz = recording_authz(&ns, "1s").await;
+    let unused = |t: &ApiToken| {
+        let c = status_of(t)
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Unused")?;
+        Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    // The policy shorter than twice the granularity: named, never applied.
+    let hasty = wait_phase(&ns, "hasty", Phase::Active, |t| {
+        unused(t).is_some_and(|(_, reason, _)| reason == "InvalidPolicy")
+    })
+    .await;
+    let (status, _, message) = unused(&hasty).unwrap();
+    assert_eq!(status, "Unknown");
+    assert!(
+        message.starts_with("spec.inactivity.warnAfter (1m) is shorter than twice"),
+        "{message}"
+    );
+
+    // busy is used every 20 s; idle never.
+    let keep_busy = {
+        let (bearer, addr) = (busy.bearer(), authz.addr());
+        tokio::spawn(async move {
+            loop {
+                let reply = common::nginx::Connection::open(addr)
+                    .request("/verify", format!("Authorization: {bearer}\r\n").as_bytes());
+                assert_eq!(reply.status, 200);
+                tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+            }
+        })
+    };
+    // Two minutes after its creation, then a minute more: longer than the usual wait.
+    let minutes = std::time::Duration::from_secs(240);
+    let warned = wait_for("the Unused Warning on idle", minutes, || async {
+        let all = events(&ns, "idle").await;
+        all.into_iter().find(|e| {
+            e.reason.as_deref() == Some("Unused") && e.type_.as_deref() == Some("Warning")
+        })
+    })
+    .await;
+    assert!(warned.message.unwrap_or_default().contains("never used"));
+    let t = token_named(&ns, "idle").await;
+    assert_eq!(
+        status_of(&t).phase,
+        Some(Phase::Active),
+        "warned first, not revoked"
+    );
+    let revoked = wait_for("idle revoked", minutes, || async {
+        let t = token_named(&ns, "idle").await;
+        (status_of(&t).phase == Some(Phase::Revoked)).then_some(t)
+    })
+    .await;
+    let ready = status_of(&revoked)
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready.reason, "Unused");
+    assert!(secret_gone(&ns, "idle").await);
+    assert_eq!(authz.verify("", Some(&idle.bearer())).status, 401);
+    // For good: the operator restarted, the token stays revoked and nothing is minted.
+    drop(op);
+    let op = Operator::start(&ns).await;
+    barrier(&op, &ns, "idle").await;
+    assert_eq!(
+        status_of(&token_named(&ns, "idle").await).phase,
+        Some(Phase::Revoked)
+    );
+    assert!(secret_gone(&ns, "idle").await);
+
+    keep_busy.abort();
+    let busy_now = token_named(&ns, "busy").await;
+    assert_eq!(status_of(&busy_now).phase, Some(Phase::Active));
+    let (status, reason, _) = unused(&busy_now).unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Used"));
+    let hasty = token_named(&ns, "hasty").await;
+    assert_eq!(
+        status_of(&hasty).phase,
+        Some(Phase::Active),
+        "a bad policy revokes nothing"
+    );
+    drop(op);
+    ns.cleanup().await;
+}
+
+async fn secret_gone(ns: &TestNs, name: &str) -> bool {
+    let secrets = ns.api::<k8s_openapi::api::core::v1::Secret>();
+    secrets.get_opt(name).await.unwrap().is_none()
+}

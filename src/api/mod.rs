@@ -145,6 +145,31 @@ pub struct ApiTokenSpec {
     #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y.kind == x.kind && y.name == x.name))")
         .message("spec.consumers: each workload at most once"))]
     pub consumers: Option<Vec<Consumer>>,
+
+    /// What happens to a token nobody uses: a Warning, then revocation. Judged from
+    /// `status.lastUsedAt` (or creation, if never used), only while an authz that reports use checks
+    /// the token (`status.usageTracked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactivity: Option<Inactivity>,
+}
+
+/// An inactivity policy: warn after `warnAfter` without a use, revoke after `revokeAfter`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.warnAfter) || has(self.revokeAfter)")
+    .message("spec.inactivity: set warnAfter, revokeAfter or both"))]
+pub struct Inactivity {
+    /// Without a use for this long, `Unused=True` and a Warning Event. Default, with `revokeAfter`:
+    /// a week before it (half of it when that is shorter than two weeks). Same syntax as
+    /// `rotation.period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64), pattern(PERIOD_PATTERN))]
+    pub warn_after: Option<String>,
+    /// Without a use for this long, and at least the warning period after the Warning, the token is
+    /// revoked (phase `Revoked`, reason `Unused`): for good, like `revoked: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64), pattern(PERIOD_PATTERN))]
+    pub revoke_after: Option<String>,
 }
 
 /// A workload that reads the token's credential when it starts.

@@ -77,6 +77,7 @@ pub async fn write(
     let mut writer = Writer {
         api: Api::namespaced(settings.client.clone(), &settings.namespace),
         verifier: settings.verifier.clone(),
+        granularity: settings.granularity.as_secs().to_string(),
         known: HashMap::new(),
         shared: shared.clone(),
     };
@@ -123,6 +124,8 @@ enum WriteError {
 struct Writer {
     api: Api<ConfigMap>,
     verifier: String,
+    /// The granularity in seconds, as the records say it.
+    granularity: String,
     /// The last version of each record read or written: a write needs no read unless another
     /// replica wrote in between.
     known: HashMap<u8, ConfigMap>,
@@ -198,13 +201,13 @@ impl Writer {
             .as_ref()
             .and_then(|l| l.get(usage::RECORD_LABEL))
             .is_some_and(|v| v == usage::RECORD_VERSION);
-        let annotated = record
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(usage::VERIFIER_ANNOTATION))
-            .is_some_and(|v| *v == self.verifier);
-        labelled && annotated
+        let annotation = |key: &str| {
+            let annotations = record.metadata.annotations.as_ref();
+            annotations.and_then(|a| a.get(key)).cloned()
+        };
+        labelled
+            && annotation(usage::VERIFIER_ANNOTATION).as_ref() == Some(&self.verifier)
+            && annotation(usage::GRANULARITY_ANNOTATION).as_ref() == Some(&self.granularity)
     }
 
     fn record(
@@ -227,10 +230,13 @@ impl Writer {
                         "tokenmint-authz".to_owned(),
                     ),
                 ])),
-                annotations: Some(BTreeMap::from([(
-                    usage::VERIFIER_ANNOTATION.to_owned(),
-                    self.verifier.clone(),
-                )])),
+                annotations: Some(BTreeMap::from([
+                    (usage::VERIFIER_ANNOTATION.to_owned(), self.verifier.clone()),
+                    (
+                        usage::GRANULARITY_ANNOTATION.to_owned(),
+                        self.granularity.clone(),
+                    ),
+                ])),
                 ..ObjectMeta::default()
             },
             data: Some(data),

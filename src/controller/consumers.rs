@@ -108,6 +108,7 @@ pub struct Consumers {
     client: Client,
     settings: Settings,
     events: Events,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
     state: Arc<Mutex<State>>,
     wake: tokio::sync::Notify,
     /// Tokens to reconcile when a rollout moves.
@@ -119,12 +120,14 @@ impl Consumers {
         client: Client,
         settings: Settings,
         events: Events,
+        metrics: Arc<crate::runtime::metrics::Metrics>,
         requests: futures::channel::mpsc::UnboundedSender<Request>,
     ) -> Consumers {
         Consumers {
             client,
             settings,
             events,
+            metrics,
             state: Arc::default(),
             wake: tokio::sync::Notify::new(),
             requests,
@@ -492,6 +495,7 @@ impl Consumers {
             }
         };
         // Written: each token sees its annotation on the workload, rolling out.
+        self.metrics.consumer_rollout_started(restarted);
         let now = Time(Timestamp::now());
         {
             let mut state = self.state();
@@ -541,6 +545,7 @@ impl Consumers {
                 follow::<DaemonSet>(&self.client, namespace, name, timeout, progress).await
             }
         };
+        self.metrics.consumer_rollout_ended();
         {
             let mut state = self.state();
             state.rolling.remove(&workload);

@@ -236,6 +236,7 @@ pub async fn run(
         client.clone(),
         settings.consumers.clone(),
         events.clone(),
+        metrics.clone(),
         rolled,
     ));
     let (published, publications) = futures::channel::mpsc::unbounded();
@@ -598,6 +599,7 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
             publish_delay: accepting.as_ref().map(|a| a.publish_delay),
             published: &published,
             consumers_moving,
+            usage_granularity: usage_granularity(token, &ctx.usage),
         };
         let plan = plan::plan(token, &observed, &servers, &ctx.rules, now, &mut os_rng());
         match write_secret(&secrets, &*ctx.secrets, &key, &plan.write).await? {
@@ -619,6 +621,19 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
         }
     }
     Err(Error::Contended { name: secret_name })
+}
+
+/// The coarsest granularity of the authz that report `token`'s use, as their records say.
+fn usage_granularity(token: &ApiToken, book: &usage::Book) -> Option<Duration> {
+    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
+    let status = token.status.as_ref()?;
+    let audiences = token.spec.audiences.iter().flatten();
+    audiences
+        .zip(&status.audiences)
+        .filter(|(_, reported)| reported.accepted)
+        .filter_map(|(audience, _)| audience.resolve(namespace).ok())
+        .filter_map(|verifier| book.granularity(&verifier.to_string()))
+        .max()
 }
 
 /// Whether an authz that reports use serves a verifier that accepts `token`.
@@ -669,6 +684,7 @@ async fn finish(token: &ApiToken, ctx: &Context, ns: &str, plan: Plan) -> Result
         match transition.reason {
             Reason::Rotated => ctx.metrics.rotated(),
             Reason::Revoked | Reason::Expired => ctx.metrics.revoked(),
+            Reason::Unused if !transition.warning => ctx.metrics.revoked(),
             _ => {}
         }
         tracing::info!(namespace = ns, %name, reason = transition.reason.as_str(), "{}", transition.note);

@@ -32,8 +32,8 @@ pub struct Book {
 struct Inner {
     /// By token key: (access key, latest use).
     uses: HashMap<Key, Vec<(Box<str>, Timestamp)>>,
-    /// The verifier of each record present, by the record's key.
-    records: HashMap<Key, String>,
+    /// The verifier of each record present, and the granularity of its authz, by the record's key.
+    records: HashMap<Key, (String, Option<Duration>)>,
     /// Entries already reported as rejected, by record key (reported once, not at every update).
     reported: HashMap<Key, HashSet<(String, Rejection)>>,
     /// When entries past retention were last dropped.
@@ -55,7 +55,14 @@ impl Book {
 
     /// Whether an authz serving `verifier` (`namespace/name`) reports use.
     pub fn tracks(&self, verifier: &str) -> bool {
-        self.inner().records.values().any(|v| v == verifier)
+        self.inner().records.values().any(|(v, _)| v == verifier)
+    }
+
+    /// The coarsest granularity the records of `verifier` declare.
+    pub fn granularity(&self, verifier: &str) -> Option<Duration> {
+        let inner = self.inner();
+        let of_verifier = inner.records.values().filter(|(v, _)| v == verifier);
+        of_verifier.filter_map(|(_, g)| *g).max()
     }
 
     /// Up to `n` tokens with a later use than known, oldest first.
@@ -71,9 +78,9 @@ impl Book {
 
     /// Takes in `uses` of record `record` (of `verifier`), queueing the tokens with a later use than
     /// known; whether the verifier is newly tracked.
-    fn apply(&self, record: Key, verifier: String, uses: Vec<Use>, now: Timestamp) -> bool {
+    fn apply(&self, record: Key, verifier: Declared, uses: Vec<Use>, now: Timestamp) -> bool {
         let mut inner = self.inner();
-        let newly_tracked = !inner.records.values().any(|v| *v == verifier);
+        let newly_tracked = !inner.records.values().any(|(v, _)| *v == verifier.0);
         inner.records.insert(record, verifier);
         for one in uses {
             let known = inner.uses.entry(one.token.as_str().into()).or_default();
@@ -107,10 +114,10 @@ impl Book {
     fn remove(&self, record: &str) -> bool {
         let mut inner = self.inner();
         inner.reported.remove(record);
-        let Some(verifier) = inner.records.remove(record) else {
+        let Some((verifier, _)) = inner.records.remove(record) else {
             return false;
         };
-        !inner.records.values().any(|v| *v == verifier)
+        !inner.records.values().any(|(v, _)| *v == verifier)
     }
 
     /// The rejections of `record` not reported yet.
@@ -127,6 +134,9 @@ impl Book {
             .collect()
     }
 }
+
+/// What a record declares: its verifier and its authz's granularity.
+type Declared = (String, Option<Duration>);
 
 /// How often tokens with a later use are let through to be reconciled.
 const TICK: Duration = Duration::from_millis(100);
@@ -194,11 +204,14 @@ async fn take(book: &Book, events: &Events, event: watcher::Event<ConfigMap>) ->
 
 async fn read_record(book: &Book, events: &Events, record: &ConfigMap) -> Vec<Request> {
     let key = key_from(record.namespace().as_deref(), &record.name_any());
-    let verifier = record
-        .annotations()
-        .get(usage::VERIFIER_ANNOTATION)
-        .cloned()
-        .unwrap_or_default();
+    let annotation = |key: &str| record.annotations().get(key).cloned();
+    let granularity = annotation(usage::GRANULARITY_ANNOTATION)
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let verifier = (
+        annotation(usage::VERIFIER_ANNOTATION).unwrap_or_default(),
+        granularity,
+    );
     let now = Timestamp::now();
     let data = record.data.clone().unwrap_or_default();
     let read = usage::read(&data, now);
@@ -251,7 +264,7 @@ mod tests {
         let now: Timestamp = "2026-12-07T16:00:00Z".parse().unwrap();
         let newly_tracked = book.apply(
             "ops/r-0".into(),
-            "gw/v".into(),
+            ("gw/v".into(), None),
             vec![one("A", "data/app", "2026-12-07T15:00:00Z")],
             now,
         );
@@ -261,7 +274,7 @@ mod tests {
         // The same record again, and an older use from another replica's record: nothing new.
         let again = book.apply(
             "ops/r-1".into(),
-            "gw/v".into(),
+            ("gw/v".into(), None),
             vec![one("A", "data/app", "2026-12-07T14:00:00Z")],
             now,
         );
@@ -293,8 +306,8 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        book.apply("ops/r".into(), "gw/v".into(), uses(1), now);
-        book.apply("ops/r".into(), "gw/v".into(), uses(2), now);
+        book.apply("ops/r".into(), ("gw/v".into(), None), uses(1), now);
+        book.apply("ops/r".into(), ("gw/v".into(), None), uses(2), now);
         let first = book.take_pending(3);
         assert_eq!(
             first,

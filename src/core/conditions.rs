@@ -15,6 +15,19 @@ pub fn flipped_condition(
     now: Timestamp,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
+    condition_with(previous, type_, generation, status, reason, message, now)
+}
+
+/// [`flipped_condition`] with any status: `True`, `False` or `Unknown`.
+pub fn condition_with(
+    previous: &[Condition],
+    type_: &str,
+    generation: Option<i64>,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Condition {
     let since = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

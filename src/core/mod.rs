@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod consumer;
 pub mod credential;
 pub mod htpasswd;
+pub mod inactivity;
 pub mod invalid;
 pub mod schedule;
 pub mod scope;

@@ -25,6 +25,8 @@ pub const RECORD_LABEL: &str = "tokenmint.dev/usage";
 pub const RECORD_VERSION: &str = "v1";
 /// `namespace/name` of the verifier whose credentials the record's authz checks.
 pub const VERIFIER_ANNOTATION: &str = "tokenmint.dev/verifier";
+/// The authz's `--usage-granularity`, in seconds: how old a recorded use may be.
+pub const GRANULARITY_ANNOTATION: &str = "tokenmint.dev/usage-granularity";
 /// How many objects one verifier's records spread over.
 pub const SHARDS: u8 = 16;
 /// Bytes of data one record may hold; the oldest entries leave first past it (the operator has

@@ -18,6 +18,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -67,6 +68,8 @@ pub struct Metrics {
     dropped: Counter,
     wasted_mints: Counter,
     secret_reads: Counter,
+    consumer_restarts: Counter,
+    consumer_rollouts: Gauge,
     ready: AtomicBool,
     tokens: Arc<Mutex<Option<TokenSource>>>,
     /// Bytes of the last scrape's text: the next one is written into a buffer of that size plus
@@ -192,6 +195,8 @@ impl Metrics {
         let dropped = Counter::default();
         let wasted_mints = Counter::default();
         let secret_reads = Counter::default();
+        let consumer_restarts = Counter::default();
+        let consumer_rollouts = Gauge::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -228,6 +233,16 @@ impl Metrics {
             "Secrets read from the API server because the cache could not be trusted for a write",
             secret_reads.clone(),
         );
+        registry.register(
+            "consumer_restarts",
+            "Workloads restarted for a token's new credential (spec.consumers)",
+            consumer_restarts.clone(),
+        );
+        registry.register(
+            "consumer_rollouts",
+            "Consumer restarts written and rolling out now",
+            consumer_rollouts.clone(),
+        );
         registry.register_collector(Box::new(TokenCollector {
             source: source.clone(),
         }));
@@ -241,6 +256,8 @@ impl Metrics {
             dropped,
             wasted_mints,
             secret_reads,
+            consumer_restarts,
+            consumer_rollouts,
             ready: AtomicBool::new(false),
             tokens: source,
             last_len: std::sync::atomic::AtomicUsize::new(0),
@@ -264,6 +281,19 @@ impl Metrics {
     /// Counts a credential replacement.
     pub fn rotated(&self) {
         self.rotations.inc();
+    }
+
+    /// A consumer restart was written (`restarted`: it changed the pod template) and rolls out.
+    pub fn consumer_rollout_started(&self, restarted: bool) {
+        if restarted {
+            self.consumer_restarts.inc();
+        }
+        self.consumer_rollouts.inc();
+    }
+
+    /// A consumer rollout ended (complete, stuck or gone).
+    pub fn consumer_rollout_ended(&self) {
+        self.consumer_rollouts.dec();
     }
 
     /// Counts a revocation or expiry carried out.

@@ -205,6 +205,7 @@ pub(super) fn token_manifest(name: &str, period: &str, audiences: &[String]) -> 
             secret_template: None,
             format: None,
             consumers: None,
+            inactivity: None,
         },
     )
 }

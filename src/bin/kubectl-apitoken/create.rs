@@ -206,6 +206,7 @@ pub fn manifest(
         secret_template: None,
         format: None,
         consumers: None,
+        inactivity: None,
     };
     // The installation's policy is the operator's to apply; the plugin checks only the contract.
     let policy = Policy {

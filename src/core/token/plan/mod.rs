@@ -19,8 +19,9 @@ use vouch::replayed;
 
 use jiff::Timestamp;
 
-use crate::api::{ApiToken, Phase};
+use crate::api::{ApiToken, ApiTokenStatus, Phase};
 use crate::core::credential::mint_credential;
+use crate::core::inactivity;
 use crate::core::schedule;
 use crate::core::token::secret::{Next, Observed, Previous, Seal};
 use crate::core::token::validate;
@@ -40,7 +41,11 @@ pub fn plan(
     let expires_at = token.spec.expires_at.as_ref().map(|t| t.0);
 
     if let Some(phase) = terminal_phase(token, now) {
-        return end(token, observed, &last, phase, now);
+        return end(token, observed, &last, phase, None, now);
+    }
+    // Revoked by the inactivity policy: for good, like `revoked: true`.
+    if let Some(why) = revoked_unused(&last) {
+        return end(token, observed, &last, Phase::Revoked, Some(why), now);
     }
     let wake_for_expiry = expires_at.map_or(Wake::OnChange, Wake::At);
 
@@ -63,6 +68,38 @@ pub fn plan(
         }
     };
 
+    let judged = token.spec.inactivity.as_ref().map(|policy| {
+        let usage = inactivity::Usage {
+            tracked: last.usage_tracked,
+            last_used: last.last_used_at.as_ref().map(|t| t.0),
+            created: token
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(now, |t| t.0),
+            unused_since: last
+                .conditions
+                .iter()
+                .find(|c| c.type_ == status::UNUSED && c.status == "True")
+                .map(|c| c.last_transition_time.0),
+        };
+        inactivity::judge(
+            inactivity::policy(policy, servers.usage_granularity),
+            usage,
+            now,
+        )
+    });
+    if let Some(judged) = judged.as_ref().filter(|j| j.revoke) {
+        return end(
+            token,
+            observed,
+            &last,
+            Phase::Revoked,
+            Some(judged.message.clone()),
+            now,
+        );
+    }
+
     let minting = Minting {
         token,
         spec: &spec,
@@ -71,10 +108,56 @@ pub fn plan(
         servers,
         now,
     };
+    let mut plan = plan_active(&minting, observed, servers, rng);
+    if let Some(judged) = judged
+        && plan.status.phase == Some(Phase::Active)
+    {
+        plan.status
+            .conditions
+            .push(crate::core::conditions::condition_with(
+                &last.conditions,
+                status::UNUSED,
+                token.metadata.generation,
+                judged.status.condition_status(),
+                judged.status.reason(),
+                judged.message.clone(),
+                now,
+            ));
+        if judged.warn {
+            plan.event = Some(Transition {
+                warning: true,
+                reason: Reason::Unused,
+                note: judged.message,
+            });
+        }
+        if let Some(at) = judged.wake {
+            plan.wake = sooner(plan.wake, at, now);
+        }
+    }
+    plan
+}
+
+/// The inactivity policy revoked this token earlier, and why (its `Unused` condition).
+fn revoked_unused(last: &ApiTokenStatus) -> Option<String> {
+    let ready = last.conditions.iter().find(|c| c.type_ == "Ready")?;
+    (last.phase == Some(Phase::Revoked) && ready.reason == Reason::Unused.as_str()).then(|| {
+        let unused = last.conditions.iter().find(|c| c.type_ == status::UNUSED);
+        unused.map_or_else(String::new, |c| c.message.clone())
+    })
+}
+
+/// The plan of a token with a valid spec that is neither revoked nor expired.
+fn plan_active(
+    minting: &Minting<'_>,
+    observed: &Observed<'_>,
+    servers: &Servers<'_>,
+    rng: &mut impl rand::RngCore,
+) -> Plan {
+    let (token, spec, last, now) = (minting.token, minting.spec, minting.last, minting.now);
     match observed {
         Observed::Foreign => failed(
             token,
-            &last,
+            last,
             Reason::SecretConflict,
             format!(
                 "Secret {} exists and is not controlled by this ApiToken; it is left untouched",
@@ -110,8 +193,8 @@ pub fn plan(
             seal,
         } => {
             let distrusted = match seal {
-                Seal::Valid => replayed(&last, held),
-                Seal::Unverified => unvouched(&last, held),
+                Seal::Valid => replayed(last, held),
+                Seal::Unverified => unvouched(last, held),
             };
             if let Some(reason) = distrusted {
                 let why = Mint::Tampered(reason.to_owned());

@@ -109,18 +109,24 @@ pub(super) fn active_status(
     }
 }
 
+/// The type of the inactivity policy's condition.
+pub const UNUSED: &str = "Unused";
+
 /// Revoked or Expired: the Secret goes (if ours), the token stays as the record.
+///
+/// `unused`: revoked by the inactivity policy, and why (reason `Unused`).
 pub(super) fn end(
     token: &ApiToken,
     observed: &Observed<'_>,
     last: &ApiTokenStatus,
     phase: Phase,
+    unused: Option<String>,
     now: Timestamp,
 ) -> Plan {
-    let reason = if phase == Phase::Revoked {
-        Reason::Revoked
-    } else {
-        Reason::Expired
+    let reason = match (phase, &unused) {
+        (Phase::Revoked, Some(_)) => Reason::Unused,
+        (Phase::Revoked, None) => Reason::Revoked,
+        _ => Reason::Expired,
     };
     let name = token.secret_name();
     let (write, held) = match observed {
@@ -152,7 +158,25 @@ pub(super) fn end(
     } else {
         "expired"
     };
-    let message = format!("token {what}; its credential was removed with Secret {name}");
+    let message = match unused {
+        Some(_) => format!(
+            "token revoked for inactivity (spec.inactivity); its credential was removed with Secret {name}"
+        ),
+        None => format!("token {what}; its credential was removed with Secret {name}"),
+    };
+    let mut conditions = vec![ready(token, last, false, reason, message.clone(), now)];
+    // Revoked for inactivity: the Unused condition says why, and stays as it is.
+    if let Some(why) = unused {
+        conditions.push(crate::core::conditions::condition_with(
+            &last.conditions,
+            UNUSED,
+            token.metadata.generation,
+            "True",
+            Reason::Unused.as_str(),
+            why,
+            now,
+        ));
+    }
     let status = ApiTokenStatus {
         phase: Some(phase),
         access_key: held
@@ -183,7 +207,7 @@ pub(super) fn end(
         consumers: last.consumers.clone(),
         audiences: last.audiences.clone(),
         observed_generation: token.metadata.generation,
-        conditions: vec![ready(token, last, false, reason, message.clone(), now)],
+        conditions,
     };
     Plan {
         write,

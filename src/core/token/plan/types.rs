@@ -36,6 +36,9 @@ pub struct Servers<'a> {
     /// restart is queued, rolling out or stuck. The previous credential's retirement waits, at most
     /// one more overlap.
     pub consumers_moving: bool,
+    /// The coarsest usage granularity of the authz that report this token's use, if any: an
+    /// inactivity policy shorter than twice it is not applied.
+    pub usage_granularity: Option<Duration>,
 }
 
 impl Servers<'_> {
@@ -44,6 +47,7 @@ impl Servers<'_> {
         publish_delay: None,
         published: &|_| None,
         consumers_moving: false,
+        usage_granularity: None,
     };
 
     /// When the staged `next` may become current, if its servers have it: `publish_delay` after
@@ -153,6 +157,15 @@ pub enum Wake {
     OnChange,
 }
 
+/// The earlier of `wake` and the instant `at`.
+pub fn sooner(wake: Wake, at: Timestamp, now: Timestamp) -> Wake {
+    match wake {
+        Wake::At(t) if t <= at => wake,
+        Wake::After(d) if SignedDuration::try_from(d).is_ok_and(|d| now + d <= at) => wake,
+        _ => Wake::At(at),
+    }
+}
+
 /// The earlier of `wake` and `after` from `now`.
 pub fn earlier(wake: Wake, after: Duration, now: Timestamp) -> Wake {
     let at = SignedDuration::try_from(after).map_or(Timestamp::MAX, |d| now + d);
@@ -184,6 +197,9 @@ pub enum Reason {
     Error,
     /// The previous credential retired while a consumer had not moved (an Event only).
     RetiredBeforeConsumers,
+    /// Unused past `spec.inactivity.warnAfter` (a Warning Event), or revoked for it (the `Ready`
+    /// reason of a token revoked past `revokeAfter`).
+    Unused,
 }
 
 impl Reason {
@@ -198,6 +214,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Error => "Error",
             Reason::RetiredBeforeConsumers => "RetiredBeforeConsumers",
+            Reason::Unused => "Unused",
         }
     }
 }

@@ -317,3 +317,102 @@ fn debug_output_shows_keys_never_values() {
     assert!(shown.contains("password"), "{shown}");
     assert!(!shown.contains(&password), "{shown}");
 }
+
+#[test]
+fn an_unused_token_is_warned_then_revoked_for_good_and_only_where_use_is_seen() {
+    let (mut t, secret) = issue(&inactive_one_and_three_days(), at(0));
+    // No authz reports use: nothing happens, however long.
+    let blind = run(&t, Some(&secret), at(30 * DAY));
+    let unused = |p: &Plan| {
+        p.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Unused")
+            .cloned()
+    };
+    assert_eq!(unused(&blind).unwrap().status, "Unknown");
+    assert_eq!(blind.status.phase, Some(Phase::Active));
+    assert!(blind.event.is_none());
+
+    t.status.as_mut().unwrap().usage_tracked = true;
+    // Day 0.5: used recently enough (never used, but created half a day ago); wakes at day 1.
+    let fresh = run(&t, Some(&secret), at(DAY / 2));
+    assert_eq!(unused(&fresh).unwrap().status, "False");
+    assert_eq!(fresh.wake, Wake::At(at(DAY)));
+    // Day 1: Unused, a Warning, revocation planned two days after the Warning.
+    let warned = run(&t, Some(&secret), at(DAY));
+    let condition = unused(&warned).unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Unused")
+    );
+    let event = warned.event.clone().expect("a Warning");
+    assert!(event.warning && event.reason == Reason::Unused);
+    assert_eq!(warned.wake, Wake::At(at(3 * DAY)));
+    assert_eq!(warned.status.phase, Some(Phase::Active));
+    t.status = Some(warned.status);
+    // Day 2: still warned, no second Event.
+    assert!(run(&t, Some(&secret), at(2 * DAY)).event.is_none());
+    // Day 3: revoked, its Secret deleted, Ready=False reason Unused.
+    let revoked = run(&t, Some(&secret), at(3 * DAY));
+    assert_eq!(revoked.status.phase, Some(Phase::Revoked));
+    assert!(matches!(revoked.write, SecretWrite::Delete { .. }));
+    let ready = revoked
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "Unused");
+    let why = unused(&revoked).unwrap();
+    assert!(
+        why.message.contains("spec.inactivity.revokeAfter (3d)"),
+        "{}",
+        why.message
+    );
+    // For good: later, with the Secret gone and whatever use is recorded, it stays revoked, and
+    // its status does not change again.
+    t.status = Some(revoked.status.clone());
+    let later = run(&t, None, at(5 * DAY));
+    assert_eq!(later.status, revoked.status);
+    assert!(matches!(later.write, SecretWrite::Nothing));
+    t.status.as_mut().unwrap().last_used_at = Some(Time(at(4 * DAY)));
+    let used = run(&t, None, at(5 * DAY));
+    assert_eq!(used.status.phase, Some(Phase::Revoked));
+    assert!(!used.mints);
+}
+
+#[test]
+fn a_use_after_the_warning_keeps_the_token() {
+    let (mut t, secret) = issue(&inactive_one_and_three_days(), at(0));
+    t.status.as_mut().unwrap().usage_tracked = true;
+    t.status = Some(run(&t, Some(&secret), at(DAY)).status);
+    t.status.as_mut().unwrap().last_used_at = Some(Time(at(2 * DAY)));
+    let p = run(&t, Some(&secret), at(3 * DAY));
+    assert_eq!(p.status.phase, Some(Phase::Active));
+    let unused = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Unused")
+        .unwrap();
+    assert_eq!(unused.status, "True", "unused again a day after that use");
+    // Revoked no sooner than revokeAfter after that use (nor than the warning period after the
+    // Warning): day 5.
+    assert_eq!(p.wake, Wake::At(at(5 * DAY)));
+}
+
+const DAY: i64 = 86_400;
+
+/// A token created at 0 with `inactivity: {warnAfter: 1d, revokeAfter: 3d}` and no rotation.
+fn inactive_one_and_three_days() -> ApiToken {
+    let mut t = token(|s| {
+        s.rotation = None;
+        s.inactivity = Some(crate::api::Inactivity {
+            warn_after: Some("1d".into()),
+            revoke_after: Some("3d".into()),
+        });
+    });
+    t.metadata.creation_timestamp = Some(Time(at(0)));
+    t
+}

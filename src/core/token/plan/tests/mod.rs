@@ -224,6 +224,7 @@ fn run_served(
         publish_delay: Some(SignedDuration::from_secs(delay)),
         published: &held,
         consumers_moving: false,
+        usage_granularity: None,
     };
     plan(
         t,
