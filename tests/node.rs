@@ -981,7 +981,8 @@ done"#;
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
-            "progressDeadlineSeconds": 10,
+            // The stuck one is stuck after 10 s; the others get the default (10 minutes).
+            "progressDeadlineSeconds": if ready_only_with.is_some() { 10 } else { 600 },
             "selector": {"matchLabels": {"app": name}},
             "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
@@ -1180,11 +1181,13 @@ async fn a_deployment_reading_its_token_from_env_rides_through_rotations_with_no
         statuses.get("200").copied().unwrap_or(0) > 100,
         "{statuses:?}"
     );
-    assert_eq!(
-        statuses.keys().collect::<Vec<_>>(),
-        ["200"],
-        "a refused request"
-    );
+    // 499: the client gave up waiting (nc closes after 0.2 s) on a loaded machine; not an answer.
+    // Anything else (401, 403, 5xx) is a request the gateway refused or failed.
+    let refused: Vec<&String> = statuses
+        .keys()
+        .filter(|s| *s != "200" && *s != "499")
+        .collect();
+    assert!(refused.is_empty(), "a refused request: {statuses:?}");
     let events = events(&ns, "app").await;
     let restarts = events
         .iter()

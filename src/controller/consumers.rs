@@ -198,6 +198,10 @@ impl Consumers {
                     Observed::Present(w) if w.progress == Progress::InProgress => {
                         self.follow(&workload, &token_key, Until::Settled);
                     }
+                    // Stuck now, perhaps not for ever (an image pushed late, a slow node).
+                    Observed::Present(w) if matches!(w.progress, Progress::Stuck(_)) => {
+                        self.follow(&workload, &token_key, Until::Complete);
+                    }
                     // Named before it was created (GitOps applies in any order): watched by name.
                     Observed::NotFound => self.follow(&workload, &token_key, Until::Created),
                     _ => {}
@@ -338,6 +342,18 @@ impl Consumers {
                 (ConsumerKind::DaemonSet, Until::Settled) => {
                     let progress = consumer::daemon_set_progress;
                     follow::<DaemonSet>(&client, namespace, name, timeout, progress).await
+                }
+                (ConsumerKind::Deployment, Until::Complete) => {
+                    let progress = consumer::deployment_progress;
+                    complete::<Deployment>(&client, namespace, name, progress).await
+                }
+                (ConsumerKind::StatefulSet, Until::Complete) => {
+                    let progress = consumer::stateful_set_progress;
+                    complete::<StatefulSet>(&client, namespace, name, progress).await
+                }
+                (ConsumerKind::DaemonSet, Until::Complete) => {
+                    let progress = consumer::daemon_set_progress;
+                    complete::<DaemonSet>(&client, namespace, name, progress).await
                 }
                 (ConsumerKind::Deployment, Until::Created) => {
                     created::<Deployment>(&client, namespace, name).await
@@ -618,6 +634,31 @@ enum Until {
     Settled,
     /// The workload exists.
     Created,
+    /// A stuck rollout completes after all.
+    Complete,
+}
+
+/// Waits until a stuck rollout completes (no bound: it may never); `None` if the workload goes
+/// or the watch fails.
+async fn complete<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    progress: fn(&K) -> Progress,
+) -> Option<Progress>
+where
+    K: Kind,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let done = move |object: Option<&K>| object.is_none_or(|o| progress(o) == Progress::Complete);
+    match kube::runtime::wait::await_condition(api, name, done).await {
+        Ok(Some(_)) => Some(Progress::Complete),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%namespace, %name, error = %e, "could not watch a stuck consumer");
+            None
+        }
+    }
 }
 
 /// Waits until the workload exists; `None` if the watch fails (the next reconcile looks again).
