@@ -172,7 +172,11 @@ async fn a_credential_let_in_shows_its_last_use_a_quiet_one_never_and_an_uncheck
     );
     let new = creds(&ns, "used").await;
     wait_published(&ns, VERIFIER, OUTPUT, &new.access_key).await;
-    assert_eq!(authz.verify("", Some(&new.bearer())).status, 200);
+    // In the output now; authz follows it through its watch, a moment later.
+    wait_for("authz letting the new credential in", WAIT, || async {
+        (authz.verify("", Some(&new.bearer())).status == 200).then_some(())
+    })
+    .await;
     let records = ns.api::<ConfigMap>();
     let record = usage::record_name(
         &format!("{}/{VERIFIER}", ns.name),
@@ -378,7 +382,11 @@ async fn an_unused_token_is_warned_then_revoked_and_a_used_one_or_a_bad_policy_i
         .clone();
     assert_eq!(ready.reason, "Unused");
     assert!(secret_gone(&ns, "idle").await);
-    assert_eq!(authz.verify("", Some(&idle.bearer())).status, 401);
+    // Gone from the output the verifier renders after the revocation, and so refused by authz.
+    wait_for("authz refusing the revoked token", WAIT, || async {
+        (authz.verify("", Some(&idle.bearer())).status == 401).then_some(())
+    })
+    .await;
     // For good: the operator restarted, the token stays revoked and nothing is minted.
     drop(op);
     let op = Operator::start(&ns).await;
