@@ -42,10 +42,9 @@ impl Replaced {
     /// Keeps the uses noted in `old`.
     pub(super) fn keep(&self, old: &Credentials) {
         let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.extend(old.uses().map(|(grant, minute)| {
-            let token = String::from_utf8_lossy(grant.token.as_bytes()).into_owned();
-            (grant.access_key.clone(), token, minute)
-        }));
+        kept.extend(
+            uses(old).map(|(key, token, minute)| (key.to_owned(), token.into_owned(), minute)),
+        );
     }
 
     fn take(&self) -> Vec<(String, String, Minute)> {
@@ -61,11 +60,20 @@ fn gather(shared: &Shared, ledger: &mut Ledger) {
         }
     }
     if let Some(credentials) = shared.loaded() {
-        for (grant, minute) in credentials.uses() {
-            let token = String::from_utf8_lossy(grant.token.as_bytes());
-            ledger.note(&grant.access_key, &token, minute);
+        for (key, token, minute) in uses(&credentials) {
+            ledger.note(key, &token, minute);
         }
     }
+}
+
+/// The uses noted in `credentials`: access key, token (`namespace/name`), minute.
+fn uses(
+    credentials: &Credentials,
+) -> impl Iterator<Item = (&str, std::borrow::Cow<'_, str>, Minute)> {
+    credentials.uses().map(|(grant, minute)| {
+        let token = String::from_utf8_lossy(grant.token.as_bytes());
+        (grant.access_key.as_str(), token, minute)
+    })
 }
 
 /// Writes usage records until `stop` turns true, then once more.
@@ -82,7 +90,6 @@ pub async fn write(
         shared: shared.clone(),
     };
     let mut ledger = Ledger::new(settings.granularity);
-    let granularity = Minute::try_from(settings.granularity.as_secs() / 60).unwrap_or(Minute::MAX);
     tracing::info!(namespace = %settings.namespace, verifier = %settings.verifier,
         granularity = ?settings.granularity, "recording last use of credentials");
     // The first record says which verifier this authz serves, used or not: its tokens' last use is
@@ -104,8 +111,7 @@ pub async fn write(
                 }
             }
         }
-        let now = usage::minute_of(Timestamp::now());
-        ledger.forget_before(now.saturating_sub(granularity.saturating_mul(2)));
+        ledger.forget_idle(usage::minute_of(Timestamp::now()));
         if stopping {
             return;
         }

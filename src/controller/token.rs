@@ -623,31 +623,33 @@ async fn reconcile_token(token: &ApiToken, ctx: &Context) -> Result<Wake, Error>
     Err(Error::Contended { name: secret_name })
 }
 
-/// The coarsest granularity of the authz that report `token`'s use, as their records say.
-fn usage_granularity(token: &ApiToken, book: &usage::Book) -> Option<Duration> {
+/// The verifiers (`namespace/name`) that accept `token`, as `status` reports them.
+fn accepting_verifiers<'a>(
+    token: &'a ApiToken,
+    status: &'a ApiTokenStatus,
+) -> impl Iterator<Item = String> + 'a {
     let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
-    let status = token.status.as_ref()?;
     let audiences = token.spec.audiences.iter().flatten();
     audiences
         .zip(&status.audiences)
         .filter(|(_, reported)| reported.accepted)
-        .filter_map(|(audience, _)| audience.resolve(namespace).ok())
-        .filter_map(|verifier| book.granularity(&verifier.to_string()))
+        .filter_map(move |(audience, _)| audience.resolve(namespace).ok())
+        .map(|verifier| verifier.to_string())
+}
+
+/// The coarsest granularity of the authz that report `token`'s use, as their records say; looked
+/// up only for a token with an inactivity policy, the one reader.
+fn usage_granularity(token: &ApiToken, book: &usage::Book) -> Option<Duration> {
+    token.spec.inactivity.as_ref()?;
+    let status = token.status.as_ref()?;
+    accepting_verifiers(token, status)
+        .filter_map(|verifier| book.granularity(&verifier))
         .max()
 }
 
 /// Whether an authz that reports use serves a verifier that accepts `token`.
 fn usage_tracked(token: &ApiToken, status: &ApiTokenStatus, book: &usage::Book) -> bool {
-    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
-    let audiences = token.spec.audiences.iter().flatten();
-    audiences
-        .zip(&status.audiences)
-        .any(|(audience, reported)| {
-            reported.accepted
-                && audience
-                    .resolve(namespace)
-                    .is_ok_and(|verifier| book.tracks(&verifier.to_string()))
-        })
+    accepting_verifiers(token, status).any(|verifier| book.tracks(&verifier))
 }
 
 /// After the Secret write: status (only if it changed), the Event, metrics, and when to come back.

@@ -267,6 +267,11 @@ impl Ledger {
             .retain(|_, e| e.seen >= minute || e.written.is_none_or(|w| w < e.seen));
     }
 
+    /// Forgets written credentials not seen for two granularities before `now`.
+    pub fn forget_idle(&mut self, now: Minute) {
+        self.forget_before(now.saturating_sub(self.granularity.saturating_mul(2)));
+    }
+
     /// Credentials remembered.
     pub fn len(&self) -> usize {
         self.entries.len()

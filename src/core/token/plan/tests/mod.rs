@@ -96,19 +96,11 @@ fn run_with(t: &ApiToken, secret: Option<&Secret>, rules: &Rules, now: Timestamp
 
 /// Plans for a token without verifiers while a consumer has not moved to its current credential.
 fn run_moving(t: &ApiToken, secret: Option<&Secret>, now: Timestamp) -> Plan {
-    let rules = rules();
     let servers = Servers {
         consumers_moving: true,
         ..Servers::NONE
     };
-    plan(
-        t,
-        &observe(t, secret, &rules.key),
-        &servers,
-        &rules,
-        now,
-        &mut rng(),
-    )
+    run_for(t, secret, &servers, now)
 }
 
 fn edit(secret: &Secret, key: &str, value: &str) -> Secret {
@@ -218,7 +210,6 @@ fn run_served(
     published: Option<i64>,
     now: Timestamp,
 ) -> Plan {
-    let rules = rules();
     let held = move |_: &Credential| published.map(at);
     let servers = Servers {
         publish_delay: Some(SignedDuration::from_secs(delay)),
@@ -226,10 +217,16 @@ fn run_served(
         consumers_moving: false,
         usage_granularity: None,
     };
+    run_for(t, secret, &servers, now)
+}
+
+/// Plans with `servers`, under the test rules.
+fn run_for(t: &ApiToken, secret: Option<&Secret>, servers: &Servers<'_>, now: Timestamp) -> Plan {
+    let rules = rules();
     plan(
         t,
         &observe(t, secret, &rules.key),
-        &servers,
+        servers,
         &rules,
         now,
         &mut rng(),
