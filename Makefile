@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 export KUBECONFIG
 
-.PHONY: cluster-up cluster-down crds demo test lint bench bench-authz image
+.PHONY: cluster-up cluster-down crds demo demo-trino test lint bench bench-authz image
 
 cluster-up:
 	@hack/cluster-up.sh
@@ -23,6 +23,10 @@ crds:
 
 demo:
 	@hack/demo.sh
+
+# After `make demo`: one query per tenant through a real Trino reading a verifier's trino output.
+demo-trino:
+	@hack/demo-trino.sh
 
 # The operator image without a Docker engine, reproducibly: target/image/{oci/,tokenmint.tar}.
 image:

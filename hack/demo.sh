@@ -305,3 +305,7 @@ echo "demo: after the revocation:"
 client_until 401
 # The gateway stays for a look (kubectl -n tokenmint-demo logs gateway); the client stops asking.
 kubectl -n "$ns" delete deployment client --wait=false >/dev/null
+
+# ---------------------------------------------------------------- row filters enforced by Trino
+# examples/trino-tenants.yaml: one query per tenant through a real Trino reading the trino output.
+hack/demo-trino.sh

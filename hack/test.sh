@@ -30,6 +30,8 @@ TOKENMINT_NGINX="$(hack/install-nginx.sh)"   # Debian's nginx for the htpasswd, 
 export TOKENMINT_NGINX
 TOKENMINT_CADDY="$(hack/install-caddy.sh)"   # Debian's Caddy for the gateway-snippet tests; installed only when missing
 export TOKENMINT_CADDY
+TOKENMINT_TRINO="$(hack/install-trino.sh)"   # Trino 476 from Maven Central for the Trino tests; cached after the first download
+export TOKENMINT_TRINO
 
 start=$(date +%s)
 # --workspace: the harness's unit tests run and the bench builds too (neither has cluster tests).

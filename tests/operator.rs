@@ -715,6 +715,8 @@ async fn examples_apply_cleanly_and_reach_their_phases() {
         ("contractor", Phase::Active),
         ("retired", Phase::Revoked),
         ("web-client", Phase::Active),
+        ("tenant-42", Phase::Active),
+        ("tenant-7", Phase::Active),
     ] {
         wait_phase(&ns, name, phase, |_| true).await;
     }
@@ -732,6 +734,16 @@ async fn examples_apply_cleanly_and_reach_their_phases() {
             .get("tokens.json")?
             .clone();
         (htpasswd.starts_with(&format!("{user}:$5$")) && map.contains(&user)).then_some(())
+    })
+    .await;
+    // The Trino pair: both tenants in the password file, each with its own filter in the rules.
+    wait_for("the example trino output", WAIT, || async {
+        let out = data(&secret(&ns, "warehouse-trino").await?);
+        let (users, rules) = (out.get("password.db")?, out.get("rules.json")?);
+        (users.lines().count() == 2
+            && rules.contains("suppkey = 42")
+            && rules.contains("suppkey = 7"))
+        .then_some(())
     })
     .await;
     let pinot = data(&secret(&ns, "pinot-ingest").await.unwrap());

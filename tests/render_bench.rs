@@ -71,12 +71,14 @@ fn render_at_scale() {
             format: OutputFormat::Htpasswd,
             key: None,
             hash: Some(HtpasswdHash::Ssha),
+            trino: None,
         },
         Output {
             secret_name: "api-tokens".into(),
             format: OutputFormat::Sha256Map,
             key: None,
             hash: None,
+            trino: None,
         },
     ])
     .unwrap();

@@ -25,6 +25,16 @@ pub const OUTPUT_SECRET_TYPE: &str = "Opaque";
 pub const DEFAULT_HTPASSWD_KEY: &str = "htpasswd";
 /// Data key of a `sha256-map` output when `key` is unset.
 pub const DEFAULT_SHA256_MAP_KEY: &str = "tokens.json";
+/// Data key of a `trino` output's password file when `key` is unset.
+pub const DEFAULT_TRINO_PASSWORD_KEY: &str = "password.db";
+/// Data key of a `trino` output's access-control rules when `trino.rulesKey` is unset.
+pub const DEFAULT_TRINO_RULES_KEY: &str = "rules.json";
+/// Most `trino.tables` entries of one output.
+pub const MAX_TRINO_TABLES: usize = 256;
+/// Most `trino.privileges` entries of one output.
+pub const MAX_TRINO_GRANTS: usize = 32;
+/// Most `filters` of one scope grant.
+pub const MAX_GRANT_FILTERS: usize = 64;
 /// Hash of an `htpasswd` output when `hash` is unset: bcrypt, the one scheme every server the
 /// contract names reads (Caddy and Trino's password file read nothing else).
 pub const DEFAULT_HASH: HtpasswdHash = HtpasswdHash::Bcrypt;
@@ -174,6 +184,13 @@ pub struct ScopeGrant {
     /// Whether a scope of this type must carry a row filter (`filter`). Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_filter: Option<bool>,
+    /// The row filters a scope of this type may carry, exactly as written (e.g. `tenant_id = 42`):
+    /// the server owner's words, so a tenant cannot choose a filter that reads another tenant's rows.
+    /// With `requireFilter`, a scope must carry one of them. Absent: any filter. At most 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 1024)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub filters: Option<Vec<String>>,
 }
 
 /// A grant's scope type: the grammar of `spec.scopes[].type`.
@@ -187,8 +204,18 @@ pub const MAX_SCOPE_GRANTS: usize = 64;
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[x_kube(
     validation = Rule::new("!has(self.hash) || self.format == 'htpasswd'")
-        .message("hash applies only to format htpasswd (sha256-map always uses SHA-256)")
+        .message("hash applies only to format htpasswd (sha256-map always uses SHA-256, trino PBKDF2)")
         .field_path(".hash")
+)]
+#[x_kube(
+    validation = Rule::new("has(self.trino) == (self.format == 'trino')")
+        .message("trino is required with format trino, and applies to no other format")
+        .field_path(".trino")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.trino) || (has(self.trino.rulesKey) ? self.trino.rulesKey : 'rules.json') != (has(self.key) ? self.key : 'password.db')")
+        .message("trino.rulesKey must differ from key (the password file's)")
+        .field_path(".trino.rulesKey")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Output {
@@ -200,10 +227,12 @@ pub struct Output {
     /// auth_basic_user_file, ingress-nginx auth, Traefik BasicAuth, Caddy, oauth2-proxy and Trino's
     /// password file. `sha256-map`: JSON mapping the hex SHA-256 of each presented credential (Bearer
     /// token and Basic token) to the token's name, access key, role, scopes and notAfter, for `tokenmint authz`.
+    /// `trino`: Trino's password file (`key`, PBKDF2 lines) and its file-based access-control rules
+    /// (`trino.rulesKey`), so Trino itself enforces each token's scopes and row filters.
     pub format: OutputFormat,
 
     /// Data key of the Secret that holds the rendering. Default `htpasswd` for htpasswd, `tokens.json`
-    /// for sha256-map. 1-253 characters of [-._a-zA-Z0-9], not `.` and not starting with `..`.
+    /// for sha256-map, `password.db` for trino (its password file). 1-253 characters of [-._a-zA-Z0-9], not `.` and not starting with `..`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), pattern(DATA_KEY_PATTERN))]
     #[x_kube(validation = Rule::new("self != '.' && !self.startsWith('..')")
@@ -215,6 +244,87 @@ pub struct Output {
     /// (`{SSHA}`, salted SHA-1, fast: sound only because secret keys carry at least 112 random bits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<HtpasswdHash>,
+
+    /// trino only: how scopes become Trino table rules. The server owner's side: which table a scope's
+    /// resource names and what each scope type may do there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trino: Option<TrinoOutput>,
+}
+
+/// How a `trino` output turns the scopes of the tokens it accepts into Trino's file-based
+/// access-control rules. Everything not granted here is denied.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrinoOutput {
+    /// The tables scopes may name: a scope whose resource is listed here applies to that table; a
+    /// scope with no resource applies to every table listed. A resource not listed grants nothing.
+    /// 1 to 256, one per resource.
+    #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["resource"]))]
+    pub tables: Vec<TrinoTable>,
+
+    /// The table privileges each scope type grants, e.g. `DATASOURCES:READ` → `[SELECT]`. A scope of a
+    /// type not listed grants nothing. 1 to 32, one per type.
+    #[schemars(length(min = 1, max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["scopeType"]))]
+    pub privileges: Vec<TrinoGrant>,
+
+    /// Data key of the access-control rules (JSON, for `security.config-file`). Default `rules.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(DATA_KEY_PATTERN))]
+    #[x_kube(validation = Rule::new("self != '.' && !self.startsWith('..')")
+        .message("rulesKey may not be '.' or start with '..' (a mounted Secret's keys become file names)"))]
+    pub rules_key: Option<String>,
+}
+
+/// Where a scope resource lives in Trino.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrinoTable {
+    /// The scope resource, exactly as tokens write it (`spec.scopes[].resource`).
+    #[schemars(length(min = 1, max = 253), pattern(GRANT_RESOURCE_PATTERN))]
+    pub resource: String,
+    /// The Trino catalog (lower case, as Trino names it).
+    #[schemars(length(min = 1, max = 128), pattern(TRINO_NAME_PATTERN))]
+    pub catalog: String,
+    /// The schema within the catalog.
+    #[schemars(length(min = 1, max = 128), pattern(TRINO_NAME_PATTERN))]
+    pub schema: String,
+    /// The table within the schema. Default: the resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(TRINO_NAME_PATTERN))]
+    pub table: Option<String>,
+}
+
+/// Trino catalog, schema and table names a `trino` output may name: lower case, as Trino stores them.
+const TRINO_NAME_PATTERN: &str = r"^[a-z0-9_][a-z0-9_-]*$";
+
+/// The privileges one scope type grants on the tables its scopes name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrinoGrant {
+    /// The scope type, e.g. `DATASOURCES:READ`.
+    #[schemars(length(min = 1, max = 64), pattern(GRANT_TYPE_PATTERN))]
+    pub scope_type: String,
+    /// Table privileges: SELECT, INSERT, UPDATE, DELETE. 1 to 4, no duplicates.
+    #[schemars(length(min = 1, max = 4))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub privileges: Vec<TrinoPrivilege>,
+}
+
+/// A Trino table privilege a scope may grant. Ownership and grant options are never granted.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum TrinoPrivilege {
+    #[serde(rename = "SELECT")]
+    Select,
+    #[serde(rename = "INSERT")]
+    Insert,
+    #[serde(rename = "UPDATE")]
+    Update,
+    #[serde(rename = "DELETE")]
+    Delete,
 }
 
 /// How an output renders the accepted credentials.
@@ -226,6 +336,9 @@ pub enum OutputFormat {
     /// JSON keyed by the hex SHA-256 of each presented credential.
     #[serde(rename = "sha256-map")]
     Sha256Map,
+    /// Trino's password file and access-control rules.
+    #[serde(rename = "trino")]
+    Trino,
 }
 
 // How an htpasswd line hashes the secret key (`spec.outputs[].hash` of an ApiTokenVerifier). Which
@@ -276,6 +389,7 @@ impl OutputFormat {
         match self {
             OutputFormat::Htpasswd => "htpasswd",
             OutputFormat::Sha256Map => "sha256-map",
+            OutputFormat::Trino => "trino",
         }
     }
 
@@ -284,6 +398,7 @@ impl OutputFormat {
         match self {
             OutputFormat::Htpasswd => DEFAULT_HTPASSWD_KEY,
             OutputFormat::Sha256Map => DEFAULT_SHA256_MAP_KEY,
+            OutputFormat::Trino => DEFAULT_TRINO_PASSWORD_KEY,
         }
     }
 }
@@ -323,8 +438,8 @@ pub struct ApiTokenVerifierStatus {
 
 /// What `kubectl explain apitokenverifier` says about the kind itself.
 pub const DESCRIPTION: &str = "An ApiTokenVerifier renders, into Secrets of its own namespace, what a server needs to \
-check the credentials of the ApiTokens it accepts: htpasswd lines or a SHA-256 map, hashes only, never a plaintext \
-secret key. A token is included only when it names this verifier in spec.audiences and its namespace and role match \
+check the credentials of the ApiTokens it accepts: htpasswd lines, a SHA-256 map, or Trino's password file and \
+access-control rules; hashes only, never a plaintext secret key. A token is included only when it names this verifier in spec.audiences and its namespace and role match \
 spec.trust; its current credential stays in every output while it is Active, and its previous credential until that retires.";
 
 /// The verifier's CRD, with the kind's description in place of kube-derive's placeholder.
@@ -597,6 +712,7 @@ spec:
             format,
             key: None,
             hash: None,
+            trino: None,
         };
         assert_eq!(output(OutputFormat::Htpasswd).key(), "htpasswd");
         assert_eq!(output(OutputFormat::Sha256Map).key(), "tokens.json");
@@ -673,7 +789,20 @@ spec:
         let output = &outputs["items"];
         assert_eq!(
             rules(output),
-            ["!has(self.hash) || self.format == 'htpasswd'"]
+            [
+                "!has(self.hash) || self.format == 'htpasswd'",
+                "has(self.trino) == (self.format == 'trino')",
+                "!has(self.trino) || (has(self.trino.rulesKey) ? self.trino.rulesKey : 'rules.json') != (has(self.key) ? self.key : 'password.db')",
+            ]
+        );
+        let trino = &output["properties"]["trino"];
+        assert_eq!(
+            trino["properties"]["tables"]["x-kubernetes-list-map-keys"],
+            json!(["resource"])
+        );
+        assert_eq!(
+            trino["properties"]["privileges"]["items"]["properties"]["privileges"]["items"]["enum"],
+            json!(["SELECT", "INSERT", "UPDATE", "DELETE"])
         );
         assert_eq!(
             output["properties"]["hash"]["enum"],

@@ -16,5 +16,6 @@ pub mod scope;
 pub mod seal;
 pub mod sha256_map;
 pub mod token;
+pub mod trino;
 pub mod usage;
 pub mod verifier;

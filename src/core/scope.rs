@@ -65,19 +65,26 @@ pub fn check(scope: &Scope) -> Result<(), InvalidSpec> {
             "an upper-case resource of a one-word type reads as part of the type (PIPES with resource READ is PIPES:READ)",
         ));
     }
+    if let Some(filter) = &scope.filter {
+        check_filter(filter).map_err(|reason| invalid("filter", reason))?;
+    }
     match (&scope.resource, &scope.filter) {
-        (_, Some(filter)) if filter.is_empty() || filter.len() > 1024 => {
-            Err(invalid("filter", "must be 1-1024 characters"))
-        }
-        (_, Some(filter)) if filter.chars().any(breaks_lines) => Err(invalid(
-            "filter",
-            "may not contain control characters or line separators",
-        )),
         (None, Some(_)) => Err(invalid(
             "filter",
             "needs resource: a row filter applies to one resource",
         )),
         _ => Ok(()),
+    }
+}
+
+/// A row filter's text: 1-1024 characters, none that breaks a line. The reason when not.
+pub fn check_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() || filter.len() > 1024 {
+        Err("must be 1-1024 characters")
+    } else if filter.chars().any(breaks_lines) {
+        Err("may not contain control characters or line separators")
+    } else {
+        Ok(())
     }
 }
 

@@ -214,6 +214,7 @@ pub fn rendered_map(tokens: &[tokenmint::core::verifier::render::TokenCredential
         format: OutputFormat::Sha256Map,
         key: None,
         hash: None,
+        trino: None,
     }])
     .unwrap();
     let entries: Vec<_> = tokens.iter().flat_map(|t| t.entries()).collect();

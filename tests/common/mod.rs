@@ -10,6 +10,7 @@ pub mod caddy;
 pub mod helm;
 pub mod nginx;
 pub mod tokens;
+pub mod trino;
 pub mod verifiers;
 
 use std::{

@@ -166,12 +166,19 @@ impl Creds {
 
 /// The current credential of `token`, from its Secret.
 pub async fn creds(ns: &TestNs, token: &str) -> Creds {
-    let d = data(&secret(ns, token).await.expect("the token's Secret"));
-    Creds {
-        bearer: d["token"].clone(),
-        basic: d["basic"].clone(),
-        access_key: d["username"].clone(),
-        password: d["password"].clone(),
+    Creds::from_secret(&secret(ns, token).await.expect("the token's Secret"))
+}
+
+impl Creds {
+    /// The credential a token's Secret holds, as a client that reads it would.
+    pub fn from_secret(secret: &Secret) -> Creds {
+        let d = data(secret);
+        Creds {
+            bearer: d["token"].clone(),
+            basic: d["basic"].clone(),
+            access_key: d["username"].clone(),
+            password: d["password"].clone(),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! ApiTokenVerifier helpers shared by the integration tests.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::PostParams;
 use serde_json::json;
 use tokenmint::api::verifier::ApiTokenVerifier;
@@ -38,13 +39,17 @@ pub async fn create_map_verifier(ns: &TestNs, name: &str, output: &str) -> ApiTo
 pub async fn wait_published(ns: &TestNs, name: &str, output: &str, access_key: &str) {
     wait_for("the verifier's output and Ready", WAIT, || async {
         let map = data(&secret(ns, output).await?).get("tokens.json")?.clone();
-        let v = ns.api::<ApiTokenVerifier>().get(name).await.ok()?;
-        let ready = v
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
+        let ready = ready(ns, name).await?;
         (map.contains(access_key) && ready.status == "True").then_some(())
     })
     .await
+}
+
+/// The verifier `name`'s Ready condition, once it has one.
+pub async fn ready(ns: &TestNs, name: &str) -> Option<Condition> {
+    let v = ns.api::<ApiTokenVerifier>().get(name).await.ok()?;
+    v.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
 }

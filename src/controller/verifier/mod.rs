@@ -31,11 +31,14 @@ use kube::{Api, Client, ResourceExt};
 use sha2::Sha256;
 
 use crate::api::ApiToken;
-use crate::api::verifier::{ApiTokenVerifier, HtpasswdHash, VerifierRef};
+use crate::api::verifier::{ApiTokenVerifier, VerifierRef};
 use crate::core::htpasswd;
 use crate::core::token::plan::Rules;
+use crate::core::trino;
 use crate::core::verifier::publishable;
-use crate::core::verifier::render::{self, Entry, ObservedOutputs, TokenCredentials, TokenRef};
+use crate::core::verifier::render::{
+    self, Entry, LineHash, ObservedOutputs, TokenCredentials, TokenRef,
+};
 use crate::core::verifier::status::Outcome;
 use crate::core::verifier::trust::Verdict;
 use crate::runtime::cache::{Kept, SecretCache, TokenCache};
@@ -44,7 +47,7 @@ use crate::runtime::coalesce::coalesce;
 use crate::runtime::keys::key_from;
 use crate::runtime::watch::watch_errors;
 use lookup::verdict;
-use outputs::{OutputRef, controlled_by, write_output, write_status};
+use outputs::{controlled_by, write_output, write_status};
 
 /// What the verifiers read of the token controller: its caches and the seal key.
 #[derive(Clone)]
@@ -66,7 +69,7 @@ struct Context {
     caches_listed: tokio::sync::watch::Receiver<bool>,
     /// htpasswd lines by (fingerprint, hash): bcrypt costs milliseconds, so a line is made once per
     /// credential and process, and stays byte-identical while the credential is unchanged.
-    lines: Mutex<HashMap<(String, HtpasswdHash), String>>,
+    lines: Mutex<HashMap<(String, LineHash), String>>,
     /// What each token Secret was read to hold, with the token's and the Secret's resourceVersions
     /// it was read at: a render re-reads (decodes, checks the seal of) only what changed since, so
     /// a bulk of N tokens costs O(N) reads, not O(N) per render.
@@ -265,12 +268,15 @@ async fn render_outputs(
         lines
             .entry(key)
             .or_insert_with(|| {
-                htpasswd::line(
-                    entry.access_key(),
-                    entry.secret_key(),
-                    hash,
-                    &salt_seed(&shared.rules, entry),
-                )
+                let seed = salt_seed(&shared.rules, entry);
+                match hash {
+                    LineHash::Htpasswd(hash) => {
+                        htpasswd::line(entry.access_key(), entry.secret_key(), hash, &seed)
+                    }
+                    LineHash::Trino => {
+                        trino::password_line(entry.access_key(), entry.secret_key(), &seed)
+                    }
+                }
             })
             .clone()
     });
@@ -302,22 +308,23 @@ async fn render_outputs(
             overflow = Some(o.to_string());
         }
         let existing = current.get(&output.secret_name);
-        let unchanged = existing
-            .and_then(|s| s.data.as_ref())
-            .and_then(|d| d.get(&output.key))
-            .is_some_and(|d| d.0 == out.data);
+        let mut data = vec![(output.key.as_str(), out.data.as_slice())];
+        if let Some((key, extra)) = &out.extra {
+            data.push((key.as_str(), extra.as_slice()));
+        }
+        let held = existing.and_then(|s| s.data.as_ref());
+        let unchanged = data.iter().all(|(key, bytes)| {
+            held.and_then(|d| d.get(*key))
+                .is_some_and(|d| d.0 == *bytes)
+        });
         if !unchanged {
-            let output_ref = OutputRef {
-                name: &output.secret_name,
-                key: &output.key,
-            };
             write_output(
                 &shared.client,
                 &shared.secrets,
                 verifier,
                 existing,
-                output_ref,
-                &out.data,
+                &output.secret_name,
+                &data,
             )
             .await?;
             wrote = true;

@@ -28,28 +28,21 @@ pub(super) fn controlled_by(secret: &Secret, uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
-/// An output Secret's name and data key.
-#[derive(Clone, Copy)]
-pub(super) struct OutputRef<'a> {
-    pub name: &'a str,
-    pub key: &'a str,
-}
-
-/// Creates the output Secret (POST, which fails if a Secret of that name appeared meanwhile) or
+/// Creates the output Secret `name` with `data` (key, bytes) (POST, which fails if a Secret of that name appeared meanwhile) or
 /// applies its new data pinned to the observed resourceVersion.
 pub(super) async fn write_output(
     client: &Client,
     secrets: &SecretCache,
     verifier: &ApiTokenVerifier,
     existing: Option<&Secret>,
-    output: OutputRef<'_>,
-    data: &[u8],
+    name: &str,
+    data: &[(&str, &[u8])],
 ) -> Result<(), Error> {
     let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(output.name.to_owned()),
+            name: Some(name.to_owned()),
             namespace: Some(ns.clone()),
             labels: Some(BTreeMap::from([
                 (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
@@ -60,14 +53,15 @@ pub(super) async fn write_output(
             ..ObjectMeta::default()
         },
         type_: Some(OUTPUT_SECRET_TYPE.to_owned()),
-        data: Some(BTreeMap::from([(
-            output.key.to_owned(),
-            ByteString(data.to_vec()),
-        )])),
+        data: Some(
+            data.iter()
+                .map(|(key, bytes)| ((*key).to_owned(), ByteString(bytes.to_vec())))
+                .collect(),
+        ),
         ..Secret::default()
     };
     let err = |source| Error::WriteOutput {
-        name: output.name.to_owned(),
+        name: name.to_owned(),
         source,
     };
     let mut written = match existing {
@@ -80,7 +74,7 @@ pub(super) async fn write_output(
         }
         Some(_) => api
             .patch(
-                output.name,
+                name,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&secret),
             )
@@ -88,7 +82,7 @@ pub(super) async fn write_output(
             .map_err(err)?,
     };
     written.metadata.managed_fields = None;
-    let key = ObjectRef::new(output.name).within(&ns);
+    let key = ObjectRef::new(name).within(&ns);
     let based_on = existing.and_then(|s| s.metadata.resource_version.clone());
     secrets.advance(&key, based_on.as_deref(), watcher::Event::Apply(written));
     Ok(())

@@ -116,6 +116,7 @@ mod tests {
             format,
             key: None,
             hash: None,
+            trino: None,
         }
     }
 

@@ -3,6 +3,7 @@
 use crate::api::names;
 use crate::api::verifier::{DEFAULT_HASH, HtpasswdHash, MAX_OUTPUTS, Output, OutputFormat};
 use crate::core::invalid::{InvalidSpec, invalid};
+use crate::core::trino;
 
 /// An output, checked: the Secret and data key to write, and how to render into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub struct ValidOutput {
     /// The data key, default applied.
     pub key: String,
     pub rendering: Rendering,
+    /// A `trino` output's mapping (and rules key); `None` for other formats.
+    pub trino: Option<trino::Mapping>,
 }
 
 /// An output's format with what it needs: only htpasswd has a hash.
@@ -18,6 +21,8 @@ pub struct ValidOutput {
 pub enum Rendering {
     Htpasswd(HtpasswdHash),
     Sha256Map,
+    /// Trino's password file under the output's key, its rules under the mapping's.
+    Trino,
 }
 
 /// Checks `spec.outputs` beyond the schema (an older CRD may be installed) and applies defaults.
@@ -56,14 +61,28 @@ pub fn validate_outputs(outputs: &[Output]) -> Result<Vec<ValidOutput>, InvalidS
         let rendering = match (output.format, output.hash) {
             (OutputFormat::Htpasswd, hash) => Rendering::Htpasswd(hash.unwrap_or(DEFAULT_HASH)),
             (OutputFormat::Sha256Map, None) => Rendering::Sha256Map,
-            (OutputFormat::Sha256Map, Some(_)) => {
+            (OutputFormat::Trino, None) => Rendering::Trino,
+            (_, Some(_)) => {
                 return Err(invalid(field("hash"), "applies only to format htpasswd"));
             }
+        };
+        let trino = match (output.format, &output.trino) {
+            (OutputFormat::Trino, Some(mapping)) => {
+                Some(trino::Mapping::parse(mapping, key, &field("trino"))?)
+            }
+            (OutputFormat::Trino, None) => {
+                return Err(invalid(field("trino"), "required with format trino"));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(field("trino"), "applies only to format trino"));
+            }
+            (_, None) => None,
         };
         valid.push(ValidOutput {
             secret_name: output.secret_name.clone(),
             key: key.to_owned(),
             rendering,
+            trino,
         });
     }
     Ok(valid)

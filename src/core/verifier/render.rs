@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use crate::api::verifier::HtpasswdHash;
 use crate::core::credential::Credential;
 use crate::core::sha256_map;
+use crate::core::trino::TableRule;
 pub use crate::core::verifier::output::{Rendering, ValidOutput, validate_outputs};
 
 /// Most bytes of data one output Secret may hold: the API server refuses a Secret whose data
@@ -141,6 +142,9 @@ pub struct RenderedOutput {
     pub key: String,
     /// What to write under `key`.
     pub data: Vec<u8>,
+    /// A second data key of the same Secret and what to write there: a trino output's rules, which
+    /// change with its password file in one write (a mounted Secret swaps both at once).
+    pub extra: Option<(String, Vec<u8>)>,
     /// How many credentials `data` holds.
     pub credentials: usize,
     /// Set when every valid credential would not fit: `data` then holds only tokens already in the
@@ -155,6 +159,7 @@ impl fmt::Debug for RenderedOutput {
             .field("secret_name", &self.secret_name)
             .field("key", &self.key)
             .field("bytes", &self.data.len())
+            .field("extra", &self.extra.as_ref().map(|(k, d)| (k, d.len())))
             .field("credentials", &self.credentials)
             .field("overflow", &self.overflow)
             .finish()
@@ -204,6 +209,12 @@ pub enum RenderError {
         secret_name: String,
         token: TokenRef,
     },
+    #[error("output {secret_name}: token {token} is left out of its Trino rules: {reason}")]
+    TrinoRules {
+        secret_name: String,
+        token: TokenRef,
+        reason: String,
+    },
 }
 
 impl RenderError {
@@ -213,6 +224,7 @@ impl RenderError {
             RenderError::Ambiguous { first, second } => vec![first, second],
             RenderError::BadAccessKey { token }
             | RenderError::BadHtpasswdLine { token, .. }
+            | RenderError::TrinoRules { token, .. }
             | RenderError::OverBudget { token, .. } => vec![token],
         }
     }
@@ -225,6 +237,7 @@ impl RenderError {
             }
             RenderError::BadHtpasswdLine { .. } => "Error",
             RenderError::OverBudget { .. } => "OverBudget",
+            RenderError::TrinoRules { .. } => "TrinoRules",
         }
     }
 }
@@ -233,11 +246,18 @@ impl RenderError {
 /// verifier controls (a missing one is an empty output).
 pub type ObservedOutputs<'a> = BTreeMap<&'a str, &'a [u8]>;
 
+/// How a password line hashes: an htpasswd hash, or Trino's PBKDF2 ([`crate::core::trino::password_line`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LineHash {
+    Htpasswd(HtpasswdHash),
+    Trino,
+}
+
 /// Renders every output from `entries` at `now`.
 ///
 /// Entries whose `not_after` has come (`not_after <= now`) are left out; an entry given twice counts
 /// once. `htpasswd_line(entry, hash)` returns `<accessKey>:<hash>` without a newline; it is called
-/// once per credential and hash, and only for htpasswd outputs. An output that would exceed
+/// once per credential and hash, and only for htpasswd and trino outputs. An output that would exceed
 /// [`MAX_OUTPUT_BYTES`] is never cut silently: see [`RenderedOutput::overflow`] (`observed` says which
 /// credentials it already holds).
 pub fn render(
@@ -245,24 +265,60 @@ pub fn render(
     entries: &[Entry],
     observed: &ObservedOutputs<'_>,
     now: Timestamp,
-    mut htpasswd_line: impl FnMut(&Entry, HtpasswdHash) -> String,
+    mut htpasswd_line: impl FnMut(&Entry, LineHash) -> String,
 ) -> Rendered {
     let (valid, mut excluded) = valid_entries(entries, now);
-    let mut lines: BTreeMap<HtpasswdHash, Vec<Option<String>>> = BTreeMap::new();
+    // Password lines once per hash, whichever outputs share it.
+    let mut lines: BTreeMap<LineHash, Vec<Option<String>>> = BTreeMap::new();
+    for output in outputs {
+        let hash = match output.rendering {
+            Rendering::Sha256Map => continue,
+            Rendering::Htpasswd(hash) => LineHash::Htpasswd(hash),
+            Rendering::Trino => LineHash::Trino,
+        };
+        if let Slot::Vacant(slot) = lines.entry(hash) {
+            slot.insert(htpasswd_lines(
+                &valid,
+                hash,
+                &output.secret_name,
+                &mut htpasswd_line,
+                &mut excluded,
+            ));
+        }
+    }
     let mut rendered = Vec::with_capacity(outputs.len());
     for output in outputs {
-        let encoding = match output.rendering {
-            Rendering::Sha256Map => Encoding::Sha256Map,
-            Rendering::Htpasswd(hash) => Encoding::Htpasswd(match lines.entry(hash) {
-                Slot::Occupied(made) => made.into_mut(),
-                Slot::Vacant(slot) => slot.insert(htpasswd_lines(
-                    &valid,
-                    hash,
-                    &output.secret_name,
-                    &mut htpasswd_line,
-                    &mut excluded,
-                )),
-            }),
+        let lines_of = |hash| lines.get(&hash).map_or(&[][..], Vec::as_slice);
+        let encoding = match (output.rendering, &output.trino) {
+            (Rendering::Sha256Map, _) => Encoding::Sha256Map,
+            (Rendering::Htpasswd(hash), _) => {
+                Encoding::Htpasswd(lines_of(LineHash::Htpasswd(hash)))
+            }
+            (Rendering::Trino, Some(mapping)) => {
+                let rules = valid
+                    .iter()
+                    .map(|v| {
+                        mapping
+                            .user_rules(v.entry.access_key(), &v.entry.scopes)
+                            .map_err(|reason| {
+                                excluded.push(RenderError::TrinoRules {
+                                    secret_name: output.secret_name.clone(),
+                                    token: v.entry.token.clone(),
+                                    reason,
+                                });
+                            })
+                            .ok()
+                    })
+                    .collect();
+                Encoding::Trino {
+                    lines: lines_of(LineHash::Trino),
+                    rules,
+                    mapping,
+                }
+            }
+            (Rendering::Trino, None) => {
+                unreachable!("validate_outputs gives every trino output its mapping")
+            }
         };
         rendered.push(render_output(output, &valid, &encoding, observed));
     }
@@ -278,33 +334,79 @@ pub fn render(
     }
 }
 
-/// How to turn entries into bytes; htpasswd lines are made once per hash, parallel to the entries.
-enum Encoding<'l> {
+/// How to turn entries into bytes; password lines are made once per hash, parallel to the entries.
+enum Encoding<'m> {
     /// `None` where the hasher's line for that entry was malformed: that credential is left out.
-    Htpasswd(&'l [Option<String>]),
+    Htpasswd(&'m [Option<String>]),
     Sha256Map,
+    /// Password lines and each entry's table rules; an entry with either `None` is left out of both.
+    Trino {
+        lines: &'m [Option<String>],
+        rules: Vec<Option<Vec<TableRule>>>,
+        mapping: &'m crate::core::trino::Mapping,
+    },
+}
+
+/// An output's data: under its key, and under a second key for trino's rules.
+struct Encoded {
+    data: Vec<u8>,
+    extra: Option<Vec<u8>>,
+}
+
+impl Encoded {
+    /// Bytes against the Secret's limit, which counts every key.
+    fn len(&self) -> usize {
+        self.data.len() + self.extra.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// `lines` at `chosen`, one per line break.
+fn join_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    let mut data = Vec::new();
+    for line in lines {
+        data.extend_from_slice(line.as_bytes());
+        data.push(b'\n');
+    }
+    data
 }
 
 impl Encoding<'_> {
     /// The data for the entries at `chosen` (indices into `valid`, ascending).
-    fn encode(&self, valid: &[Valid<'_>], chosen: &[usize]) -> Vec<u8> {
+    fn encode(&self, valid: &[Valid<'_>], chosen: &[usize]) -> Encoded {
         match self {
-            Encoding::Htpasswd(lines) => {
-                let mut data = Vec::new();
-                for line in chosen.iter().filter_map(|&i| lines[i].as_deref()) {
-                    data.extend_from_slice(line.as_bytes());
-                    data.push(b'\n');
+            Encoding::Htpasswd(lines) => Encoded {
+                data: join_lines(chosen.iter().filter_map(|&i| lines[i].as_deref())),
+                extra: None,
+            },
+            Encoding::Sha256Map => Encoded {
+                data: sha256_map(chosen.iter().map(|&i| &valid[i])),
+                extra: None,
+            },
+            Encoding::Trino {
+                lines,
+                rules,
+                mapping,
+            } => {
+                let kept: Vec<usize> = chosen
+                    .iter()
+                    .copied()
+                    .filter(|&i| lines[i].is_some() && rules[i].is_some())
+                    .collect();
+                Encoded {
+                    data: join_lines(kept.iter().filter_map(|&i| lines[i].as_deref())),
+                    extra: Some(
+                        mapping
+                            .rules_file(kept.iter().filter_map(|&i| rules[i].as_ref()).flatten()),
+                    ),
                 }
-                data
             }
-            Encoding::Sha256Map => sha256_map(chosen.iter().map(|&i| &valid[i])),
         }
     }
 
     /// Whether `valid` is in `data`, an earlier rendering of this encoding.
     fn holds(&self, data: &Present, valid: &Valid<'_>) -> bool {
         match (self, data) {
-            (Encoding::Htpasswd(_), Present::AccessKeys(keys)) => {
+            (Encoding::Htpasswd(_) | Encoding::Trino { .. }, Present::AccessKeys(keys)) => {
                 keys.contains(valid.entry.access_key())
             }
             (Encoding::Sha256Map, Present::Hashes(hashes)) => hashes.contains(&valid.bearer_hash),
@@ -314,7 +416,7 @@ impl Encoding<'_> {
 
     fn present<'d>(&self, data: &'d [u8]) -> Present<'d> {
         match self {
-            Encoding::Htpasswd(_) => Present::AccessKeys(
+            Encoding::Htpasswd(_) | Encoding::Trino { .. } => Present::AccessKeys(
                 data.split(|b| *b == b'\n')
                     .filter_map(|line| std::str::from_utf8(line).ok()?.split_once(':'))
                     .map(|(user, _)| user)
@@ -348,15 +450,21 @@ fn render_output(
     observed: &ObservedOutputs<'_>,
 ) -> RenderedOutput {
     let all: Vec<usize> = (0..valid.len()).collect();
-    let data = encoding.encode(valid, &all);
-    if data.len() <= MAX_OUTPUT_BYTES {
-        return RenderedOutput {
-            secret_name: output.secret_name.clone(),
-            key: output.key.clone(),
-            data,
-            credentials: valid.len(),
-            overflow: None,
-        };
+    let whole = encoding.encode(valid, &all);
+    let rendered = |encoded: Encoded, credentials, overflow| RenderedOutput {
+        secret_name: output.secret_name.clone(),
+        key: output.key.clone(),
+        data: encoded.data,
+        extra: encoded.extra.map(|data| {
+            let key = output.trino.as_ref().map(|t| t.rules_key.clone());
+            (key.unwrap_or_default(), data)
+        }),
+        credentials,
+        overflow,
+    };
+    let bytes = whole.len();
+    if bytes <= MAX_OUTPUT_BYTES {
+        return rendered(whole, valid.len(), None);
     }
     // Tokens already in the output stay in; tokens not in it yet wait. A rotated token's new
     // credential comes before any previous credential, so its clients can move; if even that does
@@ -393,19 +501,14 @@ fn render_output(
             too_many = mid;
         }
     }
-    RenderedOutput {
+    let overflow = Overflow {
         secret_name: output.secret_name.clone(),
-        key: output.key.clone(),
-        data: encoding.encode(valid, &chosen(kept)),
-        credentials: kept,
-        overflow: Some(Overflow {
-            secret_name: output.secret_name.clone(),
-            credentials: valid.len(),
-            bytes: data.len(),
-            limit: MAX_OUTPUT_BYTES,
-            left_out: valid.len() - kept,
-        }),
-    }
+        credentials: valid.len(),
+        bytes,
+        limit: MAX_OUTPUT_BYTES,
+        left_out: valid.len() - kept,
+    };
+    rendered(encoding.encode(valid, &chosen(kept)), kept, Some(overflow))
 }
 
 /// An entry valid now, with the hex SHA-256 of its two presented forms (hashed once per render).
@@ -505,9 +608,9 @@ fn ambiguous<'e>(
 /// the hasher's line is malformed.
 fn htpasswd_lines(
     valid: &[Valid<'_>],
-    hash: HtpasswdHash,
+    hash: LineHash,
     secret_name: &str,
-    htpasswd_line: &mut impl FnMut(&Entry, HtpasswdHash) -> String,
+    htpasswd_line: &mut impl FnMut(&Entry, LineHash) -> String,
     excluded: &mut Vec<RenderError>,
 ) -> Vec<Option<String>> {
     valid
@@ -541,7 +644,7 @@ pub fn holds(rendering: Rendering, data: &[u8], credential: &Credential) -> bool
         return false;
     };
     match rendering {
-        Rendering::Htpasswd(_) => {
+        Rendering::Htpasswd(_) | Rendering::Trino => {
             let user = format!("{}:", credential.access_key);
             text.lines().any(|line| line.starts_with(&user))
         }
@@ -657,6 +760,91 @@ mod tests {
         assert!(!holds(Rendering::Sha256Map, b"\xff\xfe", &forged));
     }
 
+    fn trino_output() -> Vec<ValidOutput> {
+        use crate::api::verifier::{TrinoGrant, TrinoOutput, TrinoPrivilege, TrinoTable};
+        validate_outputs(&[Output {
+            secret_name: "trino-auth".into(),
+            format: OutputFormat::Trino,
+            key: None,
+            hash: None,
+            trino: Some(TrinoOutput {
+                tables: vec![TrinoTable {
+                    resource: "events".into(),
+                    catalog: "memory".into(),
+                    schema: "web".into(),
+                    table: None,
+                }],
+                privileges: vec![TrinoGrant {
+                    scope_type: "DATASOURCES:READ".into(),
+                    privileges: vec![TrinoPrivilege::Select],
+                }],
+                rules_key: None,
+            }),
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_trino_output_writes_password_lines_and_rules_together() {
+        let mut tenant = issued("tenant-42", "AAAAAAAAAAAAAAA1");
+        tenant.scopes = vec!["DATASOURCES:READ:events:tenant_id = 42".into()];
+        tenant.previous = Some((credential("AAAAAAAAAAAAAAA0"), at(60)));
+        let mut torn = issued("torn", "BBBBBBBBBBBBBBB1");
+        torn.scopes = vec![
+            "DATASOURCES:READ:events:tenant_id = 1".into(),
+            "DATASOURCES:READ:events:tenant_id = 2".into(),
+        ];
+        let entries: Vec<Entry> = [tenant, torn].iter().flat_map(|t| t.entries()).collect();
+        let r = render(
+            &trino_output(),
+            &entries,
+            &ObservedOutputs::new(),
+            at(NOW),
+            fake_line,
+        );
+        let out = &r.outputs[0];
+        assert_eq!(out.key, "password.db");
+        assert_eq!(
+            text(&r, 0),
+            "AAAAAAAAAAAAAAA0:{pbkdf2}".to_owned()
+                + &sha256_map::key(&credential("AAAAAAAAAAAAAAA0").secret_key)[..20]
+                + "\nAAAAAAAAAAAAAAA1:{pbkdf2}"
+                + &sha256_map::key(&credential("AAAAAAAAAAAAAAA1").secret_key)[..20]
+                + "\n",
+            "both credentials of the overlap, not the token whose filters conflict"
+        );
+        assert!(holds(
+            Rendering::Trino,
+            &out.data,
+            &credential("AAAAAAAAAAAAAAA0")
+        ));
+        assert!(!holds(
+            Rendering::Trino,
+            &out.data,
+            &credential("BBBBBBBBBBBBBBB1")
+        ));
+        let (key, rules) = out.extra.as_ref().unwrap();
+        assert_eq!(key, "rules.json");
+        let rules: serde_json::Value = serde_json::from_slice(rules).unwrap();
+        let users: Vec<&str> = rules["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["user"].as_str().unwrap())
+            .collect();
+        assert_eq!(users, ["^AAAAAAAAAAAAAAA0$", "^AAAAAAAAAAAAAAA1$"]);
+        assert_eq!(rules["tables"][0]["filter"], "tenant_id = 42");
+        assert_eq!(rules["tables"][0]["table"], "^events$");
+        assert_eq!(
+            r.excluded
+                .iter()
+                .map(RenderError::reason)
+                .collect::<Vec<_>>(),
+            ["TrinoRules"]
+        );
+        assert!(r.excluded[0].to_string().contains("analytics/torn"));
+    }
+
     fn outputs() -> Vec<ValidOutput> {
         validate_outputs(&[
             Output {
@@ -664,26 +852,27 @@ mod tests {
                 format: OutputFormat::Htpasswd,
                 key: None,
                 hash: None,
+                trino: None,
             },
             Output {
                 secret_name: "pinot-map".into(),
                 format: OutputFormat::Sha256Map,
                 key: None,
                 hash: None,
+                trino: None,
             },
         ])
         .unwrap()
     }
 
     /// Stands in for the real hasher: deterministic, shows which hash was asked for.
-    fn fake_line(entry: &Entry, hash: HtpasswdHash) -> String {
+    fn fake_line(entry: &Entry, hash: LineHash) -> String {
         let digest = sha256_map::key(entry.secret_key());
-        format!(
-            "{}:{{{}}}{}",
-            entry.access_key(),
-            hash.name(),
-            &digest[..20]
-        )
+        let name = match hash {
+            LineHash::Htpasswd(hash) => hash.name(),
+            LineHash::Trino => "pbkdf2",
+        };
+        format!("{}:{{{name}}}{}", entry.access_key(), &digest[..20])
     }
 
     fn run(entries: &[Entry]) -> Rendered {
@@ -719,7 +908,7 @@ mod tests {
     fn one_token_is_one_line_and_two_map_keys_in_a_stable_layout() {
         let t = issued("superset", "AbCdEfGh12345678");
         let r = run(&t.entries());
-        let line = fake_line(&t.entries()[0], HtpasswdHash::Bcrypt);
+        let line = fake_line(&t.entries()[0], LineHash::Htpasswd(HtpasswdHash::Bcrypt));
         assert_eq!(text(&r, 0), format!("{line}\n"));
         assert!(line.starts_with("AbCdEfGh12345678:{bcrypt}"));
         let bearer = sha256_map::key(&t.current.bearer());
@@ -964,14 +1153,14 @@ mod tests {
     fn a_malformed_htpasswd_line_from_the_hasher_leaves_out_that_credential_alone() {
         let mut entries = issued("a", "AAAAAAAAAAAAAAA1").entries();
         entries.extend(issued("c", "CCCCCCCCCCCCCCC1").entries());
-        let bad_lines: [fn(&Entry, HtpasswdHash) -> String; 4] = [
+        let bad_lines: [fn(&Entry, LineHash) -> String; 4] = [
             |e, _| format!("{}:hash\n", e.access_key()),
             |e, _| format!("{}:hash\nmallory:x", e.access_key()),
             |_, _| "someoneelse:hash".into(),
             |e, _| format!("{}:", e.access_key()),
         ];
         for line in bad_lines {
-            let for_a = |e: &Entry, h: HtpasswdHash| {
+            let for_a = |e: &Entry, h: LineHash| {
                 if e.access_key() == "AAAAAAAAAAAAAAA1" {
                     line(e, h)
                 } else {
@@ -1006,24 +1195,28 @@ mod tests {
                 format: OutputFormat::Htpasswd,
                 key: None,
                 hash: Some(HtpasswdHash::Bcrypt),
+                trino: None,
             },
             Output {
                 secret_name: "b".into(),
                 format: OutputFormat::Htpasswd,
                 key: Some("auth".into()),
                 hash: None,
+                trino: None,
             },
             Output {
                 secret_name: "c".into(),
                 format: OutputFormat::Htpasswd,
                 key: None,
                 hash: Some(HtpasswdHash::Ssha),
+                trino: None,
             },
             Output {
                 secret_name: "d".into(),
                 format: OutputFormat::Sha256Map,
                 key: None,
                 hash: None,
+                trino: None,
             },
         ])
         .unwrap();
@@ -1158,7 +1351,9 @@ mod tests {
         let fleet = fleet(2000);
         // Claim the output already holds everything: the kept set alone is too large.
         let (all, _) = valid_entries(&fleet, at(NOW));
-        let everything = Encoding::Sha256Map.encode(&all, &(0..all.len()).collect::<Vec<_>>());
+        let everything = Encoding::Sha256Map
+            .encode(&all, &(0..all.len()).collect::<Vec<_>>())
+            .data;
         let observed = ObservedOutputs::from([("pinot-map", everything.as_slice())]);
         let r = render(&outputs(), &fleet, &observed, at(NOW), fake_line);
         let map = &r.outputs[1];
@@ -1173,11 +1368,13 @@ mod tests {
 
     /// A line of the length the real hash has: bcrypt `$2y$10$` + 53, sha256-crypt `$5$` + 16-char
     /// salt + `$` + 43 (default rounds, not written), ssha `{SSHA}` + base64 of 20 + 8 salt bytes.
-    fn line_of_real_length(entry: &Entry, hash: HtpasswdHash) -> String {
+    fn line_of_real_length(entry: &Entry, hash: LineHash) -> String {
         let len = match hash {
-            HtpasswdHash::Bcrypt => 60,
-            HtpasswdHash::Sha256Crypt => 63,
-            HtpasswdHash::Ssha => 46,
+            LineHash::Htpasswd(HtpasswdHash::Bcrypt) => 60,
+            LineHash::Htpasswd(HtpasswdHash::Sha256Crypt) => 63,
+            LineHash::Htpasswd(HtpasswdHash::Ssha) => 46,
+            // `1000:` + 32 hex salt + `:` + 40 hex hash.
+            LineHash::Trino => 78,
         };
         format!("{}:{}", entry.access_key(), "h".repeat(len))
     }
@@ -1197,6 +1394,7 @@ mod tests {
                 format: OutputFormat::Htpasswd,
                 key: None,
                 hash: Some(hash),
+                trino: None,
             }])
             .unwrap();
             let r = render(

@@ -13,8 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use crate::api::Scope;
 use crate::api::names;
 use crate::api::verifier::{
-    AudienceReason, AudienceRef, MAX_AUDIENCES, MAX_ROLES, MAX_SCOPE_GRANTS, MAX_SELECTOR_TERMS,
-    MAX_SELECTOR_VALUES, MAX_TRUST_ENTRIES, ScopeGrant, TrustEntry, VerifierRef,
+    AudienceReason, AudienceRef, MAX_AUDIENCES, MAX_GRANT_FILTERS, MAX_ROLES, MAX_SCOPE_GRANTS,
+    MAX_SELECTOR_TERMS, MAX_SELECTOR_VALUES, MAX_TRUST_ENTRIES, ScopeGrant, TrustEntry,
+    VerifierRef,
 };
 use crate::core::invalid::{InvalidSpec, invalid};
 use crate::core::scope::{self, RESOURCE_RULE, TYPE_RULE};
@@ -52,6 +53,8 @@ struct Grant {
     resources: Option<BTreeSet<String>>,
     any_resource: bool,
     require_filter: bool,
+    /// `None`: any filter.
+    filters: Option<BTreeSet<String>>,
 }
 
 impl Grants {
@@ -71,7 +74,12 @@ impl Grants {
                     .as_ref()
                     .is_none_or(|r| r.contains(resource)),
             };
-            !resource_ok || (grant.require_filter && scope.filter.is_none())
+            let filter_ok = match (&scope.filter, &grant.filters) {
+                (None, _) => !grant.require_filter,
+                (Some(_), None) => true,
+                (Some(filter), Some(allowed)) => allowed.contains(filter),
+            };
+            !resource_ok || !filter_ok
         })
     }
 }
@@ -360,8 +368,19 @@ fn grants_of(grants: &[ScopeGrant], field: &str) -> Result<BTreeMap<String, Gran
                 })
             })
             .transpose()?;
+        let filters = grant
+            .filters
+            .as_deref()
+            .map(|list| {
+                let here = format!("{here}.filters");
+                allow_list(list, &here, MAX_GRANT_FILTERS, "filter", |filter| {
+                    scope::check_filter(filter)
+                })
+            })
+            .transpose()?;
         let checked = Grant {
             resources,
+            filters,
             any_resource: grant.any_resource.unwrap_or(false),
             require_filter: grant.require_filter.unwrap_or(false),
         };
@@ -571,6 +590,7 @@ mod tests {
             resources: resources.map(|r| r.iter().map(|s| s.to_string()).collect()),
             any_resource: any.then_some(true),
             require_filter: filter.then_some(true),
+            filters: None,
         }
     }
 
@@ -622,6 +642,54 @@ mod tests {
         assert_eq!(
             message.as_deref(),
             Some("spec.scopes[1] (ADMIN) is not granted by the verifier's trust")
+        );
+    }
+
+    #[test]
+    fn a_pinned_filter_is_the_only_one_a_tenant_may_claim() {
+        // Tenant 7's namespace may read `events` only through the filter the server owner wrote.
+        let mut seven = entry(Some(selector(&[("tenant", "7")], vec![])), None);
+        let mut read = grant("DATASOURCES:READ", Some(&["events"]), false, true);
+        read.filters = Some(vec!["tenant_id = 7".into()]);
+        seven.scopes = Some(vec![read]);
+        let t = trust(Some(vec![seven]));
+        let tenant = |scopes: &[&str]| {
+            claiming(
+                with_labels(
+                    token("tenant-7", "reader", &["data/pinot"]),
+                    &[("tenant", "7")],
+                ),
+                scopes,
+            )
+        };
+        for (scopes, verdict) in [
+            (&["DATASOURCES:READ:events:tenant_id = 7"][..], ACCEPTED),
+            // Another tenant's filter, a filter that widens, no filter, another table.
+            (&["DATASOURCES:READ:events:tenant_id = 42"], not_scope(0)),
+            (
+                &["DATASOURCES:READ:events:tenant_id = 7 OR true"],
+                not_scope(0),
+            ),
+            (&["DATASOURCES:READ:events"], not_scope(0)),
+            (&["DATASOURCES:READ:events_42:tenant_id = 7"], not_scope(0)),
+        ] {
+            assert_eq!(decide(&t, &tenant(scopes)), verdict, "{scopes:?}");
+        }
+        let bad = |filters: Vec<String>| {
+            let mut e = entry(Some(LabelSelector::default()), None);
+            let mut g = grant("DATASOURCES:READ", None, true, false);
+            g.filters = Some(filters);
+            e.scopes = Some(vec![g]);
+            Trust::parse(verifier(), Some(&[e])).unwrap_err().field
+        };
+        assert_eq!(bad(vec![]), "spec.trust[0].scopes[0].filters");
+        assert_eq!(
+            bad(vec!["a = 1".into(), "a = 1".into()]),
+            "spec.trust[0].scopes[0].filters[1]"
+        );
+        assert_eq!(
+            bad(vec!["a = 1\n OR true".into()]),
+            "spec.trust[0].scopes[0].filters[0]"
         );
     }
 
