@@ -1407,3 +1407,196 @@ async fn consumer_storm() {
     );
     ns.cleanup().await;
 }
+
+/// Trino in a Pod on the node, reading a verifier's `trino` output from its Secret mounted by the
+/// kubelet (the JDK and Trino come from the host by hostPath, with the host's C libraries: no image
+/// of them exists here). A tenant's token reads exactly its filtered rows through the pod's HTTPS;
+/// after `spec.revoked`, Trino refuses it once the kubelet has rewritten the mounted file and Trino
+/// has re-read it: how long that took is printed (what a verifier's `publishDelay` must cover).
+#[tokio::test]
+async fn trino_on_the_node_enforces_a_filter_from_the_mounted_output_and_drops_a_revoked_token() {
+    use common::trino::{
+        Endpoint, Refused, TLS_NAME, config_files, java_args, java_bin, make_tls, trino_home,
+    };
+    ensure_crds();
+    let ns = TestNs::new("node-trino").await;
+    let _node = NODE.read().await;
+    let _op = Operator::start(&ns).await;
+    create_verifier(
+        &ns,
+        "warehouse",
+        json!({
+            "trust": [{"roles": ["tenant-a"], "scopes": [{"type": "DATASOURCES:READ",
+                "resources": ["nation"], "requireFilter": true, "filters": ["regionkey = 1"]}]}],
+            "outputs": [{"secretName": "warehouse-trino", "format": "trino", "trino": {
+                "tables": [{"resource": "nation", "catalog": "tpch", "schema": "tiny"}],
+                "privileges": [{"scopeType": "DATASOURCES:READ", "privileges": ["SELECT"]}]}}],
+        }),
+    )
+    .await;
+    let tenant = issue(
+        &ns,
+        "tenant-a",
+        spec_of(json!({"role": "tenant-a", "audiences": ["warehouse"],
+            "scopes": [{"type": "DATASOURCES:READ", "resource": "nation", "filter": "regionkey = 1"}]})),
+    )
+    .await;
+    wait_for("the trino output to hold the tenant", WAIT, || async {
+        let out = data(&secret(&ns, "warehouse-trino").await?);
+        out.get("password.db")?
+            .contains(&tenant.access_key)
+            .then_some(())
+    })
+    .await;
+
+    // Trino's configuration in a ConfigMap, its TLS keystore in a Secret; the output Secret as is.
+    let tls = tempfile::tempdir().unwrap();
+    make_tls(tls.path());
+    let files = config_files(
+        8080,
+        8443,
+        "/etc/trino/tls/tls.pem",
+        "/etc/trino/tokenmint",
+        true,
+    );
+    let items: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(path, _)| json!({"key": path.replace('/', "_"), "path": path}))
+        .collect();
+    let data: BTreeMap<String, String> = files
+        .into_iter()
+        .map(|(path, text)| (path.replace('/', "_"), text))
+        .collect();
+    ns.api::<ConfigMap>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "trino-etc"}, "data": data}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pem = std::fs::read_to_string(tls.path().join("tls.pem")).unwrap();
+    ns.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "trino-tls"}, "stringData": {"tls.pem": pem}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let java_home = java_bin().parent().unwrap().parent().unwrap().to_owned();
+    let host_dir = |name: &str, path: &Path| json!({"name": name, "hostPath": {"path": path, "type": "Directory"}});
+    let mut command = vec!["/opt/java/bin/java".to_owned()];
+    command.extend(java_args("/opt/trino", "/etc/trino/etc", "/var/trino"));
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "trino"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            // Root in the pod only to read the host's cache under /root through hostPath.
+            "securityContext": {"runAsUser": 0},
+            "containers": [{
+                "name": "trino",
+                "image": TOOLBOX,
+                "imagePullPolicy": "Never",
+                "command": command,
+                // Trino reads etc/password-authenticator.properties and etc/access-control.properties.
+                "workingDir": "/etc/trino",
+                "volumeMounts": [
+                    {"name": "tokenmint", "mountPath": "/etc/trino/tokenmint", "readOnly": true},
+                    {"name": "etc", "mountPath": "/etc/trino/etc", "readOnly": true},
+                    {"name": "tls", "mountPath": "/etc/trino/tls", "readOnly": true},
+                    {"name": "data", "mountPath": "/var/trino"},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "java", "mountPath": "/opt/java", "readOnly": true},
+                    {"name": "trino", "mountPath": "/opt/trino", "readOnly": true},
+                    {"name": "lib", "mountPath": "/lib/x86_64-linux-gnu", "readOnly": true},
+                    {"name": "lib64", "mountPath": "/lib64", "readOnly": true},
+                ],
+            }],
+            "volumes": [
+                {"name": "tokenmint", "secret": {"secretName": "warehouse-trino"}},
+                {"name": "etc", "configMap": {"name": "trino-etc", "items": items}},
+                {"name": "tls", "secret": {"secretName": "trino-tls"}},
+                {"name": "data", "emptyDir": {}},
+                {"name": "tmp", "emptyDir": {}},
+                host_dir("java", &java_home),
+                host_dir("trino", &trino_home()),
+                host_dir("lib", Path::new("/lib/x86_64-linux-gnu")),
+                host_dir("lib64", Path::new("/lib64")),
+            ],
+        },
+    }))
+    .unwrap();
+    let pod = run_pod(&ns, &pod).await;
+    let ip = pod.status.unwrap().pod_ip.expect("a pod IP");
+    let trino = std::sync::Arc::new(Endpoint {
+        addr: format!("{ip}:8443").parse().unwrap(),
+        ca: tls.path().join("cert.pem"),
+    });
+    let nations = || {
+        let (trino, user, password) = (
+            trino.clone(),
+            tenant.access_key.clone(),
+            tenant.password.clone(),
+        );
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let sql = "SELECT nationkey FROM tpch.tiny.nation ORDER BY nationkey";
+                trino.query(&user, &password, sql)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let started = Instant::now();
+    wait_for(
+        "Trino in the pod to start",
+        Duration::from_secs(180),
+        || {
+            let trino = trino.clone();
+            async move {
+                tokio::task::spawn_blocking(move || trino.started())
+                    .await
+                    .unwrap()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let rows = wait_for(
+        &format!("Trino in the pod ({TLS_NAME} at {ip}) to serve the tenant"),
+        Duration::from_secs(180),
+        || async { nations().await.ok() },
+    )
+    .await;
+    eprintln!(
+        "node: Trino in a pod served the first query {:?} after the pod ran",
+        started.elapsed()
+    );
+    let keys: Vec<i64> = rows.iter().map(|r| r[0].as_i64().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [1, 2, 3, 17, 24],
+        "exactly region 1, through the mounted rules"
+    );
+
+    let revoked = Instant::now();
+    set_spec(&ns, "tenant-a", json!({"revoked": true}))
+        .await
+        .unwrap();
+    wait_for(
+        "Trino in the pod to refuse the revoked token",
+        Duration::from_secs(180),
+        || async { (nations().await == Err(Refused::Credentials)).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "node: revoked → refused by Trino reading the mounted output in {:?} (kubelet sync + Trino's {:?} refresh)",
+        revoked.elapsed(),
+        common::trino::REFRESH
+    );
+    ns.cleanup().await;
+}

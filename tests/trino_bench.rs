@@ -91,9 +91,15 @@ fn latency(trino: &Trino, n_tokens: usize) -> (Duration, Duration) {
         .map(|u| credential(u * (n_tokens / USERS)))
         .collect();
     // Warm up: the JIT, the plan paths and each user's login (cached after the first).
+    // Queries that scan a table wait for the coordinator to register as a worker, a little after
+    // it reports having started.
+    let deadline = Instant::now() + Duration::from_secs(60);
     for q in 0..WARMUP {
         let (c, _) = &users[q % USERS];
-        trino.query(&c.access_key, &c.secret_key, SQL).unwrap();
+        while let Err(e) = trino.query(&c.access_key, &c.secret_key, SQL) {
+            assert!(Instant::now() < deadline, "warm-up query {q}: {e:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let mut samples = Vec::with_capacity(QUERIES);
     for q in 0..QUERIES {

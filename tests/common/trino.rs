@@ -64,207 +64,150 @@ impl Default for TrinoOptions {
     }
 }
 
-/// One Trino coordinator. Drop stops it and, if the test is failing, prints its log.
-pub struct Trino {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    https: SocketAddr,
-    swaps: AtomicU64,
+/// The name Trino's certificate is issued for; clients resolve it to wherever Trino listens.
+pub const TLS_NAME: &str = "trino.test";
+
+/// Writes a self-signed certificate for [`TLS_NAME`] (and 127.0.0.1) into `dir`: `tls.pem` (key and
+/// certificate, Trino's keystore) and `cert.pem` (what clients trust).
+pub fn make_tls(dir: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", &format!("/CN={TLS_NAME}")])
+        .args([
+            "-addext",
+            &format!("subjectAltName=DNS:{TLS_NAME},IP:127.0.0.1"),
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl, to make Trino's TLS certificate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = [
+        fs::read(dir.join("key.pem")).unwrap(),
+        fs::read(dir.join("cert.pem")).unwrap(),
+    ]
+    .concat();
+    fs::write(dir.join("tls.pem"), pem).unwrap();
 }
 
-impl Trino {
-    /// Starts Trino with a deny-all rules file and no users, and waits until it serves.
-    pub fn start() -> Trino {
-        Self::start_with(TrinoOptions::default())
+/// Trino's configuration files (path relative to its `etc`, text): HTTPS with passwords from
+/// `<auth_dir>/password.db` and, with `access_control`, rules from `<auth_dir>/rules.json`, both
+/// re-read every [`REFRESH`]; the tpch and memory catalogs.
+pub fn config_files(
+    http_port: u16,
+    https_port: u16,
+    keystore: &str,
+    auth_dir: &str,
+    access_control: bool,
+) -> Vec<(&'static str, String)> {
+    let secret: String = (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let refresh = REFRESH.as_secs();
+    let mut files = vec![
+        (
+            "config.properties",
+            format!(
+                "coordinator=true\n\
+                 node-scheduler.include-coordinator=true\n\
+                 http-server.http.port={http_port}\n\
+                 http-server.https.enabled=true\n\
+                 http-server.https.port={https_port}\n\
+                 http-server.https.keystore.path={keystore}\n\
+                 http-server.authentication.type=PASSWORD\n\
+                 internal-communication.shared-secret={secret}\n\
+                 discovery.uri=http://127.0.0.1:{http_port}\n\
+                 query.max-memory=256MB\n\
+                 query.max-memory-per-node=256MB\n"
+            ),
+        ),
+        (
+            "password-authenticator.properties",
+            format!(
+                "password-authenticator.name=file\nfile.password-file={auth_dir}/password.db\nfile.refresh-period={refresh}s\n"
+            ),
+        ),
+        ("catalog/tpch.properties", "connector.name=tpch\n".into()),
+        (
+            "catalog/memory.properties",
+            "connector.name=memory\n".into(),
+        ),
+    ];
+    if access_control {
+        files.push((
+            "access-control.properties",
+            format!(
+                "access-control.name=file\nsecurity.config-file={auth_dir}/rules.json\nsecurity.refresh-period={refresh}s\n"
+            ),
+        ));
+    }
+    files
+}
+
+/// The JVM's arguments for Trino in `home`, with its configuration in `etc` and data in `data`.
+pub fn java_args(home: &str, etc: &str, data: &str) -> Vec<String> {
+    [
+        "-Xmx1G",
+        "-XX:+UseG1GC",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djdk.attach.allowAttachSelf=true",
+        "--enable-native-access=ALL-UNNAMED",
+        "-cp",
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain([
+        format!("{home}/lib/*"),
+        "-Dnode.environment=test".into(),
+        "-Dnode.id=tokenmint-test".into(),
+        format!("-Dnode.data-dir={data}"),
+        format!("-Dplugin.dir={home}/plugin"),
+        format!("-Dcatalog.config-dir={etc}/catalog"),
+        format!("-Dconfig={etc}/config.properties"),
+        "io.trino.server.TrinoServer".into(),
+    ])
+    .collect()
+}
+
+/// Where a Trino serves HTTPS, and the certificate to trust: what a client needs.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+}
+
+impl Endpoint {
+    /// curl's `--resolve` for [`TLS_NAME`] to this endpoint.
+    fn resolve(&self) -> String {
+        format!("{TLS_NAME}:{}:{}", self.addr.port(), self.addr.ip())
     }
 
-    /// [`Self::start`] with `options`.
-    pub fn start_with(options: TrinoOptions) -> Trino {
-        let home = trino_home();
-        let java = java_bin();
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        let root = root.as_path();
-        for d in ["etc/catalog", "data", "auth"] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        let (http, https) = (free_addr(), free_addr());
-        let key = root.join("etc/tls.pem");
-        let out = Command::new("openssl")
+    /// Whether Trino answers `/v1/info` over HTTPS and has finished starting.
+    pub fn started(&self) -> bool {
+        let info = Command::new("curl")
             .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-sf",
+                "--max-time",
+                "2",
+                "--resolve",
+                &self.resolve(),
+                "--cacert",
             ])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(root.join("etc/key.pem"))
-            .arg("-out")
-            .arg(root.join("etc/cert.pem"))
+            .arg(&self.ca)
+            .arg(format!("https://{TLS_NAME}:{}/v1/info", self.addr.port()))
             .output()
-            .expect("openssl, to make Trino's TLS certificate");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pem = [
-            fs::read(root.join("etc/key.pem")).unwrap(),
-            fs::read(root.join("etc/cert.pem")).unwrap(),
-        ]
-        .concat();
-        fs::write(&key, pem).unwrap();
-        let secret: String = (0..4)
-            .map(|_| format!("{:016x}", rand::random::<u64>()))
-            .collect();
-        let files: [(&str, String); 5] = [
-            (
-                "etc/config.properties",
-                format!(
-                    "coordinator=true\n\
-                     node-scheduler.include-coordinator=true\n\
-                     http-server.http.port={}\n\
-                     http-server.https.enabled=true\n\
-                     http-server.https.port={}\n\
-                     http-server.https.keystore.path={}\n\
-                     http-server.authentication.type=PASSWORD\n\
-                     internal-communication.shared-secret={secret}\n\
-                     discovery.uri=http://{http}\n\
-                     query.max-memory=256MB\n\
-                     query.max-memory-per-node=256MB\n",
-                    http.port(),
-                    https.port(),
-                    key.display(),
-                ),
-            ),
-            (
-                "etc/password-authenticator.properties",
-                format!(
-                    "password-authenticator.name=file\nfile.password-file={}\nfile.refresh-period={}s\n",
-                    root.join("auth/password.db").display(),
-                    REFRESH.as_secs()
-                ),
-            ),
-            (
-                "etc/access-control.properties",
-                format!(
-                    "access-control.name=file\nsecurity.config-file={}\nsecurity.refresh-period={}s\n",
-                    root.join("auth/rules.json").display(),
-                    REFRESH.as_secs()
-                ),
-            ),
-            (
-                "etc/catalog/tpch.properties",
-                "connector.name=tpch\n".into(),
-            ),
-            (
-                "etc/catalog/memory.properties",
-                "connector.name=memory\n".into(),
-            ),
-        ];
-        for (path, text) in files {
-            if path.ends_with("access-control.properties") && !options.access_control {
-                continue;
-            }
-            fs::write(root.join(path), text).unwrap();
-        }
-        let mut trino = Trino {
-            child: None,
-            dir,
-            https,
-            swaps: AtomicU64::new(0),
-        };
-        // Nobody is let in until a rendering arrives.
-        trino.feed(&BTreeMap::from([
-            ("password.db".to_owned(), Vec::new()),
-            (
-                "rules.json".to_owned(),
-                br#"{"catalogs":[{"allow":"none"}]}"#.to_vec(),
-            ),
-        ]));
-        let mut command = Command::new(java);
-        command
-            .current_dir(root)
-            .args(["-Xmx1G", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError"])
-            .args([
-                "-Djdk.attach.allowAttachSelf=true",
-                "--enable-native-access=ALL-UNNAMED",
-            ])
-            .arg("-cp")
-            .arg(format!("{}/lib/*", home.display()))
-            .args(["-Dnode.environment=test", "-Dnode.id=tokenmint-test"])
-            .arg(format!("-Dnode.data-dir={}", root.join("data").display()))
-            .arg(format!("-Dplugin.dir={}", home.join("plugin").display()))
-            .arg("-Dcatalog.config-dir=etc/catalog")
-            .arg("-Dconfig=etc/config.properties")
-            .arg("io.trino.server.TrinoServer");
-        trino.child = Some(spawn_logged(&mut command, &root.join("trino.log")));
-        trino.wait_started(http);
-        trino
-    }
-
-    fn wait_started(&mut self, http: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let info = Command::new("curl")
-                .args(["-sf", "--max-time", "2"])
-                .arg(format!("http://{http}/v1/info"))
-                .output()
-                .expect("curl");
-            if info.status.success()
-                && serde_json::from_slice::<Value>(&info.stdout)
-                    .is_ok_and(|v| v["starting"] == Value::Bool(false))
-            {
-                return;
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!("Trino exited ({status}) while starting:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Trino did not start in 180 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Trino's log.
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.path("trino.log")).unwrap_or_default()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// Writes `files` (data key → bytes) where Trino reads them, as a kubelet updates a mounted
-    /// Secret: into a fresh directory, then one rename of the `..data` symlink, so Trino never reads
-    /// a password file and rules from two versions. Keys become `auth/<key>` through `..data`.
-    pub fn feed(&self, files: &BTreeMap<String, Vec<u8>>) {
-        let auth = self.path("auth");
-        let n = self.swaps.fetch_add(1, Ordering::Relaxed);
-        let version = format!("..v{n}");
-        fs::create_dir(auth.join(&version)).unwrap();
-        for (key, data) in files {
-            fs::write(auth.join(&version).join(key), data).unwrap();
-            let link = auth.join(key);
-            if fs::symlink_metadata(&link).is_err() {
-                symlink(Path::new("..data").join(key), &link).unwrap();
-            }
-        }
-        let tmp = auth.join("..data_tmp");
-        let _ = fs::remove_file(&tmp);
-        symlink(&version, &tmp).unwrap();
-        fs::rename(&tmp, auth.join("..data")).unwrap();
-        if n > 0 {
-            let _ = fs::remove_dir_all(auth.join(format!("..v{}", n - 1)));
-        }
+            .expect("curl");
+        info.status.success()
+            && serde_json::from_slice::<Value>(&info.stdout)
+                .is_ok_and(|v| v["starting"] == Value::Bool(false))
     }
 
     /// Runs `sql` as `user` with `password` (Basic, over HTTPS), following `nextUri` to the end.
@@ -277,13 +220,18 @@ impl Trino {
         headers: &[(&str, &str)],
     ) -> Result<Vec<Vec<Value>>, Refused> {
         let mut rows = Vec::new();
-        let mut next = Some(format!("https://{}/v1/statement", self.https));
+        let mut next = Some(format!(
+            "https://{TLS_NAME}:{}/v1/statement",
+            self.addr.port()
+        ));
         let mut body = Some(sql);
         while let Some(uri) = next.take() {
             let mut curl = Command::new("curl");
             curl.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+                .arg("--resolve")
+                .arg(self.resolve())
                 .arg("--cacert")
-                .arg(self.path("etc/cert.pem"))
+                .arg(&self.ca)
                 .arg("-u")
                 .arg(format!("{user}:{password}"));
             let has_user = headers
@@ -337,6 +285,124 @@ impl Trino {
     /// [`Self::query_with`] with no extra headers.
     pub fn query(&self, user: &str, password: &str, sql: &str) -> Result<Vec<Vec<Value>>, Refused> {
         self.query_with(user, password, sql, &[])
+    }
+}
+
+/// One Trino coordinator. Drop stops it and, if the test is failing, prints its log.
+pub struct Trino {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    endpoint: Endpoint,
+    swaps: AtomicU64,
+}
+
+impl std::ops::Deref for Trino {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Trino {
+    /// Starts Trino with a deny-all rules file and no users, and waits until it serves.
+    pub fn start() -> Trino {
+        Self::start_with(TrinoOptions::default())
+    }
+
+    /// [`Self::start`] with `options`.
+    pub fn start_with(options: TrinoOptions) -> Trino {
+        let home = trino_home();
+        let java = java_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        for d in ["etc/catalog", "data", "auth"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let (http, https) = (free_addr(), free_addr());
+        make_tls(&root.join("etc"));
+        let text = |p: &str| root.join(p).display().to_string();
+        let files = config_files(
+            http.port(),
+            https.port(),
+            &text("etc/tls.pem"),
+            &text("auth"),
+            options.access_control,
+        );
+        for (path, content) in files {
+            fs::write(root.join("etc").join(path), content).unwrap();
+        }
+        let mut trino = Trino {
+            child: None,
+            endpoint: Endpoint {
+                addr: https,
+                ca: root.join("etc/cert.pem"),
+            },
+            dir,
+            swaps: AtomicU64::new(0),
+        };
+        // Nobody is let in until a rendering arrives.
+        trino.feed(&BTreeMap::from([
+            ("password.db".to_owned(), Vec::new()),
+            (
+                "rules.json".to_owned(),
+                br#"{"catalogs":[{"allow":"none"}]}"#.to_vec(),
+            ),
+        ]));
+        let mut command = Command::new(java);
+        command.current_dir(&root).args(java_args(
+            &home.display().to_string(),
+            &text("etc"),
+            &text("data"),
+        ));
+        trino.child = Some(spawn_logged(&mut command, &root.join("trino.log")));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !trino.endpoint.started() {
+            if let Some(child) = trino.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("Trino exited ({status}) while starting:\n{}", trino.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Trino did not start in 180 s:\n{}",
+                trino.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        trino
+    }
+
+    /// Trino's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("trino.log")).unwrap_or_default()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes `files` (data key → bytes) where Trino reads them, as a kubelet updates a mounted
+    /// Secret: into a fresh directory, then one rename of the `..data` symlink, so Trino never reads
+    /// a password file and rules from two versions. Keys become `auth/<key>` through `..data`.
+    pub fn feed(&self, files: &BTreeMap<String, Vec<u8>>) {
+        let auth = self.path("auth");
+        let n = self.swaps.fetch_add(1, Ordering::Relaxed);
+        let version = format!("..v{n}");
+        fs::create_dir(auth.join(&version)).unwrap();
+        for (key, data) in files {
+            fs::write(auth.join(&version).join(key), data).unwrap();
+            let link = auth.join(key);
+            if fs::symlink_metadata(&link).is_err() {
+                symlink(Path::new("..data").join(key), &link).unwrap();
+            }
+        }
+        let tmp = auth.join("..data_tmp");
+        let _ = fs::remove_file(&tmp);
+        symlink(&version, &tmp).unwrap();
+        fs::rename(&tmp, auth.join("..data")).unwrap();
+        if n > 0 {
+            let _ = fs::remove_dir_all(auth.join(format!("..v{}", n - 1)));
+        }
     }
 }
 
