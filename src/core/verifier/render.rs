@@ -301,11 +301,15 @@ pub fn render(
                         mapping
                             .user_rules(v.entry.access_key(), &v.entry.scopes)
                             .map_err(|reason| {
-                                excluded.push(RenderError::TrinoRules {
+                                let error = RenderError::TrinoRules {
                                     secret_name: output.secret_name.clone(),
                                     token: v.entry.token.clone(),
                                     reason,
-                                });
+                                };
+                                // Once per token, not per credential of an overlap.
+                                if !excluded.contains(&error) {
+                                    excluded.push(error);
+                                }
                             })
                             .ok()
                     })
@@ -790,6 +794,7 @@ mod tests {
         tenant.scopes = vec!["DATASOURCES:READ:events:tenant_id = 42".into()];
         tenant.previous = Some((credential("AAAAAAAAAAAAAAA0"), at(60)));
         let mut torn = issued("torn", "BBBBBBBBBBBBBBB1");
+        torn.previous = Some((credential("BBBBBBBBBBBBBBB0"), at(60)));
         torn.scopes = vec![
             "DATASOURCES:READ:events:tenant_id = 1".into(),
             "DATASOURCES:READ:events:tenant_id = 2".into(),
