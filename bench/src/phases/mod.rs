@@ -236,6 +236,7 @@ pub(super) fn verifier_manifest(name: &str) -> ApiTokenVerifier {
         format,
         key: None,
         hash,
+        trino: None,
     };
     ApiTokenVerifier::new(
         name,
