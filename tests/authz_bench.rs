@@ -466,3 +466,50 @@ async fn authz_bench() {
     }
     ns.cleanup().await;
 }
+
+/// authz's memory alone (issue 24): RSS after loading a map of 10,000 and 100,000 credentials from a
+/// file, the peak while loading, and the peak while swapping to a new version of the same size
+/// (the old map is served until the new one is whole, so both exist for a moment).
+///
+///     cargo test --release --test authz_bench authz_memory -- --ignored --nocapture
+#[tokio::test]
+#[ignore = "a measurement: run alone, in release mode"]
+async fn authz_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "\n| credentials | map bytes | RSS after loading | peak while loading | peak after a swap |"
+    );
+    println!("|---|---|---|---|---|");
+    for n in [10_000, 100_000] {
+        let (map, headers) = synthetic_map(n, 1);
+        let authz = authz_on_file(dir.path(), &map).await;
+        assert_eq!(
+            Connection::open(authz.addr())
+                .request("/verify", &headers[0])
+                .status,
+            200
+        );
+        let (rss, loading) = (authz.rss_kib(), authz.peak_rss_kib());
+        // A new version: one credential more, written as a kubelet would (a new file renamed in).
+        let (next, _) = synthetic_map(n + 1, 0);
+        let tmp = dir.path().join("tokens.json.next");
+        std::fs::write(&tmp, &next).unwrap();
+        std::fs::rename(&tmp, dir.path().join("tokens.json")).unwrap();
+        common::wait_for(
+            "the new version loaded",
+            Duration::from_secs(120),
+            || async {
+                (authz.metric("tokenmint_authz_credentials") == (n + 1) as f64).then_some(())
+            },
+        )
+        .await;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "| {n} | {:.1} MB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            map.len() as f64 / 1e6,
+            mib(rss),
+            mib(loading),
+            mib(authz.peak_rss_kib())
+        );
+    }
+}

@@ -24,8 +24,8 @@ pub struct Grant {
     /// `namespace/name` of the token.
     pub token: HeaderValue,
     pub role: HeaderValue,
-    /// In the map's order.
-    pub scopes: Vec<GrantedScope>,
+    /// In the map's order; one list shared by every grant that carries it.
+    pub scopes: Arc<[GrantedScope]>,
     /// The credential is refused from this instant on; `None`: until it leaves the map.
     pub not_after: Option<Timestamp>,
     /// Where [`Credentials::note_use`] records it.
@@ -100,33 +100,42 @@ impl Credentials {
 /// Reads a `sha256-map` document. An item that cannot be read (a key that is not 64 hex digits, a
 /// `notAfter` that is no RFC 3339 instant, a value that cannot be a header) is left out and counted in
 /// [`Credentials::skipped`]: its credential is refused.
+///
+/// Items are taken one at a time as they are parsed ([`sha256_map::read_each`]) and only the grant is
+/// kept, so a load holds the document and the result, never a parsed copy of every item; equal role
+/// and scope lists are held once, whichever tokens carry them.
 pub fn parse(data: &[u8]) -> Result<Credentials, MapError> {
-    let items = sha256_map::read(data)?;
     let mut credentials = Credentials::default();
-    // The Bearer and the Basic key of a credential carry equal items: one grant serves both.
-    let mut shared: HashMap<&Item, Arc<Grant>> = HashMap::new();
-    let mut entries = Vec::with_capacity(items.len());
-    for (key, item) in &items {
+    // The Bearer and the Basic key of a credential carry equal items: one grant serves both. Grants
+    // are found again by access key, and shared only when everything else is equal too.
+    let mut by_access_key: HashMap<String, Vec<Arc<Grant>>> = HashMap::new();
+    let mut held = Held::default();
+    sha256_map::read_each(data, |key, item| {
         let Some(digest) = sha256_map::parse_key(key) else {
             credentials.skipped += 1;
-            continue;
+            return;
         };
-        if let Some(grant) = shared.get(item) {
-            entries.push((digest, grant.clone()));
-            continue;
-        }
-        match grant(item, credentials.grants.len()) {
-            Some(grant) => {
-                let grant = Arc::new(grant);
-                shared.insert(item, grant.clone());
+        let Some(candidate) = grant(&item, credentials.grants.len(), &mut held) else {
+            credentials.skipped += 1;
+            return;
+        };
+        let same = by_access_key
+            .entry(candidate.access_key.clone())
+            .or_default();
+        let shared = match same.iter().find(|g| g.same_credential(&candidate)) {
+            Some(existing) => existing.clone(),
+            None => {
+                let grant = Arc::new(candidate);
+                same.push(grant.clone());
                 credentials.grants.push(grant.clone());
-                entries.push((digest, grant));
+                grant
             }
-            None => credentials.skipped += 1,
-        }
-    }
-    credentials.credentials = shared.len();
-    credentials.by_digest = entries.into_iter().collect();
+        };
+        credentials.by_digest.insert(digest, shared);
+    })?;
+    credentials.by_digest.shrink_to_fit();
+    credentials.grants.shrink_to_fit();
+    credentials.credentials = credentials.grants.len();
     credentials.used = credentials
         .grants
         .iter()
@@ -135,24 +144,61 @@ pub fn parse(data: &[u8]) -> Result<Credentials, MapError> {
     Ok(credentials)
 }
 
-fn grant(item: &Item, slot: usize) -> Option<Grant> {
-    let scopes = item
-        .scopes
-        .iter()
-        .map(|text| {
-            // Held once, as a header value; the scope keeps its type and resource.
-            let mut scope = scope::parse(text).ok()?;
-            let filter = scope.filter.take();
-            Some(GrantedScope {
-                canonical: header(text)?,
-                scope,
-                filter: match filter {
-                    Some(filter) => Some(header(&filter)?),
-                    None => None,
-                },
+/// Values many grants share, held once per load: roles and whole scope lists.
+#[derive(Default)]
+struct Held {
+    roles: HashMap<String, HeaderValue>,
+    scopes: HashMap<Vec<String>, Arc<[GrantedScope]>>,
+}
+
+impl Held {
+    fn role(&mut self, text: &str) -> Option<HeaderValue> {
+        if let Some(role) = self.roles.get(text) {
+            return Some(role.clone());
+        }
+        let role = header(text)?;
+        self.roles.insert(text.to_owned(), role.clone());
+        Some(role)
+    }
+
+    fn scopes(&mut self, texts: &[String]) -> Option<Arc<[GrantedScope]>> {
+        if let Some(scopes) = self.scopes.get(texts) {
+            return Some(scopes.clone());
+        }
+        let scopes: Arc<[GrantedScope]> = texts
+            .iter()
+            .map(|text| {
+                // Held once, as a header value; the scope keeps its type and resource.
+                let mut scope = scope::parse(text).ok()?;
+                let filter = scope.filter.take();
+                Some(GrantedScope {
+                    canonical: header(text)?,
+                    scope,
+                    filter: match filter {
+                        Some(filter) => Some(header(&filter)?),
+                        None => None,
+                    },
+                })
             })
-        })
-        .collect::<Option<Vec<_>>>()?;
+            .collect::<Option<Vec<_>>>()?
+            .into();
+        self.scopes.insert(texts.to_vec(), scopes.clone());
+        Some(scopes)
+    }
+}
+
+impl Grant {
+    /// Whether `other` says the same of the same credential (its slot aside).
+    fn same_credential(&self, other: &Grant) -> bool {
+        self.access_key == other.access_key
+            && self.token == other.token
+            && self.role == other.role
+            && self.scopes == other.scopes
+            && self.not_after == other.not_after
+    }
+}
+
+fn grant(item: &Item, slot: usize, held: &mut Held) -> Option<Grant> {
     let not_after = match &item.not_after {
         Some(text) => Some(text.parse::<Timestamp>().ok()?),
         None => None,
@@ -160,8 +206,8 @@ fn grant(item: &Item, slot: usize) -> Option<Grant> {
     Some(Grant {
         access_key: item.access_key.to_string(),
         token: header(&item.token)?,
-        role: header(&item.role)?,
-        scopes,
+        role: held.role(&item.role)?,
+        scopes: held.scopes(&item.scopes)?,
         not_after,
         slot,
     })
@@ -292,5 +338,42 @@ pub(crate) mod tests {
         assert_eq!((creds.credentials(), creds.skipped()), (1, 4));
         assert!(creds.get(&digest(BEARER)).is_some());
         assert!(creds.get(&digest("b")).is_none());
+    }
+
+    #[test]
+    fn grants_are_shared_only_when_the_items_say_the_same_and_lists_are_held_once() {
+        let mut other = item(&["ADMIN"], None);
+        other["token"] = json!("data/other");
+        let doc = json!({"version": 1, "tokens": {
+            presented_hash(BEARER): item(&["PIPES:READ"], None),
+            presented_hash(BASIC): item(&["PIPES:READ"], None),
+            // The same access key saying something else: a grant of its own, never merged.
+            presented_hash("forged"): other,
+            presented_hash("second"): {"accessKey": "B", "token": "data/b", "role": "reader",
+                                       "scopes": ["PIPES:READ"], "notAfter": null},
+        }});
+        let creds = parse(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!((creds.credentials(), creds.skipped()), (3, 0));
+        let (a, forged) = (
+            creds.get(&digest(BEARER)).unwrap(),
+            creds.get(&digest("forged")).unwrap(),
+        );
+        assert!(std::ptr::eq(a, creds.get(&digest(BASIC)).unwrap()));
+        assert_eq!(forged.token, "data/other");
+        assert_eq!(forged.scopes[0].canonical, "ADMIN");
+        let b = creds.get(&digest("second")).unwrap();
+        assert!(Arc::ptr_eq(&a.scopes, &b.scopes), "one scope list for both");
+    }
+
+    #[test]
+    fn a_document_is_read_whole_before_it_is_believed() {
+        for data in [
+            &b"{\"tokens\":{},\"tokens\":{},\"version\":1}"[..],
+            b"{\"tokens\":{}}",
+            b"{\"version\":1,\"version\":1,\"tokens\":{}}",
+            b"{\"tokens\":{},\"version\":1} trailing",
+        ] {
+            assert!(parse(data).is_err(), "{}", String::from_utf8_lossy(data));
+        }
     }
 }

@@ -187,7 +187,7 @@ async fn verify(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap)
             let mut headers = no_store();
             headers.insert(TOKEN_HEADER, grant.token.clone());
             headers.insert(ROLE_HEADER, grant.role.clone());
-            for granted in &grant.scopes {
+            for granted in grant.scopes.iter() {
                 headers.append(SCOPE_HEADER, granted.canonical.clone());
             }
             if let Some(filter) = scope.and_then(|s| s.filter.clone()) {

@@ -8,7 +8,7 @@
 //! so equal inputs give equal bytes. A reader ignores fields it does not know.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -43,12 +43,6 @@ pub struct Item<'a> {
 struct Written<'a> {
     tokens: BTreeMap<&'a str, Item<'a>>,
     version: u32,
-}
-
-#[derive(Deserialize)]
-struct Read {
-    version: u64,
-    tokens: HashMap<String, Item<'static>>,
 }
 
 /// Why a map cannot be used at all. Never carries the map's text.
@@ -107,22 +101,110 @@ pub fn write<'a>(items: impl IntoIterator<Item = (&'a str, Item<'a>)>) -> Vec<u8
 /// The items of a document, by key, in no order. Keys and items are returned as written; what
 /// each means (a key that is not hex, a `notAfter` that is no instant) is for the caller to judge.
 pub fn read(data: &[u8]) -> Result<Vec<(String, Item<'static>)>, MapError> {
-    let read: Read = serde_json::from_slice(data).map_err(|e| MapError::NotJson {
-        what: match e.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "invalid JSON",
-            serde_json::error::Category::Data => "unexpected content",
-            serde_json::error::Category::Eof => "truncated JSON",
-        },
-        line: e.line(),
-        column: e.column(),
-    })?;
-    if read.version != u64::from(VERSION) {
-        return Err(MapError::Version {
-            found: read.version,
-        });
+    let mut items = Vec::new();
+    read_each(data, |key, item| items.push((key.to_owned(), item)))?;
+    Ok(items)
+}
+
+/// [`read`] one item at a time: `each` gets every key and item as it is parsed, so a reader of a
+/// large map never holds all its items at once (`tokenmint authz` keeps only what it needs of each).
+/// A key given twice is handed over twice, in document order. Items come before the version is
+/// known (`tokens` sorts before `version`): on an error, discard what `each` built.
+pub fn read_each(data: &[u8], each: impl FnMut(&str, Item<'static>)) -> Result<(), MapError> {
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let version = serde::de::DeserializeSeed::deserialize(Document { each }, &mut de)
+        .and_then(|version| de.end().map(|()| version))
+        .map_err(|e| MapError::NotJson {
+            what: match e.classify() {
+                serde_json::error::Category::Io => "unreadable",
+                serde_json::error::Category::Syntax => "invalid JSON",
+                serde_json::error::Category::Data => "unexpected content",
+                serde_json::error::Category::Eof => "truncated JSON",
+            },
+            line: e.line(),
+            column: e.column(),
+        })?;
+    if version != u64::from(VERSION) {
+        return Err(MapError::Version { found: version });
     }
-    Ok(read.tokens.into_iter().collect())
+    Ok(())
+}
+
+/// The document: `tokens` streamed into `each`, `version` returned, other fields ignored.
+struct Document<F> {
+    each: F,
+}
+
+impl<'de, F: FnMut(&str, Item<'static>)> serde::de::DeserializeSeed<'de> for Document<F> {
+    type Value = u64;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<u64, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(&str, Item<'static>)> serde::de::Visitor<'de> for Document<F> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sha256-map document")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<u64, A::Error> {
+        let (mut version, mut tokens) = (None, false);
+        while let Some(field) = map.next_key::<Cow<'de, str>>()? {
+            match field.as_ref() {
+                "tokens" if !tokens => {
+                    map.next_value_seed(Tokens {
+                        each: &mut self.each,
+                    })?;
+                    tokens = true;
+                }
+                "version" if version.is_none() => version = Some(map.next_value::<u64>()?),
+                "tokens" | "version" => {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate field `{field}`"
+                    )));
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !tokens {
+            return Err(serde::de::Error::missing_field("tokens"));
+        }
+        version.ok_or_else(|| serde::de::Error::missing_field("version"))
+    }
+}
+
+/// The `tokens` object, each entry handed to `each`.
+struct Tokens<'f, F> {
+    each: &'f mut F,
+}
+
+impl<'de, F: FnMut(&str, Item<'static>)> serde::de::DeserializeSeed<'de> for Tokens<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(&str, Item<'static>)> serde::de::Visitor<'de> for Tokens<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of items by key")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let item: Item<'static> = map.next_value()?;
+            (self.each)(&key, item);
+        }
+        Ok(())
+    }
 }
 
 /// Whether the document `data` (as [`write()`] made it) has a key for the presented credential

@@ -144,6 +144,11 @@ impl Authz {
         self.process.rss_kib()
     }
 
+    /// The most resident memory so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.process.peak_rss_kib()
+    }
+
     pub fn log(&self) -> String {
         self.process.log()
     }
