@@ -9,11 +9,11 @@
 //! named, schema ownership, other users' queries, impersonation (Trino's default without
 //! impersonation rules).
 //!
-//! What Trino 476 does with bad input, measured against it (`tests/trino.rs`): two password lines for
-//! one user fail every login (HTTP 500), and a rules file it cannot read (bad JSON, an unknown
-//! privilege) fails every query. Neither can be rendered here: lines are one per distinct access key
-//! and the rules are typed. A row filter that is not valid SQL is only parsed when its user queries
-//! its table, so it fails that user's queries on that table and nobody else's.
+//! What Trino 476 does with bad input, tried by hand on this machine: two password lines for one user
+//! fail every login (HTTP 500), and a rules file it cannot read (bad JSON, an unknown privilege) fails
+//! every query. Neither can be rendered here: lines are one per distinct access key and the rules are
+//! typed. A row filter that is not valid SQL is only parsed when its user queries its table, so it
+//! fails that user's queries on that table and nobody else's (`tests/trino.rs` proves this one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
