@@ -105,12 +105,24 @@ impl Credentials {
 /// kept, so a load holds the document and the result, never a parsed copy of every item; equal role
 /// and scope lists are held once, whichever tokens carry them.
 pub fn parse(data: &[u8]) -> Result<Credentials, MapError> {
+    load(|each| sha256_map::read_each(data, each))
+}
+
+/// [`parse`] from a reader (a mounted file), which is never held whole.
+pub fn parse_from(reader: impl std::io::Read) -> Result<Credentials, MapError> {
+    load(|each| sha256_map::read_each_from(reader, each))
+}
+
+/// The credentials `read` hands over item by item.
+fn load(
+    read: impl FnOnce(&mut dyn FnMut(&str, Item<'static>)) -> Result<(), MapError>,
+) -> Result<Credentials, MapError> {
     let mut credentials = Credentials::default();
     // The Bearer and the Basic key of a credential carry equal items: one grant serves both. Grants
     // are found again by access key, and shared only when everything else is equal too.
     let mut by_access_key: HashMap<String, Vec<Arc<Grant>>> = HashMap::new();
     let mut held = Held::default();
-    sha256_map::read_each(data, |key, item| {
+    read(&mut |key, item| {
         let Some(digest) = sha256_map::parse_key(key) else {
             credentials.skipped += 1;
             return;
@@ -375,5 +387,21 @@ pub(crate) mod tests {
         ] {
             assert!(parse(data).is_err(), "{}", String::from_utf8_lossy(data));
         }
+    }
+
+    #[test]
+    fn a_map_read_from_a_reader_is_the_map_read_from_bytes() {
+        let data = map_of(item(&["PIPES:READ"], Some("2030-01-01T00:00:00Z")));
+        let (from_bytes, from_reader) = (parse(&data).unwrap(), parse_from(&data[..]).unwrap());
+        assert_eq!(from_reader.credentials(), from_bytes.credentials());
+        assert_eq!(
+            from_reader.get(&digest(BEARER)),
+            from_bytes.get(&digest(BEARER))
+        );
+        let cut = &data[..data.len() / 2];
+        assert_eq!(
+            parse_from(cut).unwrap_err().to_string(),
+            parse(cut).unwrap_err().to_string()
+        );
     }
 }

@@ -370,8 +370,9 @@ async fn follow_file(path: PathBuf, shared: &Shared) {
             let read = path.clone();
             let output = match now {
                 None => Output::Absent,
-                Some(_) => tokio::task::spawn_blocking(move || match std::fs::read(&read) {
-                    Ok(data) => loaded(map::parse(&data)),
+                // Parsed as it is read: a large map is never held whole as text.
+                Some(_) => tokio::task::spawn_blocking(move || match std::fs::File::open(&read) {
+                    Ok(file) => loaded(map::parse_from(std::io::BufReader::new(file))),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Output::Absent,
                     Err(e) => Output::Invalid(format!("cannot read the file: {}", e.kind())),
                 })

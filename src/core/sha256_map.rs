@@ -111,7 +111,22 @@ pub fn read(data: &[u8]) -> Result<Vec<(String, Item<'static>)>, MapError> {
 /// A key given twice is handed over twice, in document order. Items come before the version is
 /// known (`tokens` sorts before `version`): on an error, discard what `each` built.
 pub fn read_each(data: &[u8], each: impl FnMut(&str, Item<'static>)) -> Result<(), MapError> {
-    let mut de = serde_json::Deserializer::from_slice(data);
+    read_document(serde_json::Deserializer::from_slice(data), each)
+}
+
+/// [`read_each`] from a reader (a file, buffered by the caller), so not even the document is held
+/// whole: a large map read from a mounted file costs only what the caller keeps of each item.
+pub fn read_each_from(
+    reader: impl std::io::Read,
+    each: impl FnMut(&str, Item<'static>),
+) -> Result<(), MapError> {
+    read_document(serde_json::Deserializer::from_reader(reader), each)
+}
+
+fn read_document<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    each: impl FnMut(&str, Item<'static>),
+) -> Result<(), MapError> {
     let version = serde::de::DeserializeSeed::deserialize(Document { each }, &mut de)
         .and_then(|version| de.end().map(|()| version))
         .map_err(|e| MapError::NotJson {
