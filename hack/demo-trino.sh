@@ -21,8 +21,8 @@ kubectl -n "$ns" wait --for=condition=Ready apitokenverifier/warehouse --timeout
 
 dir="$state/demo-trino"
 rm -rf "$dir" && mkdir -p "$dir/etc/catalog" "$dir/data" "$dir/auth"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-http=$(free_port); https=$(free_port)
+. hack/lib/free-port.sh
+http=$(free_port 18480); https=$(free_port $((http + 1)))
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
   -keyout "$dir/etc/key.pem" -out "$dir/etc/cert.pem" 2>/dev/null
 cat "$dir/etc/key.pem" "$dir/etc/cert.pem" >"$dir/etc/tls.pem"

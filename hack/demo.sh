@@ -87,11 +87,7 @@ echo "demo: keys of Secret $ns/$secret (values not shown):"
 kubectl get secret -n "$ns" "$secret" -o go-template='{{range $k, $v := .data}}  {{$k}}{{"\n"}}{{end}}'
 
 nginx_bin=$(hack/install-nginx.sh)   # Debian's package, installed when missing
-free_port() {   # the first port from $1 on that nothing listens on
-  local port=$1
-  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-  echo "$port"
-}
+. hack/lib/free-port.sh
 
 # ---------------------------------------------------------------- a server checks a verifier output
 # A verifier output checked by a real nginx. The demo

@@ -1,5 +1,5 @@
 //! The `sha256-map` output format, written once: the verifier writes it ([`write()`]) and `tokenmint
-//! authz` reads it ([`read`]), so the two cannot drift apart.
+//! authz` reads it ([`read_each`]), so the two cannot drift apart.
 //!
 //! A JSON document `{"tokens": {HEX: ITEM, ...}, "version": 1}` and a final newline. Each key is the
 //! hex SHA-256 of a presented credential (the exact text after `Bearer ` or `Basic `), so the map
@@ -98,16 +98,10 @@ pub fn write<'a>(items: impl IntoIterator<Item = (&'a str, Item<'a>)>) -> Vec<u8
     data
 }
 
-/// The items of a document, by key, in no order. Keys and items are returned as written; what
-/// each means (a key that is not hex, a `notAfter` that is no instant) is for the caller to judge.
-pub fn read(data: &[u8]) -> Result<Vec<(String, Item<'static>)>, MapError> {
-    let mut items = Vec::new();
-    read_each(data, |key, item| items.push((key.to_owned(), item)))?;
-    Ok(items)
-}
-
-/// [`read`] one item at a time: `each` gets every key and item as it is parsed, so a reader of a
-/// large map never holds all its items at once (`tokenmint authz` keeps only what it needs of each).
+/// Reads a document one item at a time: `each` gets every key and item as written, as it is
+/// parsed, so a reader of a large map never holds all its items at once (`tokenmint authz` keeps only
+/// what it needs of each). What each means (a key that is not hex, a `notAfter` that is no instant)
+/// is for the caller to judge.
 /// A key given twice is handed over twice, in document order. Items come before the version is
 /// known (`tokens` sorts before `version`): on an error, discard what `each` built.
 pub fn read_each(data: &[u8], each: impl FnMut(&str, Item<'static>)) -> Result<(), MapError> {
@@ -265,7 +259,8 @@ mod tests {
             let keys: Vec<String> = items.keys().map(|presented| key(presented)).collect();
             let data = write(keys.iter().map(String::as_str).zip(items.values().cloned()));
             prop_assert_eq!(data.last(), Some(&b'\n'));
-            let read: BTreeMap<String, Item<'static>> = read(&data).unwrap().into_iter().collect();
+            let mut read: BTreeMap<String, Item<'static>> = BTreeMap::new();
+            read_each(&data, |key, item| { read.insert(key.to_owned(), item); }).unwrap();
             let written: BTreeMap<String, Item<'static>> = keys.into_iter().zip(items.values().cloned()).collect();
             prop_assert_eq!(&read, &written);
             for presented in items.keys() {

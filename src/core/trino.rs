@@ -16,7 +16,6 @@
 //! fails that user's queries on that table and nobody else's (`tests/trino.rs` proves this one).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 use sha2::Digest as _;
 
@@ -296,15 +295,11 @@ pub fn password_line(access_key: &str, secret_key: &str, salt_seed: &[u8]) -> St
         .finalize();
     let salt = &digest[..SALT_BYTES];
     let hash = pbkdf2_sha1(secret_key, salt, PBKDF2_ITERATIONS);
-    let mut line = format!("{access_key}:{PBKDF2_ITERATIONS}:");
-    for b in salt {
-        let _ = write!(line, "{b:02x}");
-    }
-    line.push(':');
-    for b in hash {
-        let _ = write!(line, "{b:02x}");
-    }
-    line
+    format!(
+        "{access_key}:{PBKDF2_ITERATIONS}:{}:{}",
+        hex::encode(salt),
+        hex::encode(hash)
+    )
 }
 
 fn pbkdf2_sha1(secret_key: &str, salt: &[u8], iterations: u32) -> [u8; HASH_BYTES] {
