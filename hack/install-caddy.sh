@@ -10,7 +10,10 @@ set -euo pipefail
 bin=$(ensure_installed caddy caddy "${TOKENMINT_CADDY:-}" "$(command -v caddy 2>/dev/null || true)" /usr/bin/caddy)
 
 # The README's snippet needs forward_auth; an older Caddy would fail the test with a config error.
-if ! "$bin" list-modules 2>/dev/null | grep -q '^http.handlers.reverse_proxy$'; then
+# The list is read whole before it is searched: `caddy list-modules | grep -q` under pipefail fails
+# whenever grep exits at the match while caddy is still writing (SIGPIPE), which CI hit once.
+modules=$("$bin" list-modules 2>/dev/null || true)
+if ! grep -qx 'http.handlers.reverse_proxy' <<<"$modules"; then
   echo "install-caddy: $bin lacks the reverse_proxy handler that forward_auth needs" >&2
   exit 1
 fi

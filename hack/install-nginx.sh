@@ -11,7 +11,9 @@ set -euo pipefail
 bin=$(ensure_installed nginx nginx "${TOKENMINT_NGINX:-}" "$(command -v nginx 2>/dev/null || true)" /usr/sbin/nginx)
 
 # Without the module the tests' config would not even load; say so here rather than there.
-if "$bin" -V 2>&1 | grep -q -- '--without-http_auth_basic_module'; then
+# Read whole before searching, so a SIGPIPE under pipefail cannot hide the answer.
+build=$("$bin" -V 2>&1 || true)
+if grep -q -- '--without-http_auth_basic_module' <<<"$build"; then
   echo "install-nginx: $bin is built without auth_basic" >&2
   exit 1
 fi
