@@ -37,13 +37,13 @@ use crate::core::token::plan::Rules;
 use crate::core::trino;
 use crate::core::verifier::publishable;
 use crate::core::verifier::render::{
-    self, Entry, LineHash, ObservedOutputs, TokenCredentials, TokenRef,
+    self, Entry, LineHash, ObservedOutputs, Prepared, TokenCredentials, TokenRef,
 };
 use crate::core::verifier::status::Outcome;
 use crate::core::verifier::trust::Verdict;
 use crate::runtime::cache::{Kept, SecretCache, TokenCache};
 use crate::runtime::clock::now_seconds;
-use crate::runtime::coalesce::coalesce;
+use crate::runtime::coalesce::{Load, coalesce};
 use crate::runtime::keys::key_from;
 use crate::runtime::watch::watch_errors;
 use lookup::verdict;
@@ -67,20 +67,62 @@ struct Context {
     /// True once the token and Secret caches have both listed: no render before, or it would leave
     /// out every credential not seen yet.
     caches_listed: tokio::sync::watch::Receiver<bool>,
-    /// htpasswd lines by (fingerprint, hash): bcrypt costs milliseconds, so a line is made once per
-    /// credential and process, and stays byte-identical while the credential is unchanged.
-    lines: Mutex<HashMap<(String, LineHash), String>>,
-    /// What each token Secret was read to hold, with the token's and the Secret's resourceVersions
-    /// it was read at: a render re-reads (decodes, checks the seal of) only what changed since, so
-    /// a bulk of N tokens costs O(N) reads, not O(N) per render.
-    read: Mutex<HashMap<ObjectRef<Secret>, Read>>,
+    /// Password lines by hash and credential (its Bearer hash): bcrypt costs milliseconds, so a line
+    /// is made once per credential and process, and stays byte-identical while the credential is
+    /// unchanged. Lines of credentials no verifier holds any more are dropped now and then.
+    lines: Mutex<Lines>,
+    /// What each verifier's last render made of each token, by verifier uid.
+    memos: Mutex<HashMap<String, Memo>>,
+    /// The renders' work, which sizes the window before the next ([`COALESCE`]).
+    load: Load,
 }
 
-/// One token Secret as a render last read it.
-struct Read {
-    token_version: Option<String>,
-    secret_version: String,
-    credentials: Option<TokenCredentials>,
+#[derive(Default)]
+struct Lines {
+    by_hash: HashMap<LineHash, HashMap<Box<str>, String>>,
+    /// How many lines were kept after the last clean-up: the next comes when that has doubled.
+    kept: usize,
+}
+
+/// What a verifier's last render made of each token that names some verifier, with the versions it
+/// was judged at: the next render decodes, judges, reads and prepares (hashes, encodes) only the
+/// tokens whose token, Secret or namespace changed since, so a render costs a version comparison per
+/// unchanged token, and a bulk of N tokens costs O(N) preparations, not O(N) per render.
+#[derive(Default)]
+struct Memo {
+    /// The verifier's `metadata.generation` (its trust and outputs): another one judges afresh.
+    generation: Option<i64>,
+    tokens: HashMap<Arc<str>, Judged>,
+    /// The output Secrets as last read or written, by name: while the cache holds the same
+    /// resourceVersion they are not decoded again (up to 1 MiB each, every render).
+    outputs: HashMap<String, Secret>,
+}
+
+struct Judged {
+    seen: Seen,
+    judgement: Judgement,
+}
+
+/// What a token's judgement depends on, besides the verifier and the seal key (both fixed per memo).
+#[derive(PartialEq, Eq)]
+struct Seen {
+    token: Option<Box<str>>,
+    secret: Option<String>,
+    /// Its namespace's resourceVersion, for the labels trust selectors read.
+    namespace: Option<String>,
+}
+
+enum Judgement {
+    /// It does not name this verifier (or does not decode).
+    NotNamed,
+    Rejected,
+    Accepted {
+        token: TokenRef,
+        /// A credential is staged for the next rotation: the token controller hears of each write.
+        staged: bool,
+        /// Its credentials, as its Secret holds them; none while it has no valid one.
+        entries: Vec<Prepared>,
+    },
 }
 
 /// Runs the verifier controller until `shutdown` resolves. `inputs` fires whenever a token or a
@@ -98,9 +140,14 @@ pub async fn run(
         shared,
         caches_listed,
         lines: Mutex::default(),
-        read: Mutex::default(),
+        memos: Mutex::default(),
+        load: Load::default(),
     });
-    let changes = coalesce(futures::stream::select(inputs, namespaces), COALESCE);
+    let changes = coalesce(
+        futures::stream::select(inputs, namespaces),
+        COALESCE,
+        context.load.clone(),
+    );
     // The watch already retries with `WatchBackoff`; errors are logged here and not passed on, since
     // the Controller would back its whole trigger stream off again with the runtime's default (up to
     // 30 s, reset only after 120 s): after an API server restart a new verifier waited 7-12 s.
@@ -134,6 +181,7 @@ fn salt_seed(rules: &Rules, entry: &Entry) -> Vec<u8> {
 async fn reconcile(verifier: Arc<ApiTokenVerifier>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Err only when the sender is gone, that is when the operator is shutting down.
     let _ = ctx.caches_listed.clone().wait_for(|listed| *listed).await;
+    let _busy = ctx.load.begin();
     let now = now_seconds();
     let (outcome, action) = render_outputs(&verifier, &ctx, now).await?;
     let last = verifier.status.clone().unwrap_or_default();
@@ -164,7 +212,17 @@ async fn render_outputs(
         namespace: ns.clone(),
         name: verifier.name_any(),
     };
-    let mut accepted: Vec<TokenCredentials> = Vec::new();
+    let uid = verifier.metadata.uid.clone().unwrap_or_default();
+    let generation = verifier.metadata.generation;
+    let mut memo = {
+        let mut memos = ctx.memos.lock().unwrap_or_else(PoisonError::into_inner);
+        memos.remove(&uid).unwrap_or_default()
+    };
+    if memo.generation != generation {
+        memo = Memo::default();
+    }
+    let mut judged: HashMap<Arc<str>, Judged> = HashMap::with_capacity(memo.tokens.len());
+    let mut namespace_versions: HashMap<String, Option<String>> = HashMap::new();
     let mut rejected = 0u32;
     for object in shared.tokens.state() {
         let Some(secret_name) = object.secret_name() else {
@@ -183,36 +241,43 @@ async fn render_outputs(
             );
             return Ok((Outcome::invalid(message), Action::await_change()));
         }
-        // Only tokens that name some verifier are decoded.
+        // Only tokens that name some verifier are looked at.
         if !object.names_audiences() {
             continue;
         }
-        let Some(token) = object.token() else {
-            continue;
+        let namespace = namespace_versions
+            .entry(token_ns.to_owned())
+            .or_insert_with(|| namespace_version(&shared.lookup, token_ns))
+            .clone();
+        let seen = Seen {
+            token: object.resource_version().map(Into::into),
+            secret: (shared.secrets)
+                .resource_version(&ObjectRef::new(secret_name).within(token_ns)),
+            namespace,
         };
-        let named = token
-            .spec
-            .audiences
-            .iter()
-            .flatten()
-            .any(|a| a.names(token_ns, &me));
-        if !named {
-            continue;
+        let judgement = match memo.tokens.remove(object.key()) {
+            Some(last) if last.seen == seen => last.judgement,
+            _ => judge(ctx, &valid.trust, &me, &object, now).await?,
+        };
+        if matches!(judgement, Judgement::Rejected) {
+            rejected += 1;
         }
-        match verdict(&valid.trust, &token, &shared.lookup) {
-            Verdict::Accepted => accepted.extend(read_credentials(ctx, &token, now).await?),
-            Verdict::Rejected(_) => rejected += 1,
-            Verdict::NotNamed => {}
-        }
+        judged.insert(object.key().clone(), Judged { seen, judgement });
     }
-    let entries: Vec<Entry> = accepted
-        .iter()
-        .flat_map(TokenCredentials::entries)
-        .collect();
+    let accepted = || {
+        judged.values().filter_map(|j| match &j.judgement {
+            Judgement::Accepted {
+                token,
+                staged,
+                entries,
+            } => Some((token, *staged, entries)),
+            _ => None,
+        })
+    };
+    let entries: Vec<&Prepared> = accepted().flat_map(|(_, _, e)| e).collect();
 
     // The outputs as they are. A Secret of such a name that this verifier does not control is
     // foreign, and left untouched (one without our label is not in the cache: read it).
-    let uid = verifier.metadata.uid.clone().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
     let mut current: BTreeMap<String, Secret> = BTreeMap::new();
     let mut foreign = Vec::new();
@@ -222,7 +287,11 @@ async fn render_outputs(
     let mut reread = false;
     for output in &valid.outputs {
         let key = ObjectRef::new(&output.secret_name).within(&ns);
-        let secret = match shared.secrets.get(&key) {
+        let held = memo.outputs.remove(&output.secret_name).filter(|s| {
+            s.metadata.resource_version.is_some()
+                && s.metadata.resource_version == shared.secrets.resource_version(&key)
+        });
+        let secret = match held.map(Kept::Whole).or_else(|| shared.secrets.get(&key)) {
             Some(Kept::Trimmed(trimmed)) if controlled_by(&trimmed, &uid) => {
                 // Kept trimmed when its event came before this verifier was known: read it once.
                 reread = true;
@@ -232,7 +301,9 @@ async fn render_outputs(
                     .await
                     .map_err(read_error(&output.secret_name))?
             }
-            kept => kept.map(|k| k.secret().clone()),
+            kept => kept.map(|k| match k {
+                Kept::Whole(secret) | Kept::Trimmed(secret) => secret,
+            }),
         };
         match secret {
             Some(secret) if controlled_by(&secret, &uid) => {
@@ -262,24 +333,33 @@ async fn render_outputs(
         })
         .collect();
 
-    let rendered = render::render(&valid.outputs, &entries, &observed, now, |entry, hash| {
-        let key = (entry.credential.fingerprint(), hash);
+    let rendered = {
         let mut lines = ctx.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines
-            .entry(key)
-            .or_insert_with(|| {
+        render::render_prepared(
+            &valid.outputs,
+            &entries,
+            &observed,
+            now,
+            |prepared, hash| {
+                let of_hash = lines.by_hash.entry(hash).or_default();
+                if let Some(line) = of_hash.get(prepared.bearer_hash()) {
+                    return line.clone();
+                }
+                let entry = &prepared.entry;
                 let seed = salt_seed(&shared.rules, entry);
-                match hash {
+                let line = match hash {
                     LineHash::Htpasswd(hash) => {
                         htpasswd::line(entry.access_key(), entry.secret_key(), hash, &seed)
                     }
                     LineHash::Trino => {
                         trino::password_line(entry.access_key(), entry.secret_key(), &seed)
                     }
-                }
-            })
-            .clone()
-    });
+                };
+                of_hash.insert(prepared.bearer_hash().into(), line.clone());
+                line
+            },
+        )
+    };
     // A token that cannot be rendered is left out alone, and said so (here and in its own
     // status.audiences); the rest are written.
     let left_out: BTreeMap<TokenRef, String> = rendered
@@ -299,7 +379,7 @@ async fn render_outputs(
             .unbounded_send(key_from(Some(&token.namespace), &token.name));
     }
     let mut overflow = None;
-    let mut wrote = false;
+    let mut written: HashMap<String, Secret> = HashMap::new();
     for (output, out) in valid.outputs.iter().zip(&rendered.outputs) {
         if foreign.contains(&output.secret_name) {
             continue;
@@ -318,7 +398,7 @@ async fn render_outputs(
                 .is_some_and(|d| d.0 == *bytes)
         });
         if !unchanged {
-            write_output(
+            let secret = write_output(
                 &shared.client,
                 &shared.secrets,
                 verifier,
@@ -327,15 +407,24 @@ async fn render_outputs(
                 &data,
             )
             .await?;
-            wrote = true;
+            written.insert(output.secret_name.clone(), secret);
         }
     }
-    if wrote || reread {
-        for staged in accepted.iter().filter(|t| t.next.is_some()) {
-            let token = key_from(Some(&staged.token.namespace), &staged.token.name);
+    if !written.is_empty() || reread {
+        for (token, _, _) in accepted().filter(|(_, staged, _)| *staged) {
+            let token = key_from(Some(&token.namespace), &token.name);
             let _ = shared.published.unbounded_send(token);
         }
     }
+    current.extend(written);
+    ctx.keep(
+        uid,
+        Memo {
+            generation,
+            tokens: judged,
+            outputs: current.into_iter().collect(),
+        },
+    );
 
     let outcome = match foreign.first() {
         Some(name) => Outcome::foreign(&rendered, rejected, name),
@@ -351,8 +440,83 @@ async fn render_outputs(
     Ok((outcome, action))
 }
 
-/// [`publishable::credentials`], from what the last render read when neither the token nor its Secret has
-/// changed since.
+impl Context {
+    /// Keeps what a render of verifier `uid` judged and saw of its outputs, for its next render; forgets deleted verifiers
+    /// and the password lines of credentials no verifier holds any more.
+    fn keep(&self, uid: String, memo: Memo) {
+        let mut memos = self.memos.lock().unwrap_or_else(PoisonError::into_inner);
+        let live: Vec<String> = (self.shared.lookup.verifiers.state().iter())
+            .filter_map(|v| v.metadata.uid.clone())
+            .collect();
+        memos.retain(|uid, _| live.contains(uid));
+        memos.insert(uid, memo);
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let count: usize = lines.by_hash.values().map(HashMap::len).sum();
+        if count <= 1024 || count <= 2 * lines.kept {
+            return;
+        }
+        let held: std::collections::HashSet<&str> = (memos.values())
+            .flat_map(|m| m.tokens.values())
+            .filter_map(|j| match &j.judgement {
+                Judgement::Accepted { entries, .. } => Some(entries),
+                _ => None,
+            })
+            .flatten()
+            .map(Prepared::bearer_hash)
+            .collect();
+        for of_hash in lines.by_hash.values_mut() {
+            of_hash.retain(|bearer, _| held.contains(&**bearer));
+        }
+        lines.kept = lines.by_hash.values().map(HashMap::len).sum();
+    }
+}
+
+/// The resourceVersion of `namespace` as the trust selectors see it (`None` when they cannot).
+fn namespace_version(lookup: &Lookup, namespace: &str) -> Option<String> {
+    let store = lookup.namespaces.as_ref()?;
+    store
+        .get(&ObjectRef::new(namespace))?
+        .metadata
+        .resource_version
+        .clone()
+}
+
+/// What verifier `me`, trusting `trust`, makes of a token: whether it names the verifier, the
+/// verdict, and the credentials its Secret holds, prepared for rendering.
+async fn judge(
+    ctx: &Context,
+    trust: &crate::core::verifier::trust::Trust,
+    me: &VerifierRef,
+    object: &crate::runtime::watched::Cached,
+    now: Timestamp,
+) -> Result<Judgement, Error> {
+    let Some(token) = object.token() else {
+        return Ok(Judgement::NotNamed);
+    };
+    let named = (token.spec.audiences.iter().flatten()).any(|a| a.names(object.namespace(), me));
+    if !named {
+        return Ok(Judgement::NotNamed);
+    }
+    match verdict(trust, &token, &ctx.shared.lookup) {
+        Verdict::Accepted => {}
+        Verdict::Rejected(_) => return Ok(Judgement::Rejected),
+        Verdict::NotNamed => return Ok(Judgement::NotNamed),
+    }
+    let credentials = read_credentials(ctx, &token, now).await?;
+    Ok(Judgement::Accepted {
+        token: TokenRef {
+            namespace: object.namespace().to_owned(),
+            name: object.name().to_owned(),
+        },
+        staged: credentials.as_ref().is_some_and(|c| c.next.is_some()),
+        entries: (credentials.iter())
+            .flat_map(TokenCredentials::entries)
+            .map(Prepared::new)
+            .collect(),
+    })
+}
+
+/// [`publishable::credentials`] of `token`, from its Secret as the cache holds it.
 async fn read_credentials(
     ctx: &Context,
     token: &ApiToken,
@@ -366,19 +530,6 @@ async fn read_credentials(
         return Ok(None);
     };
     let key = ObjectRef::new(token.secret_name()).within(&ns);
-    let Some(secret_version) = ctx.shared.secrets.resource_version(&key) else {
-        return Ok(None);
-    };
-    let token_version = token.metadata.resource_version.clone();
-    {
-        let read = ctx.read.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(r) = read.get(&key)
-            && r.token_version == token_version
-            && r.secret_version == secret_version
-        {
-            return Ok(r.credentials.clone());
-        }
-    }
     let secret = match ctx.shared.secrets.get(&key) {
         Some(Kept::Whole(secret)) => Some(secret),
         // Over its budget in the cache, or seen before its token was: read it once per version.
@@ -392,22 +543,8 @@ async fn read_credentials(
         }
         None => None,
     };
-    let credentials = secret
-        .and_then(|secret| publishable::credentials(token, &secret, &ctx.shared.rules.key, now));
-    let mut read = ctx.read.lock().unwrap_or_else(PoisonError::into_inner);
-    // Forget Secrets that are gone, now and then (each read adds at most one entry).
-    if read.len() > 64 && read.len().is_power_of_two() {
-        read.retain(|k, _| ctx.shared.secrets.resource_version(k).is_some());
-    }
-    read.insert(
-        key,
-        Read {
-            token_version,
-            secret_version,
-            credentials: credentials.clone(),
-        },
-    );
-    Ok(credentials)
+    Ok(secret
+        .and_then(|secret| publishable::credentials(token, &secret, &ctx.shared.rules.key, now)))
 }
 
 /// The error of reading Secret `name`.

@@ -28,8 +28,9 @@ pub(super) fn controlled_by(secret: &Secret, uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
-/// Creates the output Secret `name` with `data` (key, bytes) (POST, which fails if a Secret of that name appeared meanwhile) or
-/// applies its new data pinned to the observed resourceVersion.
+/// Creates the output Secret `name` with `data` (key, bytes) (POST, which fails if a Secret of that
+/// name appeared meanwhile) or applies its new data pinned to the observed resourceVersion; returns
+/// it as written.
 pub(super) async fn write_output(
     client: &Client,
     secrets: &SecretCache,
@@ -37,7 +38,7 @@ pub(super) async fn write_output(
     existing: Option<&Secret>,
     name: &str,
     data: &[(&str, &[u8])],
-) -> Result<(), Error> {
+) -> Result<Secret, Error> {
     let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secret = Secret {
@@ -84,8 +85,12 @@ pub(super) async fn write_output(
     written.metadata.managed_fields = None;
     let key = ObjectRef::new(name).within(&ns);
     let based_on = existing.and_then(|s| s.metadata.resource_version.clone());
-    secrets.advance(&key, based_on.as_deref(), watcher::Event::Apply(written));
-    Ok(())
+    secrets.advance(
+        &key,
+        based_on.as_deref(),
+        watcher::Event::Apply(written.clone()),
+    );
+    Ok(written)
 }
 /// Applies `status` unless it equals `last` (a steady state writes nothing).
 pub(super) async fn write_status(

@@ -13,13 +13,21 @@ use kube::{Api, Client};
 
 use crate::api::verifier::ApiTokenVerifier;
 use crate::controller::verifier::lookup::Lookup;
+use crate::runtime::coalesce::Window;
 use crate::runtime::watch::{WatchBackoff, not_gone};
 
-/// How long changes are gathered before a verifier renders again: a storm of rotations is written
+/// How long changes are gathered before the verifiers render again: a storm of rotations is written
 /// as a few writes per output, not one per token. A window opened by the first change, not a
 /// debounce: a steady stream of changes (a bulk issue, a storm, a busy cluster) must not postpone
-/// a revocation for as long as it lasts.
-pub const COALESCE: Duration = Duration::from_millis(100);
+/// a revocation for as long as it lasts. 100 ms while renders are light; when the renders of the last
+/// change took longer (large outputs, many verifiers) the window grows to four times their duration,
+/// at most a second, so that under a steady stream the renders and their writes take about a quarter
+/// of the time, not all of it. A change after a quiet window is rendered at once, whatever the size.
+pub const COALESCE: Window = Window {
+    least: Duration::from_millis(100),
+    most: Duration::from_secs(1),
+    times: 4,
+};
 
 /// The verifier and namespace watches, started before either controller runs.
 pub struct Watches {

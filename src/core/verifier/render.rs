@@ -117,6 +117,51 @@ impl TokenCredentials {
     }
 }
 
+/// An entry and what every render of it needs, made once per credential: the hex SHA-256 of its two
+/// presented forms and its sha256-map item as JSON. A caller that keeps these across renders (the
+/// verifier controller does, per token version) pays the hashing and encoding of a credential once,
+/// not once per render. `Debug` shows the entry only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub entry: Entry,
+    bearer_hash: Box<str>,
+    basic_hash: Box<str>,
+    item: Box<str>,
+}
+
+impl Prepared {
+    pub fn new(entry: Entry) -> Self {
+        let item = sha256_map::Item {
+            access_key: entry.access_key().into(),
+            not_after: entry.not_after.map(|t| t.to_string()),
+            previous: entry.previous,
+            role: entry.role.as_str().into(),
+            scopes: entry.scopes.as_slice().into(),
+            token: entry.token.to_string().into(),
+        };
+        Prepared {
+            bearer_hash: sha256_map::key(&entry.credential.bearer()).into(),
+            basic_hash: sha256_map::key(&entry.credential.basic()).into(),
+            item: sha256_map::encode_item(&item).into(),
+            entry,
+        }
+    }
+
+    /// The hex SHA-256 of the Bearer form: one per credential, so a key for what a caller keeps of
+    /// it (its password lines).
+    pub fn bearer_hash(&self) -> &str {
+        &self.bearer_hash
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("entry", &self.entry)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Every output's data, and what it counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
@@ -253,6 +298,21 @@ pub enum LineHash {
     Trino,
 }
 
+/// Renders every output from `entries` at `now`: [`render_prepared`] for entries not prepared yet.
+pub fn render(
+    outputs: &[ValidOutput],
+    entries: &[Entry],
+    observed: &ObservedOutputs<'_>,
+    now: Timestamp,
+    mut htpasswd_line: impl FnMut(&Entry, LineHash) -> String,
+) -> Rendered {
+    let prepared: Vec<Prepared> = entries.iter().cloned().map(Prepared::new).collect();
+    let refs: Vec<&Prepared> = prepared.iter().collect();
+    render_prepared(outputs, &refs, observed, now, |p, hash| {
+        htpasswd_line(&p.entry, hash)
+    })
+}
+
 /// Renders every output from `entries` at `now`.
 ///
 /// Entries whose `not_after` has come (`not_after <= now`) are left out; an entry given twice counts
@@ -260,12 +320,12 @@ pub enum LineHash {
 /// once per credential and hash, and only for htpasswd and trino outputs. An output that would exceed
 /// [`MAX_OUTPUT_BYTES`] is never cut silently: see [`RenderedOutput::overflow`] (`observed` says which
 /// credentials it already holds).
-pub fn render(
+pub fn render_prepared(
     outputs: &[ValidOutput],
-    entries: &[Entry],
+    entries: &[&Prepared],
     observed: &ObservedOutputs<'_>,
     now: Timestamp,
-    mut htpasswd_line: impl FnMut(&Entry, LineHash) -> String,
+    mut htpasswd_line: impl FnMut(&Prepared, LineHash) -> String,
 ) -> Rendered {
     let (valid, mut excluded) = valid_entries(entries, now);
     // Password lines once per hash, whichever outputs share it.
@@ -407,13 +467,39 @@ impl Encoding<'_> {
         }
     }
 
+    /// The bytes [`Encoding::encode`] makes of `chosen`, added up without encoding where the format
+    /// allows it (an htpasswd file is its lines; a sha256-map its keys and items): an overflowing
+    /// output is sized a dozen times per render. Trino's rules are encoded to be measured.
+    fn size(&self, valid: &[Valid<'_>], chosen: &[usize]) -> usize {
+        match self {
+            Encoding::Htpasswd(lines) => chosen
+                .iter()
+                .filter_map(|&i| lines[i].as_ref())
+                .map(|line| line.len() + 1)
+                .sum(),
+            Encoding::Sha256Map => {
+                // `"<key>":<item>` twice per credential, a comma between any two.
+                let pairs: usize = chosen
+                    .iter()
+                    .map(|&i| {
+                        let p = valid[i];
+                        p.bearer_hash.len() + p.basic_hash.len() + 2 * (p.item.len() + 3)
+                    })
+                    .sum();
+                let commas = (2 * chosen.len()).saturating_sub(1);
+                *EMPTY_MAP + pairs + commas
+            }
+            Encoding::Trino { .. } => self.encode(valid, chosen).len(),
+        }
+    }
+
     /// Whether `valid` is in `data`, an earlier rendering of this encoding.
     fn holds(&self, data: &Present, valid: &Valid<'_>) -> bool {
         match (self, data) {
             (Encoding::Htpasswd(_) | Encoding::Trino { .. }, Present::AccessKeys(keys)) => {
                 keys.contains(valid.entry.access_key())
             }
-            (Encoding::Sha256Map, Present::Hashes(hashes)) => hashes.contains(&valid.bearer_hash),
+            (Encoding::Sha256Map, Present::Hashes(hashes)) => hashes.contains(&*valid.bearer_hash),
             _ => false,
         }
     }
@@ -454,7 +540,6 @@ fn render_output(
     observed: &ObservedOutputs<'_>,
 ) -> RenderedOutput {
     let all: Vec<usize> = (0..valid.len()).collect();
-    let whole = encoding.encode(valid, &all);
     let rendered = |encoded: Encoded, credentials, overflow| RenderedOutput {
         secret_name: output.secret_name.clone(),
         key: output.key.clone(),
@@ -466,9 +551,9 @@ fn render_output(
         credentials,
         overflow,
     };
-    let bytes = whole.len();
+    let bytes = encoding.size(valid, &all);
     if bytes <= MAX_OUTPUT_BYTES {
-        return rendered(whole, valid.len(), None);
+        return rendered(encoding.encode(valid, &all), valid.len(), None);
     }
     // Tokens already in the output stay in; tokens not in it yet wait. A rotated token's new
     // credential comes before any previous credential, so its clients can move; if even that does
@@ -495,7 +580,7 @@ fn render_output(
         chosen.sort_unstable();
         chosen
     };
-    let fits = |n: usize| encoding.encode(valid, &chosen(n)).len() <= MAX_OUTPUT_BYTES;
+    let fits = |n: usize| encoding.size(valid, &chosen(n)) <= MAX_OUTPUT_BYTES;
     let (mut kept, mut too_many) = (0, priority.len() + 1);
     while kept + 1 < too_many {
         let mid = kept + (too_many - kept) / 2;
@@ -515,26 +600,30 @@ fn render_output(
     rendered(encoding.encode(valid, &chosen(kept)), kept, Some(overflow))
 }
 
-/// An entry valid now, with the hex SHA-256 of its two presented forms (hashed once per render).
-struct Valid<'e> {
-    entry: &'e Entry,
-    bearer_hash: String,
-    basic_hash: String,
-}
+/// An entry valid now.
+type Valid<'e> = &'e Prepared;
+
+/// The bytes of a sha256-map without entries.
+static EMPTY_MAP: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| sha256_map::write_encoded([]).len());
 
 /// The entries still valid at `now`, sorted by access key, one per credential, and the tokens left
 /// out: a token whose access key is malformed, and both tokens wherever two different entries would
 /// present the same access key or credential (neither can be told apart, so neither is believed).
 /// Excluding tokens never makes the rest collide, so one pass finds them all.
-fn valid_entries(entries: &[Entry], now: Timestamp) -> (Vec<Valid<'_>>, Vec<RenderError>) {
-    let live: Vec<&Entry> = entries
+fn valid_entries<'e>(
+    entries: &[&'e Prepared],
+    now: Timestamp,
+) -> (Vec<Valid<'e>>, Vec<RenderError>) {
+    let live = entries
         .iter()
-        .filter(|e| e.not_after.is_none_or(|t| t > now))
-        .collect();
+        .copied()
+        .filter(|p| p.entry.not_after.is_none_or(|t| t > now));
     let mut excluded: Vec<RenderError> = Vec::new();
     let mut out: BTreeSet<&TokenRef> = BTreeSet::new();
-    let mut by_access_key: BTreeMap<&str, &Entry> = BTreeMap::new();
-    for &entry in &live {
+    let mut by_access_key: BTreeMap<&str, &Prepared> = BTreeMap::new();
+    for prepared in live {
+        let entry = &prepared.entry;
         let bytes = entry.role.len() + entry.scopes.iter().map(String::len).sum::<usize>();
         if bytes > MAX_TOKEN_SCOPE_BYTES {
             if out.insert(&entry.token) {
@@ -556,30 +645,25 @@ fn valid_entries(entries: &[Entry], now: Timestamp) -> (Vec<Valid<'_>>, Vec<Rend
         }
         match by_access_key.entry(key) {
             Slot::Vacant(slot) => {
-                slot.insert(entry);
+                slot.insert(prepared);
             }
-            Slot::Occupied(slot) if *slot.get() == entry => {}
+            Slot::Occupied(slot) if slot.get().entry == *entry => {}
             Slot::Occupied(slot) => {
-                ambiguous(slot.get(), entry, &mut out, &mut excluded);
+                ambiguous(&slot.get().entry, entry, &mut out, &mut excluded);
             }
         }
     }
-    let valid: Vec<Valid<'_>> = by_access_key
+    let valid: Vec<Valid<'e>> = by_access_key
         .into_values()
-        .filter(|entry| !out.contains(&entry.token))
-        .map(|entry| Valid {
-            entry,
-            bearer_hash: sha256_map::key(&entry.credential.bearer()),
-            basic_hash: sha256_map::key(&entry.credential.basic()),
-        })
+        .filter(|p| !out.contains(&p.entry.token))
         .collect();
     // Access keys differ, but a Bearer token could still repeat another's through odd prefixes
     // (`a-` + `bc` and `a-b` + `c`); the map's keys must be unique.
     let mut presented: BTreeMap<&str, &Entry> = BTreeMap::new();
     for v in &valid {
         for hash in [&v.bearer_hash, &v.basic_hash] {
-            if let Some(first) = presented.insert(hash, v.entry) {
-                ambiguous(first, v.entry, &mut out, &mut excluded);
+            if let Some(first) = presented.insert(hash, &v.entry) {
+                ambiguous(first, &v.entry, &mut out, &mut excluded);
             }
         }
     }
@@ -614,13 +698,14 @@ fn htpasswd_lines(
     valid: &[Valid<'_>],
     hash: LineHash,
     secret_name: &str,
-    htpasswd_line: &mut impl FnMut(&Entry, LineHash) -> String,
+    htpasswd_line: &mut impl FnMut(&Prepared, LineHash) -> String,
     excluded: &mut Vec<RenderError>,
 ) -> Vec<Option<String>> {
     valid
         .iter()
-        .map(|Valid { entry, .. }| {
-            let line = htpasswd_line(entry, hash);
+        .map(|prepared| {
+            let entry = &prepared.entry;
+            let line = htpasswd_line(prepared, hash);
             // A line break would forge a second user; a missing or foreign user name would let one
             // credential pass for another.
             let well_formed = line
@@ -658,26 +743,9 @@ pub fn holds(rendering: Rendering, data: &[u8], credential: &Credential) -> bool
 
 /// The sha256-map of `entries`: each credential under the keys of both its presented forms.
 fn sha256_map<'v, 'e: 'v>(entries: impl Iterator<Item = &'v Valid<'e>>) -> Vec<u8> {
-    sha256_map::write(entries.flat_map(
-        |Valid {
-             entry,
-             bearer_hash,
-             basic_hash,
-         }| {
-            let item = sha256_map::Item {
-                access_key: entry.access_key().into(),
-                not_after: entry.not_after.map(|t| t.to_string()),
-                previous: entry.previous,
-                role: entry.role.as_str().into(),
-                scopes: entry.scopes.as_slice().into(),
-                token: entry.token.to_string().into(),
-            };
-            [
-                (bearer_hash.as_str(), item.clone()),
-                (basic_hash.as_str(), item),
-            ]
-        },
-    ))
+    sha256_map::write_encoded(
+        entries.flat_map(|p| [(&*p.bearer_hash, &*p.item), (&*p.basic_hash, &*p.item)]),
+    )
 }
 
 #[cfg(test)]
@@ -1355,7 +1423,9 @@ mod tests {
     fn an_overflow_that_cannot_keep_everything_it_had_keeps_what_fits_in_order() {
         let fleet = fleet(2000);
         // Claim the output already holds everything: the kept set alone is too large.
-        let (all, _) = valid_entries(&fleet, at(NOW));
+        let prepared: Vec<Prepared> = fleet.iter().cloned().map(Prepared::new).collect();
+        let refs: Vec<&Prepared> = prepared.iter().collect();
+        let (all, _) = valid_entries(&refs, at(NOW));
         let everything = Encoding::Sha256Map
             .encode(&all, &(0..all.len()).collect::<Vec<_>>())
             .data;
@@ -1369,6 +1439,30 @@ mod tests {
         // One more would not fit.
         let one_more = Encoding::Sha256Map.encode(&all, &(0..=map.credentials).collect::<Vec<_>>());
         assert!(one_more.len() > MAX_OUTPUT_BYTES);
+    }
+
+    #[test]
+    fn an_output_is_sized_exactly_without_encoding_it() {
+        let mut fleet = fleet(50);
+        fleet[3].not_after = Some(at(NOW + 60));
+        fleet[4].previous = true;
+        let prepared: Vec<Prepared> = fleet.iter().cloned().map(Prepared::new).collect();
+        let refs: Vec<&Prepared> = prepared.iter().collect();
+        let (all, _) = valid_entries(&refs, at(NOW));
+        let lines: Vec<Option<String>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i % 7 != 0).then(|| fake_line(&p.entry, LineHash::Trino)))
+            .collect();
+        for encoding in [Encoding::Sha256Map, Encoding::Htpasswd(&lines)] {
+            for chosen in [vec![], vec![0], vec![1, 4, 9], (0..all.len()).collect()] {
+                assert_eq!(
+                    encoding.size(&all, &chosen),
+                    encoding.encode(&all, &chosen).len(),
+                    "{chosen:?}"
+                );
+            }
+        }
     }
 
     /// A line of the length the real hash has: bcrypt `$2y$10$` + 53, sha256-crypt `$5$` + 16-char
