@@ -181,7 +181,6 @@ fn salt_seed(rules: &Rules, entry: &Entry) -> Vec<u8> {
 async fn reconcile(verifier: Arc<ApiTokenVerifier>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Err only when the sender is gone, that is when the operator is shutting down.
     let _ = ctx.caches_listed.clone().wait_for(|listed| *listed).await;
-    let _busy = ctx.load.begin();
     let now = now_seconds();
     let (outcome, action) = render_outputs(&verifier, &ctx, now).await?;
     let last = verifier.status.clone().unwrap_or_default();
@@ -196,6 +195,9 @@ async fn render_outputs(
     now: Timestamp,
 ) -> Result<(Outcome, Action), Error> {
     let shared = &ctx.shared;
+    // The render's own work (scan, judge, render), not the writes' round trips, sizes the window
+    // before the next: light renders keep it at its least, so a lone change is not held longer.
+    let busy = ctx.load.begin();
     let ns = verifier.namespace().ok_or(Error::NoNamespace)?;
     let valid = match crate::core::verifier::validate(verifier) {
         Ok(valid) => valid,
@@ -360,6 +362,7 @@ async fn render_outputs(
             },
         )
     };
+    drop(busy);
     // A token that cannot be rendered is left out alone, and said so (here and in its own
     // status.audiences); the rest are written.
     let left_out: BTreeMap<TokenRef, String> = rendered

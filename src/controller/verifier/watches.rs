@@ -21,8 +21,8 @@ use crate::runtime::watch::{WatchBackoff, not_gone};
 /// debounce: a steady stream of changes (a bulk issue, a storm, a busy cluster) must not postpone
 /// a revocation for as long as it lasts. 100 ms while renders are light; when the renders of the last
 /// change took longer (large outputs, many verifiers) the window grows to four times their duration,
-/// at most a second, so that under a steady stream the renders and their writes take about a quarter
-/// of the time, not all of it. A change after a quiet window is rendered at once, whatever the size.
+/// at most a second, so that under a steady stream the renders take about a quarter of the time, not
+/// all of it. Only the render's own work counts, not the round trips of its writes. A change after a quiet window is rendered at once, whatever the size.
 pub const COALESCE: Window = Window {
     least: Duration::from_millis(100),
     most: Duration::from_secs(1),
