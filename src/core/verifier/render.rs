@@ -615,10 +615,20 @@ fn valid_entries<'e>(
     entries: &[&'e Prepared],
     now: Timestamp,
 ) -> (Vec<Valid<'e>>, Vec<RenderError>) {
-    let live = entries
+    // In one order whatever the caller's (the controller's memo has none): which pair of colliding
+    // tokens is named, and in which order, must not change from one render to the next.
+    let mut live: Vec<&Prepared> = entries
         .iter()
         .copied()
-        .filter(|p| p.entry.not_after.is_none_or(|t| t > now));
+        .filter(|p| p.entry.not_after.is_none_or(|t| t > now))
+        .collect();
+    live.sort_unstable_by(|a, b| {
+        (a.entry.access_key(), &a.entry.token, a.entry.previous).cmp(&(
+            b.entry.access_key(),
+            &b.entry.token,
+            b.entry.previous,
+        ))
+    });
     let mut excluded: Vec<RenderError> = Vec::new();
     let mut out: BTreeSet<&TokenRef> = BTreeSet::new();
     let mut by_access_key: BTreeMap<&str, &Prepared> = BTreeMap::new();
@@ -1439,6 +1449,36 @@ mod tests {
         // One more would not fit.
         let one_more = Encoding::Sha256Map.encode(&all, &(0..=map.credentials).collect::<Vec<_>>());
         assert!(one_more.len() > MAX_OUTPUT_BYTES);
+    }
+
+    #[test]
+    fn exclusions_name_the_same_tokens_in_the_same_order_whatever_the_input_order() {
+        let mut entries: Vec<Entry> = [
+            issued("alpha", "SAMEsameSAME0001"),
+            issued("bravo", "SAMEsameSAME0001"),
+            issued("charlie", "SAMEsameSAME0001"),
+            issued("delta", "DDDDDDDDDDDDDDD1"),
+        ]
+        .iter()
+        .flat_map(TokenCredentials::entries)
+        .collect();
+        let forward = render(
+            &outputs(),
+            &entries,
+            &ObservedOutputs::new(),
+            at(NOW),
+            fake_line,
+        );
+        entries.reverse();
+        let reversed = render(
+            &outputs(),
+            &entries,
+            &ObservedOutputs::new(),
+            at(NOW),
+            fake_line,
+        );
+        assert_eq!(forward, reversed);
+        assert_eq!(forward.tokens, 1, "{:?}", forward.excluded);
     }
 
     #[test]
