@@ -1,4 +1,4 @@
-//! The `sha256-map` output format, written once: the verifier writes it ([`write()`]) and `tokenmint
+//! The `sha256-map` output format, written once: the verifier writes it ([`write_encoded`]) and `tokenmint
 //! authz` reads it ([`read_each`]), so the two cannot drift apart.
 //!
 //! A JSON document `{"tokens": {HEX: ITEM, ...}, "version": 1}` and a final newline. Each key is the
@@ -37,12 +37,6 @@ pub struct Item<'a> {
     pub scopes: Cow<'a, [String]>,
     /// `namespace/name` of the token.
     pub token: Cow<'a, str>,
-}
-
-#[derive(Serialize)]
-struct Written<'a> {
-    tokens: BTreeMap<&'a str, Item<'a>>,
-    version: u32,
 }
 
 /// Why a map cannot be used at all. Never carries the map's text.
@@ -86,26 +80,15 @@ pub fn parse_key(text: &str) -> Option<Digest32> {
     Some(digest)
 }
 
-/// The document holding `items`, by key: compact JSON and a final newline.
-pub fn write<'a>(items: impl IntoIterator<Item = (&'a str, Item<'a>)>) -> Vec<u8> {
-    let map = Written {
-        tokens: items.into_iter().collect(),
-        version: VERSION,
-    };
-    // Serializing strings, bools and maps with string keys cannot fail.
-    let mut data = serde_json::to_vec(&map).unwrap_or_default();
-    data.push(b'\n');
-    data
-}
-
-/// One item as [`write`] encodes it, for [`write_encoded`].
+/// One item as the document holds it, for [`write_encoded`].
 pub fn encode_item(item: &Item<'_>) -> String {
     // Strings, bools and string lists cannot fail to serialize.
     serde_json::to_string(item).unwrap_or_default()
 }
 
-/// The document [`write`] makes of the same items, from items already encoded ([`encode_item`]):
-/// a caller that keeps each credential's encoded item pays only for the copy.
+/// The document holding `items` (key, [`encode_item`] of its item), by key: compact JSON and a final
+/// newline, exactly what serde_json makes of the map (a unit test pins it). A caller that keeps each
+/// credential's encoded item pays only for the copy.
 pub fn write_encoded<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
     let sorted: BTreeMap<&str, &str> = items.into_iter().collect();
     let bytes: usize = sorted.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
@@ -242,7 +225,7 @@ impl<'de, F: FnMut(&str, Item<'static>)> serde::de::Visitor<'de> for Tokens<'_, 
     }
 }
 
-/// Whether the document `data` (as [`write()`] made it) has a key for the presented credential
+/// Whether the document `data` (as [`write_encoded`] made it) has a key for the presented credential
 /// `presented`, without parsing it: the compact form puts each key right before a `:`.
 pub fn has_key(data: &[u8], presented: &str) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -277,13 +260,39 @@ mod tests {
             )
     }
 
+    /// The document as serde_json makes it of the map: what [`write_encoded`] must equal byte for
+    /// byte, so a build that writes it by hand rewrites no output written by one that did not.
+    fn write(items: impl IntoIterator<Item = (String, Item<'static>)>) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Written {
+            tokens: BTreeMap<String, Item<'static>>,
+            version: u32,
+        }
+        let map = Written {
+            tokens: items.into_iter().collect(),
+            version: VERSION,
+        };
+        let mut data = serde_json::to_vec(&map).unwrap();
+        data.push(b'\n');
+        data
+    }
+
+    /// [`write_encoded`] of `items`, encoding each item on the way, in the order given.
+    fn write_items<'a>(items: impl IntoIterator<Item = (&'a str, &'a Item<'static>)>) -> Vec<u8> {
+        let encoded: Vec<(&str, String)> = items
+            .into_iter()
+            .map(|(k, v)| (k, encode_item(v)))
+            .collect();
+        write_encoded(encoded.iter().map(|(k, v)| (*k, v.as_str())))
+    }
+
     proptest! {
         #[test]
         fn what_the_verifier_writes_authz_reads_back_exactly(
             items in proptest::collection::btree_map("[ -~]{1,32}", item(), 0..8)
         ) {
             let keys: Vec<String> = items.keys().map(|presented| key(presented)).collect();
-            let data = write(keys.iter().map(String::as_str).zip(items.values().cloned()));
+            let data = write_items(keys.iter().map(String::as_str).zip(items.values()));
             prop_assert_eq!(data.last(), Some(&b'\n'));
             let mut read: BTreeMap<String, Item<'static>> = BTreeMap::new();
             read_each(&data, |key, item| { read.insert(key.to_owned(), item); }).unwrap();
@@ -294,13 +303,12 @@ mod tests {
                 prop_assert_eq!(parse_key(&key(presented)), Some(digest(presented)));
             }
             // Equal inputs, equal bytes, in any order.
-            let again = write(read.iter().rev().map(|(k, v)| (k.as_str(), v.clone())));
+            let again = write_items(read.iter().rev().map(|(k, v)| (k.as_str(), v)));
             prop_assert_eq!(&again, &data);
-            // Items encoded beforehand make the same document, whatever the keys hold.
-            let encoded: Vec<(String, String)> = items.iter().map(|(k, v)| (k.clone(), encode_item(v))).collect();
-            let from_encoded = write_encoded(encoded.iter().rev().map(|(k, v)| (k.as_str(), v.as_str())));
-            let plain = write(items.iter().map(|(k, v)| (k.as_str(), v.clone())));
-            prop_assert_eq!(from_encoded, plain);
+            // Exactly serde_json's document, whatever the keys hold.
+            let encoded = write_items(items.iter().rev().map(|(k, v)| (k.as_str(), v)));
+            let plain = write(items.iter().map(|(k, v)| (k.clone(), v.clone())));
+            prop_assert_eq!(encoded, plain);
         }
     }
 

@@ -259,7 +259,7 @@ async fn render_outputs(
         };
         let judgement = match memo.tokens.remove(object.key()) {
             Some(last) if last.seen == seen => last.judgement,
-            _ => judge(ctx, &valid.trust, &me, &object, now).await?,
+            _ => judge(ctx, &valid.trust, &object, now).await?,
         };
         if matches!(judgement, Judgement::Rejected) {
             rejected += 1;
@@ -484,22 +484,18 @@ fn namespace_version(lookup: &Lookup, namespace: &str) -> Option<String> {
         .clone()
 }
 
-/// What verifier `me`, trusting `trust`, makes of a token: whether it names the verifier, the
-/// verdict, and the credentials its Secret holds, prepared for rendering.
+/// What the verifier trusting `trust` makes of a token: whether it names the verifier, the verdict
+/// ([`Trust::decide`](crate::core::verifier::trust::Trust::decide) tells both), and the credentials
+/// its Secret holds, prepared for rendering.
 async fn judge(
     ctx: &Context,
     trust: &crate::core::verifier::trust::Trust,
-    me: &VerifierRef,
     object: &crate::runtime::watched::Cached,
     now: Timestamp,
 ) -> Result<Judgement, Error> {
     let Some(token) = object.token() else {
         return Ok(Judgement::NotNamed);
     };
-    let named = (token.spec.audiences.iter().flatten()).any(|a| a.names(object.namespace(), me));
-    if !named {
-        return Ok(Judgement::NotNamed);
-    }
     match verdict(trust, &token, &ctx.shared.lookup) {
         Verdict::Accepted => {}
         Verdict::Rejected(_) => return Ok(Judgement::Rejected),
