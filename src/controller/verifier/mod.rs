@@ -104,7 +104,6 @@ struct Judged {
 }
 
 /// What a token's judgement depends on, besides the verifier and the seal key (both fixed per memo).
-#[derive(PartialEq, Eq)]
 struct Seen {
     token: Option<Box<str>>,
     secret: Option<String>,
@@ -247,24 +246,35 @@ async fn render_outputs(
         if !object.names_audiences() {
             continue;
         }
-        let namespace = namespace_versions
-            .entry(token_ns.to_owned())
-            .or_insert_with(|| namespace_version(&shared.lookup, token_ns))
-            .clone();
-        let seen = Seen {
-            token: object.resource_version().map(Into::into),
-            secret: (shared.secrets)
-                .resource_version(&ObjectRef::new(secret_name).within(token_ns)),
-            namespace,
+        // Compared in place: an unchanged token (most of them, every render) allocates nothing new.
+        if !namespace_versions.contains_key(token_ns) {
+            let version = namespace_version(&shared.lookup, token_ns);
+            namespace_versions.insert(token_ns.to_owned(), version);
+        }
+        let namespace = &namespace_versions[token_ns];
+        let secret =
+            (shared.secrets).resource_version(&ObjectRef::new(secret_name).within(token_ns));
+        let token_version = object.resource_version();
+        let unchanged = memo.tokens.remove(object.key()).filter(|last| {
+            last.seen.token.as_deref() == token_version
+                && last.seen.secret == secret
+                && last.seen.namespace == *namespace
+        });
+        let now_judged = match unchanged {
+            Some(last) => last,
+            None => Judged {
+                judgement: judge(ctx, &valid.trust, &object, now).await?,
+                seen: Seen {
+                    token: token_version.map(Into::into),
+                    secret,
+                    namespace: namespace.clone(),
+                },
+            },
         };
-        let judgement = match memo.tokens.remove(object.key()) {
-            Some(last) if last.seen == seen => last.judgement,
-            _ => judge(ctx, &valid.trust, &object, now).await?,
-        };
-        if matches!(judgement, Judgement::Rejected) {
+        if matches!(now_judged.judgement, Judgement::Rejected) {
             rejected += 1;
         }
-        judged.insert(object.key().clone(), Judged { seen, judgement });
+        judged.insert(object.key().clone(), now_judged);
     }
     let accepted = || {
         judged.values().filter_map(|j| match &j.judgement {
